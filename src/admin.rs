@@ -1,0 +1,295 @@
+//! The admin API (axum, JSON): health, the topology with each service's
+//! effective faults, the scenario catalogue, activating and lifting faults,
+//! and Prometheus metrics. Handlers only touch the engine's own lock and
+//! the lock-free rule snapshot, never the data plane.
+
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime};
+
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::time::Instant;
+
+use crate::engine::{Activated, Activation, Engine, UnknownScenario};
+use crate::fault::{Action, Fault};
+
+/// What the admin handlers share.
+#[derive(Clone)]
+pub struct AdminState {
+    pub engine: Engine,
+    pub metrics: PrometheusHandle,
+}
+
+/// An admin API failure, answered as `{"error": "..."}`.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error(transparent)]
+    UnknownScenario(#[from] UnknownScenario),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("no endpoint {0}; see GET /scenarios, GET /faults, POST /faults/NAME, DELETE /faults[/NAME], GET /topology, GET /metrics")]
+    NotFound(String),
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            ApiError::UnknownScenario(_) | ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+        };
+        let mut body = json!({ "error": self.to_string() });
+        if let ApiError::UnknownScenario(unknown) = &self {
+            body["known"] = json!(unknown.known);
+        }
+        (status, Json(body)).into_response()
+    }
+}
+
+/// The admin API's routes.
+pub fn router(state: AdminState) -> Router {
+    Router::new()
+        .route(
+            "/healthz",
+            get(|| async { Json(json!({ "status": "ok" })) }),
+        )
+        .route("/metrics", get(metrics))
+        .route("/topology", get(topology))
+        .route("/scenarios", get(scenarios))
+        .route("/faults", get(list).delete(lift_all))
+        .route(
+            "/faults/{scenario}",
+            axum::routing::post(activate).delete(lift),
+        )
+        .fallback(|uri: axum::http::Uri| async move { ApiError::NotFound(uri.path().to_owned()) })
+        .with_state(state)
+}
+
+async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ActivateBody {
+    /// How long this activation lasts, capped at the scenario's max_duration.
+    duration: Option<String>,
+}
+
+async fn activate(
+    State(state): State<AdminState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(scenario): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let duration = parse_activate_body(&body)?;
+    let activated = state
+        .engine
+        .activate(&scenario, duration, &peer.to_string())?;
+    let (status, activation, existing) = match activated {
+        Activated::New(activation) => (StatusCode::CREATED, activation, false),
+        Activated::Existing(activation) => (StatusCode::OK, activation, true),
+    };
+    let mut body = activation_json(&activation);
+    body["already_active"] = json!(existing);
+    Ok((status, Json(body)).into_response())
+}
+
+/// Parses `{"duration": "10m"}`; an empty body means the scenario's maximum.
+fn parse_activate_body(body: &[u8]) -> Result<Option<Duration>, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    let body: ActivateBody = serde_json::from_slice(body).map_err(|e| {
+        ApiError::BadRequest(format!(
+            "invalid JSON body: {e}; expected {{\"duration\": \"10m\"}} or no body"
+        ))
+    })?;
+    let Some(duration) = body.duration else {
+        return Ok(None);
+    };
+    let parsed = humantime::parse_duration(&duration).map_err(|e| {
+        ApiError::BadRequest(format!(
+            "invalid duration `{duration}` ({e}); write it like \"90s\" or \"10m\""
+        ))
+    })?;
+    if parsed.is_zero() {
+        return Err(ApiError::BadRequest("duration must be positive".to_owned()));
+    }
+    Ok(Some(parsed))
+}
+
+async fn lift(
+    State(state): State<AdminState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(scenario): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let lifted = state.engine.lift(&scenario, &peer.to_string())?;
+    Ok(Json(
+        json!({ "scenario": scenario, "lifted": lifted.is_some() }),
+    ))
+}
+
+async fn lift_all(
+    State(state): State<AdminState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+) -> Json<Value> {
+    let lifted = state.engine.lift_all(&peer.to_string());
+    let names: Vec<&str> = lifted.iter().map(|a| &*a.scenario.name).collect();
+    Json(json!({ "lifted": names }))
+}
+
+async fn list(State(state): State<AdminState>) -> Json<Value> {
+    let active: Vec<Value> = state.engine.active().iter().map(activation_json).collect();
+    Json(json!({ "active": active }))
+}
+
+async fn scenarios(State(state): State<AdminState>) -> Json<Value> {
+    let active = state.engine.active();
+    let plan = state.engine.plan();
+    let scenarios: Vec<Value> = plan
+        .scenarios
+        .iter()
+        .map(|scenario| {
+            json!({
+                "name": &*scenario.name,
+                "description": scenario.description,
+                "max_duration": human(scenario.max_duration),
+                "active": active.iter().any(|a| a.scenario.name == scenario.name),
+                "faults": scenario.faults.iter().map(|f| fault_json(f, &state.engine)).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    Json(json!({ "scenarios": scenarios }))
+}
+
+async fn topology(State(state): State<AdminState>) -> Json<Value> {
+    let rules = state.engine.live().load();
+    let topology = &state.engine.plan().topology;
+    let datacenters: Vec<Value> = topology
+        .datacenters
+        .iter()
+        .map(|dc| {
+            let services: Vec<Value> = dc
+                .services
+                .iter()
+                .map(|&id| {
+                    let service = &topology.services[id.index()];
+                    let faults: Vec<Value> = rules
+                        .service(id)
+                        .iter()
+                        .map(|f| {
+                            let mut fault = action_json(f);
+                            fault["scenario"] = json!(&*f.scenario);
+                            fault["index"] = json!(f.index);
+                            fault
+                        })
+                        .collect();
+                    json!({
+                        "name": &*service.name,
+                        "description": service.description,
+                        "protocol": service.protocol.name(),
+                        "listen": service.listen.to_string(),
+                        "upstream": service.upstream.to_string(),
+                        "faults": faults,
+                    })
+                })
+                .collect();
+            json!({ "name": &*dc.name, "description": dc.description, "services": services })
+        })
+        .collect();
+    Json(json!({ "datacenters": datacenters }))
+}
+
+fn human(d: Duration) -> String {
+    humantime::format_duration(d).to_string()
+}
+
+fn timestamp(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// The action and its parameters, as the plan would write them.
+fn action_json(fault: &Fault) -> Value {
+    let mut value = json!({ "action": fault.action.name(), "probability": fault.probability });
+    match &fault.action {
+        Action::Delay(delay) => {
+            value["latency"] = json!(human(delay.latency));
+            value["jitter"] = json!(human(delay.jitter));
+            value["direction"] = json!(delay.direction.name());
+        }
+        Action::Error(error) => value["status"] = json!(error.status.as_u16()),
+        Action::Blackhole | Action::Drop => {}
+    }
+    value
+}
+
+fn fault_json(fault: &Fault, engine: &Engine) -> Value {
+    let services = &engine.plan().topology.services;
+    let mut value = action_json(fault);
+    value["index"] = json!(fault.index);
+    value["datacenter"] = json!(fault.selector.datacenter.as_deref());
+    value["service"] = json!(fault.selector.service.as_deref());
+    value["method"] = json!(fault.selector.method.as_ref().map(|m| m.as_str()));
+    value["path_prefix"] = json!(fault.selector.path_prefix);
+    value["after"] = json!(human(fault.after));
+    value["duration"] = json!(fault.duration.map(human));
+    value["services"] = json!(fault
+        .targets
+        .iter()
+        .map(|id| &*services[id.index()].name)
+        .collect::<Vec<_>>());
+    value
+}
+
+/// An activation with each fault's window and state.
+fn activation_json(activation: &Activation) -> Value {
+    let now = Instant::now();
+    let faults: Vec<Value> = activation
+        .scenario
+        .faults
+        .iter()
+        .map(|fault| {
+            let mut value = action_json(fault);
+            value["index"] = json!(fault.index);
+            match activation.window(fault) {
+                Some((from, until)) => {
+                    let (start, end) = (activation.started + from, activation.started + until);
+                    let state = if now < start {
+                        "pending"
+                    } else if now < end {
+                        "active"
+                    } else {
+                        "ended"
+                    };
+                    value["starts_at"] = json!(timestamp(activation.started_at + from));
+                    value["ends_at"] = json!(timestamp(activation.started_at + until));
+                    value["state"] = json!(state);
+                }
+                None => value["state"] = json!("never"),
+            }
+            value
+        })
+        .collect();
+    json!({
+        "scenario": &*activation.scenario.name,
+        "description": activation.scenario.description,
+        "started_at": timestamp(activation.started_at),
+        "expires_at": timestamp(activation.expires_at()),
+        "remaining": human(Duration::from_secs(activation.expires.saturating_duration_since(now).as_secs())),
+        "activated_by": activation.by,
+        "faults": faults,
+    })
+}

@@ -1,0 +1,163 @@
+//! The fault plan: [`load`] reads a TOML file, parses it into the raw model
+//! of `raw.rs`, and `validate.rs` turns that into a checked [`Plan`]. Every
+//! problem becomes a [`Diagnostic`] with file, line and column, and all of
+//! them are reported at once.
+
+mod raw;
+mod validate;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::fault::Scenario;
+use crate::topology::Topology;
+
+/// Where the admin API listens when the plan does not say.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
+
+/// A validated plan; nothing downstream checks it again.
+#[derive(Debug)]
+pub struct Plan {
+    pub admin: Admin,
+    pub topology: Topology,
+    pub scenarios: Vec<Arc<Scenario>>,
+}
+
+impl Plan {
+    /// Looks a scenario up by name.
+    pub fn scenario(&self, name: &str) -> Option<&Arc<Scenario>> {
+        self.scenarios.iter().find(|s| &*s.name == name)
+    }
+}
+
+/// The `[admin]` table.
+#[derive(Debug, Clone)]
+pub struct Admin {
+    pub listen: SocketAddr,
+}
+
+/// Why a plan could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot read plan {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{}", DiagnosticList(.0))]
+    Invalid(Vec<Diagnostic>),
+}
+
+/// One problem in a plan, located in its source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    pub file: String,
+    /// 1-based line.
+    pub line: usize,
+    /// 1-based column, in characters.
+    pub column: usize,
+    pub message: String,
+    /// The source line the problem is on, for display.
+    source_line: String,
+    /// How many characters to underline from `column`.
+    width: usize,
+}
+
+impl Diagnostic {
+    fn new(file: &str, source: &str, span: Range<usize>, message: String) -> Diagnostic {
+        let start = span.start.min(source.len());
+        let line_start = source[..start].rfind('\n').map_or(0, |i| i + 1);
+        let line_end = source[start..]
+            .find('\n')
+            .map_or(source.len(), |i| start + i);
+        let end = span.end.clamp(start, line_end);
+        Diagnostic {
+            file: file.to_owned(),
+            line: source[..start].matches('\n').count() + 1,
+            column: source[line_start..start].chars().count() + 1,
+            message,
+            source_line: source[line_start..line_end].trim_end().to_owned(),
+            width: source[start..end].chars().count().max(1),
+        }
+    }
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "{}:{}:{}: {}",
+            self.file, self.line, self.column, self.message
+        )?;
+        let gutter = self.line.to_string().len();
+        writeln!(f, "{:gutter$} |", "")?;
+        writeln!(f, "{} | {}", self.line, self.source_line)?;
+        write!(
+            f,
+            "{:gutter$} | {}{}",
+            "",
+            " ".repeat(self.column - 1),
+            "^".repeat(self.width)
+        )
+    }
+}
+
+struct DiagnosticList<'a>(&'a [Diagnostic]);
+
+impl fmt::Display for DiagnosticList<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, diagnostic) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n\n")?;
+            }
+            write!(f, "{diagnostic}")?;
+        }
+        let count = self.0.len();
+        write!(
+            f,
+            "\n\n{count} error{} in plan",
+            if count == 1 { "" } else { "s" }
+        )
+    }
+}
+
+/// Reads and validates the plan at `path`.
+pub fn load(path: &Path) -> Result<Plan, Error> {
+    let source = std::fs::read_to_string(path).map_err(|source| Error::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    parse(&source, &path.display().to_string())
+}
+
+/// Parses and validates plan text; `file` names it in diagnostics.
+pub fn parse(source: &str, file: &str) -> Result<Plan, Error> {
+    let raw: raw::Plan = toml::from_str(source).map_err(|e| {
+        let span = e.span().unwrap_or(0..0);
+        Error::Invalid(vec![Diagnostic::new(
+            file,
+            source,
+            span,
+            e.message().trim_end().to_owned(),
+        )])
+    })?;
+    let mut problems = Vec::new();
+    let plan = validate::validate(raw, &mut |span, message| problems.push((span, message)));
+    if problems.is_empty() {
+        Ok(plan)
+    } else {
+        problems.sort_by_key(|(span, _): &(Range<usize>, String)| span.start);
+        Err(Error::Invalid(
+            problems
+                .into_iter()
+                .map(|(span, message)| Diagnostic::new(file, source, span, message))
+                .collect(),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,193 @@
+//! The firedrill command line: `run` a plan, `check` plans, or run the
+//! `demo` with stand-in upstreams. Exits 64 for a bad plan, 1 otherwise.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+use firedrill::config::{self, Plan};
+
+/// The shipped default plan, also built in so `demo` runs from anywhere.
+const DEFAULT_PLAN: &str = "config/kakao-staging.toml";
+const SHIPPED_PLAN: &str = include_str!("../config/kakao-staging.toml");
+
+/// Exit code for a plan that does not load (EX_DATAERR's neighbour, EX_USAGE).
+const EXIT_BAD_PLAN: u8 = 64;
+
+#[derive(Debug, Parser)]
+#[command(
+    version,
+    about = "A data-center-aware fault-injection proxy for rehearsing blackouts"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Start every listener of a plan and the admin API.
+    Run {
+        /// The fault plan to run.
+        #[arg(long, short, default_value = DEFAULT_PLAN)]
+        config: PathBuf,
+        /// How long in-flight requests may take to finish on shutdown.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        grace: Duration,
+    },
+    /// Validate plans; report every error with file, line and column.
+    Check {
+        /// Plan files to check.
+        #[arg(required = true)]
+        plans: Vec<PathBuf>,
+    },
+    /// Run a plan (the shipped one by default) with built-in stand-in upstreams.
+    Demo {
+        /// A plan to use instead of the shipped one.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match cli.command {
+        Command::Check { plans } => check(&plans),
+        Command::Run { config, grace } => match load(&config) {
+            Ok(plan) => serve(plan, grace, false),
+            Err(code) => code,
+        },
+        Command::Demo { config } => {
+            let plan = match config {
+                Some(path) => load(&path),
+                None => config::parse(SHIPPED_PLAN, DEFAULT_PLAN).map_err(|e| {
+                    eprintln!("{e}");
+                    ExitCode::from(EXIT_BAD_PLAN)
+                }),
+            };
+            match plan {
+                Ok(plan) => serve(plan, Duration::from_secs(2), true),
+                Err(code) => code,
+            }
+        }
+    }
+}
+
+fn load(path: &Path) -> Result<Plan, ExitCode> {
+    config::load(path).map_err(|e| {
+        eprintln!("{e}");
+        ExitCode::from(EXIT_BAD_PLAN)
+    })
+}
+
+fn check(paths: &[PathBuf]) -> ExitCode {
+    let mut ok = true;
+    for path in paths {
+        match config::load(path) {
+            Ok(plan) => println!(
+                "{}: ok ({} datacenters, {} services, {} scenarios)",
+                path.display(),
+                plan.topology.datacenters.len(),
+                plan.topology.services.len(),
+                plan.scenarios.len()
+            ),
+            Err(e) => {
+                ok = false;
+                eprintln!("{e}");
+            }
+        }
+    }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_BAD_PLAN)
+    }
+}
+
+fn serve(plan: Plan, grace: Duration, demo: bool) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let stop_upstreams = CancellationToken::new();
+        if demo {
+            if let Err(e) = firedrill::demo::start_upstreams(&plan, stop_upstreams.clone()).await {
+                eprintln!("{e}");
+                return ExitCode::FAILURE;
+            }
+        }
+        let demo_hints = demo.then(|| demo_hints(&plan));
+        let running = match firedrill::start(plan).await {
+            Ok(running) => running,
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        tracing::info!("faults are never persisted: firedrill starts in pass-through");
+        if let Some(hints) = demo_hints {
+            println!(
+                "{}",
+                hints.replace("ADMIN", &running.admin_addr().to_string())
+            );
+        }
+        firedrill::shutdown::signal().await;
+        let cut = running.shutdown(grace).await;
+        stop_upstreams.cancel();
+        if cut > 0 {
+            tracing::warn!(cut, "some connections were cut at the drain deadline");
+        }
+        ExitCode::SUCCESS
+    })
+}
+
+/// The curl commands a newcomer can try against the demo.
+fn demo_hints(plan: &Plan) -> String {
+    let services = &plan.topology.services;
+    let http = |dc: &str| {
+        services
+            .iter()
+            .find(|s| &*s.datacenter == dc && s.protocol == firedrill::topology::Protocol::Http)
+    };
+    let mut hints = String::from("\nfiredrill demo is running. Try, in another terminal:\n\n");
+    let inside = http("pangyo").or_else(|| services.first());
+    let outside = services
+        .iter()
+        .find(|s| &*s.datacenter != "pangyo" && s.protocol == firedrill::topology::Protocol::Http);
+    for service in inside.into_iter().chain(outside) {
+        hints += &format!(
+            "  curl -s http://{}/hello        # {} in {}\n",
+            service.listen, service.name, service.datacenter
+        );
+    }
+    hints += "  curl -s ADMIN/scenarios | head -c 600\n";
+    hints += "  curl -s -X POST ADMIN/faults/pangyo-fire     # Pangyo goes dark\n";
+    if let Some(service) = inside {
+        hints += &format!(
+            "  curl -s -m 2 http://{}/hello || echo 'no answer: pangyo is dark'\n",
+            service.listen
+        );
+    }
+    hints += "  curl -s ADMIN/faults\n";
+    hints +=
+        "  curl -s -X DELETE ADMIN/faults                # the big red button: lift everything\n";
+    hints += "  curl -s ADMIN/metrics | grep firedrill_\n\nCtrl-C stops the demo.";
+    hints.replace("ADMIN", "http://ADMIN")
+}

@@ -1,0 +1,493 @@
+//! HTTP services: HTTP/1.1 and h2c from clients, pooled keep-alive HTTP/1.1
+//! upstream, bodies streamed both ways. The rules are read once per
+//! request, so kept-alive connections see new faults on their next request.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
+
+use super::relay::{self, Connection};
+use super::{Counted, Flow, ServiceContext};
+use crate::fault::{connection_roll, decide, RequestInfo, Verdict};
+use crate::metrics::Outcome;
+use crate::shutdown::Shutdown;
+
+/// The body of every response firedrill sends: streamed from the upstream,
+/// or a small one of its own (injected errors, 502, 504).
+pub type ProxyBody = Either<Counted<Incoming>, Full<Bytes>>;
+
+/// Why a request got no response; hyper closes its connection.
+#[derive(Debug, thiserror::Error)]
+pub enum Refused {
+    #[error("request dropped by an injected fault")]
+    Dropped,
+    #[error("request held by a blackhole that has ended")]
+    Blackholed,
+    #[error("firedrill is shutting down")]
+    ShuttingDown,
+}
+
+/// RFC 9110 section 7.6.1: connection-specific fields a proxy must not forward.
+static HOP_BY_HOP: [HeaderName; 6] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+struct Proxy {
+    context: Arc<ServiceContext>,
+    client: Client<HttpConnector, Counted<Incoming>>,
+    authority: Authority,
+    shutdown: Shutdown,
+}
+
+/// Serves one http service until shutdown starts, then lets in-flight
+/// requests finish.
+pub async fn serve(listener: TcpListener, context: Arc<ServiceContext>, shutdown: Shutdown) {
+    let service = &context.service;
+    let authority = match Authority::try_from(service.upstream.authority.as_str()) {
+        Ok(authority) => authority,
+        Err(e) => {
+            tracing::error!(service = %service.name, "invalid upstream {}: {e}", service.upstream);
+            return;
+        }
+    };
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(service.connect_timeout));
+    let client = Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(60))
+        .build(connector);
+    let proxy = Arc::new(Proxy {
+        context: Arc::clone(&context),
+        client,
+        authority,
+        shutdown: shutdown.clone(),
+    });
+    let builder = auto::Builder::new(TokioExecutor::new());
+    let graceful = GracefulShutdown::new();
+    loop {
+        let accepted = tokio::select! {
+            () = shutdown.draining.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                super::tcp::accept_failed(&context.service.name, e).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        context.metrics.connection(Outcome::Accepted);
+        let active = context.metrics.connection_opened();
+        let forwarded_for = HeaderValue::from_str(&peer.ip().to_string())
+            .expect("an IP address is a valid header value");
+        let proxy = Arc::clone(&proxy);
+        let service = service_fn(move |request| {
+            let proxy = Arc::clone(&proxy);
+            let forwarded_for = forwarded_for.clone();
+            async move { proxy.handle(request, forwarded_for).await }
+        });
+        let connection = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .into_owned();
+        let connection = graceful.watch(connection);
+        let hard_stop = shutdown.hard_stop.clone();
+        shutdown.tracker.spawn(async move {
+            let _active = active;
+            tokio::select! {
+                result = connection => {
+                    if let Err(e) = result {
+                        tracing::debug!(%peer, "http connection ended: {e}");
+                    }
+                }
+                () = hard_stop.cancelled() => {}
+            }
+        });
+    }
+    tokio::select! {
+        () = graceful.shutdown() => {}
+        () = shutdown.hard_stop.cancelled() => {}
+    }
+}
+
+/// What the rules say to do with one request.
+enum Step {
+    Forward,
+    Respond(Response<ProxyBody>),
+    Drop,
+    Blackhole,
+}
+
+impl Proxy {
+    async fn handle(
+        &self,
+        request: Request<Incoming>,
+        forwarded_for: HeaderValue,
+    ) -> Result<Response<ProxyBody>, Refused> {
+        let started = Instant::now();
+        let seed: u64 = rand::random();
+        let (step, delay) = self.decide(&request, seed);
+        if !delay.is_zero() {
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = self.shutdown.hard_stop.cancelled() => return Err(Refused::ShuttingDown),
+            }
+        }
+        let (outcome, result) = match step {
+            Step::Forward => self.forward(request, forwarded_for, delay).await,
+            Step::Respond(response) => (Outcome::Error, Ok(response)),
+            Step::Drop => (Outcome::Dropped, Err(Refused::Dropped)),
+            Step::Blackhole => {
+                self.blackhole(&request, seed).await;
+                (Outcome::Blackholed, Err(Refused::Blackholed))
+            }
+        };
+        self.context.metrics.request(outcome, started.elapsed());
+        result
+    }
+
+    /// Reads the live rules once; never blocks and never awaits.
+    fn decide(&self, request: &Request<Incoming>, seed: u64) -> (Step, Duration) {
+        let rules = self.context.live.load();
+        let faults = rules.service(self.context.service.id);
+        if faults.is_empty() {
+            return (Step::Forward, Duration::ZERO);
+        }
+        let info = RequestInfo {
+            method: request.method(),
+            path: request.uri().path(),
+        };
+        let decision = decide(faults, Some(info), |fault| connection_roll(seed, fault));
+        self.context.metrics.faults_injected(&decision.applied);
+        let delay = if decision.delay.is_zero() {
+            Duration::ZERO
+        } else {
+            decision.delay.sample(rand::random())
+        };
+        let step = match decision.verdict {
+            Verdict::Forward => Step::Forward,
+            Verdict::Drop => Step::Drop,
+            Verdict::Blackhole => Step::Blackhole,
+            Verdict::Error(error) => {
+                let mut response = Response::new(Either::Right(Full::new(error.body.clone())));
+                *response.status_mut() = error.status;
+                *response.headers_mut() = error.headers.clone();
+                if !response.headers().contains_key(header::CONTENT_TYPE) {
+                    response.headers_mut().insert(
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("text/plain; charset=utf-8"),
+                    );
+                }
+                Step::Respond(response)
+            }
+        };
+        (step, delay)
+    }
+
+    /// Holds a blackholed request until the blackhole no longer applies to it.
+    async fn blackhole(&self, request: &Request<Incoming>, seed: u64) {
+        let mut changes = self.context.live.subscribe();
+        loop {
+            changes.borrow_and_update();
+            let still = {
+                let rules = self.context.live.load();
+                let info = RequestInfo {
+                    method: request.method(),
+                    path: request.uri().path(),
+                };
+                let faults = rules.service(self.context.service.id);
+                let decision = decide(faults, Some(info), |fault| connection_roll(seed, fault));
+                matches!(decision.verdict, Verdict::Blackhole)
+            };
+            if !still {
+                return;
+            }
+            tokio::select! {
+                changed = changes.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                }
+                () = self.shutdown.hard_stop.cancelled() => return,
+            }
+        }
+    }
+
+    async fn forward(
+        &self,
+        mut request: Request<Incoming>,
+        forwarded_for: HeaderValue,
+        delay: Duration,
+    ) -> (Outcome, Result<Response<ProxyBody>, Refused>) {
+        if is_upgrade(request.headers()) {
+            return self.upgrade(request, forwarded_for).await;
+        }
+        self.prepare(&mut request, forwarded_for, false);
+        let request =
+            request.map(|body| Counted::new(body, Arc::clone(&self.context), Flow::Upstream));
+        let service = &self.context.service;
+        match tokio::time::timeout(service.timeout, self.client.request(request)).await {
+            Ok(Ok(response)) => {
+                let outcome = if delay.is_zero() {
+                    Outcome::Forwarded
+                } else {
+                    Outcome::Delayed
+                };
+                (outcome, Ok(self.downstream(response, false)))
+            }
+            Ok(Err(e)) => (Outcome::UpstreamError, Ok(self.upstream_failed(&e))),
+            Err(_) => (
+                Outcome::UpstreamError,
+                Ok(self.failure(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    format!(
+                        "did not send response headers within {}",
+                        humantime::format_duration(service.timeout)
+                    ),
+                )),
+            ),
+        }
+    }
+
+    /// Rewrites a client request for the upstream: target URI, HTTP/1.1,
+    /// hop-by-hop fields removed (kept for an upgrade), X-Forwarded-For.
+    fn prepare<B>(&self, request: &mut Request<B>, forwarded_for: HeaderValue, upgrade: bool) {
+        let path = request
+            .uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        if !request.headers().contains_key(header::HOST) {
+            // An h2 client names the host in :authority; keep it for the upstream.
+            if let Some(host) = request
+                .uri()
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            {
+                request.headers_mut().insert(header::HOST, host);
+            }
+        }
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(Scheme::HTTP);
+        parts.authority = Some(self.authority.clone());
+        parts.path_and_query = Some(path);
+        *request.uri_mut() = Uri::from_parts(parts).expect("scheme, authority and path make a URI");
+        *request.version_mut() = Version::HTTP_11;
+        let headers = request.headers_mut();
+        if upgrade {
+            let protocol = headers.get(header::UPGRADE).cloned();
+            strip_hop_by_hop(headers);
+            if let Some(protocol) = protocol {
+                headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+                headers.insert(header::UPGRADE, protocol);
+            }
+        } else {
+            strip_hop_by_hop(headers);
+        }
+        headers.append(HeaderName::from_static("x-forwarded-for"), forwarded_for);
+    }
+
+    fn downstream(&self, response: Response<Incoming>, upgrade: bool) -> Response<ProxyBody> {
+        let mut response = response.map(|body| {
+            Either::Left(Counted::new(
+                body,
+                Arc::clone(&self.context),
+                Flow::Downstream,
+            ))
+        });
+        if !upgrade {
+            strip_hop_by_hop(response.headers_mut());
+        }
+        response
+    }
+
+    /// Passes an `Upgrade` (WebSocket) request through on a connection of
+    /// its own, then relays the upgraded streams under the same faults as TCP.
+    async fn upgrade(
+        &self,
+        mut request: Request<Incoming>,
+        forwarded_for: HeaderValue,
+    ) -> (Outcome, Result<Response<ProxyBody>, Refused>) {
+        let service = &self.context.service;
+        let client_upgrade = hyper::upgrade::on(&mut request);
+        self.prepare(&mut request, forwarded_for, true);
+        let connect = tokio::time::timeout(
+            service.connect_timeout,
+            TcpStream::connect(service.upstream.authority.as_str()),
+        );
+        let stream = match connect.await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => {
+                return (
+                    Outcome::UpstreamError,
+                    Ok(self.failure(StatusCode::BAD_GATEWAY, format!("is unreachable: {e}"))),
+                )
+            }
+            Err(_) => return (Outcome::UpstreamError, Ok(self.connect_timed_out())),
+        };
+        let _ = stream.set_nodelay(true);
+        let (mut sender, connection) =
+            match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await {
+                Ok(handshake) => handshake,
+                Err(e) => {
+                    return (
+                        Outcome::UpstreamError,
+                        Ok(self.failure(StatusCode::BAD_GATEWAY, format!("failed: {e}"))),
+                    )
+                }
+            };
+        self.shutdown.tracker.spawn(async move {
+            if let Err(e) = connection.with_upgrades().await {
+                tracing::debug!("upstream upgrade connection ended: {e}");
+            }
+        });
+        let request =
+            request.map(|body| Counted::new(body, Arc::clone(&self.context), Flow::Upstream));
+        let mut response =
+            match tokio::time::timeout(service.timeout, sender.send_request(request)).await {
+                Ok(Ok(response)) => response,
+                Ok(Err(e)) => {
+                    return (
+                        Outcome::UpstreamError,
+                        Ok(self.failure(StatusCode::BAD_GATEWAY, format!("failed: {e}"))),
+                    )
+                }
+                Err(_) => {
+                    return (
+                        Outcome::UpstreamError,
+                        Ok(self.failure(
+                            StatusCode::GATEWAY_TIMEOUT,
+                            "did not answer the upgrade in time".to_owned(),
+                        )),
+                    )
+                }
+            };
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+            let upstream_upgrade = hyper::upgrade::on(&mut response);
+            let context = Arc::clone(&self.context);
+            let hard_stop = self.shutdown.hard_stop.clone();
+            self.shutdown.tracker.spawn(async move {
+                let (client, upstream) = match tokio::try_join!(client_upgrade, upstream_upgrade) {
+                    Ok(pair) => pair,
+                    Err(e) => {
+                        tracing::debug!("upgrade failed: {e}");
+                        return;
+                    }
+                };
+                let (client_read, client_write) = tokio::io::split(TokioIo::new(client));
+                let (upstream_read, upstream_write) = tokio::io::split(TokioIo::new(upstream));
+                let mut connection = Connection::new(&context);
+                let effect = connection.evaluate(&context);
+                relay::relay(
+                    client_read,
+                    client_write,
+                    upstream_read,
+                    upstream_write,
+                    &context,
+                    &mut connection,
+                    effect,
+                    &hard_stop,
+                )
+                .await;
+            });
+        }
+        (Outcome::Forwarded, Ok(self.downstream(response, true)))
+    }
+
+    /// Maps an upstream client error to 502, or 504 for a connect timeout.
+    fn upstream_failed(&self, error: &hyper_util::client::legacy::Error) -> Response<ProxyBody> {
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+        let mut chain = Vec::new();
+        while let Some(e) = source {
+            if let Some(io) = e.downcast_ref::<std::io::Error>() {
+                if io.kind() == std::io::ErrorKind::TimedOut {
+                    return self.connect_timed_out();
+                }
+            }
+            chain.push(e.to_string());
+            source = e.source();
+        }
+        let what = if error.is_connect() {
+            "is unreachable"
+        } else {
+            "failed"
+        };
+        self.failure(
+            StatusCode::BAD_GATEWAY,
+            format!("{what}: {}", chain.join(": ")),
+        )
+    }
+
+    fn connect_timed_out(&self) -> Response<ProxyBody> {
+        let timeout = humantime::format_duration(self.context.service.connect_timeout);
+        self.failure(
+            StatusCode::GATEWAY_TIMEOUT,
+            format!("did not accept a connection within {timeout}"),
+        )
+    }
+
+    /// A response of firedrill's own about the upstream: which service,
+    /// which upstream, what went wrong.
+    fn failure(&self, status: StatusCode, what: String) -> Response<ProxyBody> {
+        let service = &self.context.service;
+        tracing::debug!(service = %service.name, upstream = %service.upstream, %status, "{what}");
+        let body = format!(
+            "firedrill: service `{}` ({}): upstream {} {what}\n",
+            service.name, service.datacenter, service.upstream
+        );
+        let mut response = Response::new(Either::Right(Full::new(Bytes::from(body))));
+        *response.status_mut() = status;
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        response
+    }
+}
+
+fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|token| token.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// Removes the hop-by-hop fields, including any that `Connection` names.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if let Some(connection) = headers.get(header::CONNECTION) {
+        let named: Vec<HeaderName> = connection
+            .to_str()
+            .unwrap_or("")
+            .split(',')
+            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+    }
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+}

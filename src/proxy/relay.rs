@@ -1,0 +1,345 @@
+//! Moves bytes both ways between a client and its upstream while obeying the
+//! live rules: per-chunk delays (pipelined, order kept), and cuts (drop,
+//! blackhole) that reach an open connection as soon as rules change.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::{Flow, ServiceContext};
+use crate::fault::{connection_roll, decide, Latency, Verdict};
+
+/// Read size per chunk; also the unit a per-chunk delay applies to.
+const CHUNK: usize = 16 * 1024;
+/// Bytes a delayed direction may hold before it stops reading (backpressure).
+const MAX_DELAYED: usize = 1024 * 1024;
+
+/// The state of one connection's faults, re-evaluated on every rule change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Cut {
+    None,
+    Drop,
+    Blackhole,
+}
+
+/// The current effect of the rules on one connection.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Effect {
+    pub cut: Cut,
+    /// Delay before connection setup (tcp).
+    pub setup: Latency,
+    pub upstream: Latency,
+    pub downstream: Latency,
+}
+
+/// What one connection remembers between rule changes.
+#[derive(Debug)]
+pub(crate) struct Connection {
+    /// Seeds this connection's probability rolls, so they stay stable.
+    seed: u64,
+    /// Faults already counted as injected on this connection.
+    counted: Vec<u64>,
+    pub changes: watch::Receiver<u64>,
+}
+
+impl Connection {
+    pub fn new(context: &ServiceContext) -> Connection {
+        let mut changes = context.live.subscribe();
+        changes.borrow_and_update();
+        Connection {
+            seed: rand::random(),
+            counted: Vec::new(),
+            changes,
+        }
+    }
+
+    /// Decides what the current rules do to this connection, counting each
+    /// fault once per connection when it first takes effect.
+    pub fn evaluate(&mut self, context: &ServiceContext) -> Effect {
+        let rules = context.live.load();
+        let faults = rules.service(context.service.id);
+        if faults.is_empty() {
+            self.counted.clear();
+            return Effect {
+                cut: Cut::None,
+                setup: Latency::default(),
+                upstream: Latency::default(),
+                downstream: Latency::default(),
+            };
+        }
+        let decision = decide(faults, None, |fault| connection_roll(self.seed, fault));
+        let fresh: Vec<_> = decision
+            .applied
+            .iter()
+            .copied()
+            .filter(|f| !self.counted.contains(&f.uid))
+            .collect();
+        context.metrics.faults_injected(&fresh);
+        self.counted = decision.applied.iter().map(|f| f.uid).collect();
+        Effect {
+            cut: match decision.verdict {
+                Verdict::Blackhole => Cut::Blackhole,
+                Verdict::Drop => Cut::Drop,
+                Verdict::Forward | Verdict::Error(_) => Cut::None,
+            },
+            setup: decision.delay,
+            upstream: decision.upstream,
+            downstream: decision.downstream,
+        }
+    }
+
+    /// Waits for a rule change that cuts this connection, keeping `delays`
+    /// current meanwhile. Returns `None` on hard stop.
+    async fn watch(
+        &mut self,
+        context: &ServiceContext,
+        delays: &[SharedLatency; 2],
+        hard_stop: &CancellationToken,
+    ) -> Option<Cut> {
+        loop {
+            tokio::select! {
+                () = hard_stop.cancelled() => return None,
+                changed = self.changes.changed() => {
+                    if changed.is_err() {
+                        // The rules can no longer change: nothing will cut us.
+                        std::future::pending::<()>().await;
+                    }
+                }
+            }
+            let effect = self.evaluate(context);
+            if effect.cut != Cut::None {
+                return Some(effect.cut);
+            }
+            delays[0].set(effect.upstream);
+            delays[1].set(effect.downstream);
+        }
+    }
+}
+
+/// A [`Latency`] that pumps read while the watcher updates it.
+#[derive(Debug, Default)]
+struct SharedLatency {
+    base: AtomicU64,
+    jitter: AtomicU64,
+}
+
+impl SharedLatency {
+    fn set(&self, latency: Latency) {
+        self.base.store(nanos(latency.base), Ordering::Relaxed);
+        self.jitter.store(nanos(latency.jitter), Ordering::Relaxed);
+    }
+
+    fn get(&self) -> Latency {
+        Latency {
+            base: Duration::from_nanos(self.base.load(Ordering::Relaxed)),
+            jitter: Duration::from_nanos(self.jitter.load(Ordering::Relaxed)),
+        }
+    }
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// How a relay ended.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum End {
+    /// Both sides finished, or one failed.
+    Closed,
+    /// A drop fault hit: the caller resets both sides.
+    Dropped,
+    /// A blackhole held the connection and has ended: close both sides.
+    Released,
+    /// Shutdown's deadline passed.
+    Stopped,
+}
+
+/// Relays between the client halves and the upstream halves until both
+/// sides close, a cut arrives, or shutdown's deadline passes.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn relay<CR, CW, UR, UW>(
+    mut client_read: CR,
+    mut client_write: CW,
+    mut upstream_read: UR,
+    mut upstream_write: UW,
+    context: &ServiceContext,
+    connection: &mut Connection,
+    effect: Effect,
+    hard_stop: &CancellationToken,
+) -> End
+where
+    CR: AsyncRead + Unpin,
+    CW: AsyncWrite + Unpin,
+    UR: AsyncRead + Unpin,
+    UW: AsyncWrite + Unpin,
+{
+    let delays = [SharedLatency::default(), SharedLatency::default()];
+    delays[0].set(effect.upstream);
+    delays[1].set(effect.downstream);
+    let cut = {
+        let pumps = async {
+            tokio::try_join!(
+                pump(
+                    &mut client_read,
+                    &mut upstream_write,
+                    &delays[0],
+                    context,
+                    Flow::Upstream
+                ),
+                pump(
+                    &mut upstream_read,
+                    &mut client_write,
+                    &delays[1],
+                    context,
+                    Flow::Downstream
+                ),
+            )
+        };
+        tokio::select! {
+            result = pumps => {
+                if let Err(e) = result {
+                    tracing::debug!(service = %context.service.name, "connection ended: {e}");
+                }
+                return End::Closed;
+            }
+            cut = connection.watch(context, &delays, hard_stop) => cut,
+        }
+    };
+    match cut {
+        None => End::Stopped,
+        Some(Cut::Drop) | Some(Cut::None) => End::Dropped,
+        Some(Cut::Blackhole) => {
+            hold(
+                &mut client_read,
+                Some(&mut upstream_read),
+                context,
+                connection,
+                hard_stop,
+            )
+            .await
+        }
+    }
+}
+
+/// A blackhole: nothing passes either way. Reads and discards what either
+/// side sends until the blackhole lifts (then `Released`), the client goes
+/// away (`Closed`), or a drop fault replaces it (`Dropped`).
+pub(crate) async fn hold<C, U>(
+    client: &mut C,
+    mut upstream: Option<&mut U>,
+    context: &ServiceContext,
+    connection: &mut Connection,
+    hard_stop: &CancellationToken,
+) -> End
+where
+    C: AsyncRead + Unpin,
+    U: AsyncRead + Unpin,
+{
+    let mut sink = vec![0u8; 4096];
+    let mut upstream_sink = vec![0u8; 4096];
+    let mut upstream_open = upstream.is_some();
+    loop {
+        tokio::select! {
+            () = hard_stop.cancelled() => return End::Stopped,
+            read = client.read(&mut sink) => {
+                if matches!(read, Ok(0) | Err(_)) {
+                    return End::Closed;
+                }
+            }
+            read = async {
+                match upstream.as_mut() {
+                    Some(upstream) => upstream.read(&mut upstream_sink).await,
+                    None => std::future::pending().await,
+                }
+            }, if upstream_open => {
+                upstream_open = matches!(read, Ok(n) if n > 0);
+            }
+            changed = connection.changes.changed() => {
+                if changed.is_err() {
+                    std::future::pending::<()>().await;
+                }
+                match connection.evaluate(context).cut {
+                    Cut::Blackhole => {}
+                    Cut::Drop => return End::Dropped,
+                    Cut::None => return End::Released,
+                }
+            }
+        }
+    }
+}
+
+/// Copies one direction, chunk by chunk. Without a delay it is a plain
+/// read-then-write loop; with one, chunks wait in a queue until they are due
+/// while reading goes on, so a delay adds latency without cutting throughput.
+async fn pump<R, W>(
+    reader: &mut R,
+    writer: &mut W,
+    delay: &SharedLatency,
+    context: &ServiceContext,
+    flow: Flow,
+) -> std::io::Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buf = vec![0u8; CHUNK];
+    let mut queue: VecDeque<(Instant, Bytes)> = VecDeque::new();
+    let mut queued = 0usize;
+    let mut last_due = Instant::now();
+    let mut eof = false;
+    loop {
+        let latency = delay.get();
+        if queue.is_empty() {
+            if eof {
+                // Half-close: pass the end of this direction on and let the
+                // other direction keep flowing.
+                return writer.shutdown().await;
+            }
+            if latency.is_zero() {
+                let n = reader.read(&mut buf).await?;
+                if n == 0 {
+                    eof = true;
+                    continue;
+                }
+                writer.write_all(&buf[..n]).await?;
+                context.count_bytes(flow, n);
+                continue;
+            }
+        }
+        let front_due = queue.front().map(|(due, _)| *due);
+        tokio::select! {
+            biased;
+            () = sleep_until_some(front_due) => {
+                let (_, chunk) = queue.pop_front().expect("a due chunk is queued");
+                queued -= chunk.len();
+                writer.write_all(&chunk).await?;
+                context.count_bytes(flow, chunk.len());
+            }
+            read = reader.read(&mut buf), if !eof && queued < MAX_DELAYED => {
+                let n = read?;
+                if n == 0 {
+                    eof = true;
+                } else {
+                    // Never due before the chunk ahead of it: order is kept.
+                    let due = (Instant::now() + latency.sample(rand::random())).max(last_due);
+                    last_due = due;
+                    queued += n;
+                    queue.push_back((due, Bytes::copy_from_slice(&buf[..n])));
+                }
+            }
+        }
+    }
+}
+
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,136 @@
+//! TCP services: an accept loop, and per connection one decision at setup
+//! (blackhole, drop, delay, forward) and a relay that keeps obeying the
+//! rules while the connection is open.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+
+use super::relay::{self, Connection, Cut, End};
+use super::ServiceContext;
+use crate::metrics::Outcome;
+use crate::shutdown::Shutdown;
+
+/// Accepts connections for one tcp service until shutdown starts.
+pub async fn serve(listener: TcpListener, context: Arc<ServiceContext>, shutdown: Shutdown) {
+    loop {
+        let accepted = tokio::select! {
+            () = shutdown.draining.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let context = Arc::clone(&context);
+                let hard_stop = shutdown.hard_stop.clone();
+                shutdown.tracker.spawn(async move {
+                    handle(stream, peer, &context, &hard_stop).await;
+                });
+            }
+            Err(e) => accept_failed(&context.service.name, e).await,
+        }
+    }
+}
+
+/// Logs a failed accept and backs off briefly: running out of file
+/// descriptors must slow the proxy down, not spin it.
+pub(crate) async fn accept_failed(service: &str, e: std::io::Error) {
+    tracing::warn!(service, "accept failed: {e}");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+}
+
+async fn handle(
+    client: TcpStream,
+    peer: SocketAddr,
+    context: &ServiceContext,
+    hard_stop: &tokio_util::sync::CancellationToken,
+) {
+    let _active = context.metrics.connection_opened();
+    let _ = client.set_nodelay(true);
+    let mut connection = Connection::new(context);
+    let mut client = client;
+    let mut effect = connection.evaluate(context);
+    let delayed = !effect.setup.is_zero();
+    if delayed && effect.cut == Cut::None {
+        tokio::select! {
+            () = hard_stop.cancelled() => return,
+            () = tokio::time::sleep(effect.setup.sample(rand::random())) => {}
+        }
+        // The rules may have changed while we waited.
+        effect = connection.evaluate(context);
+    }
+    match effect.cut {
+        Cut::Drop => {
+            context.metrics.connection(Outcome::Dropped);
+            reset(&client);
+            return;
+        }
+        Cut::Blackhole => {
+            context.metrics.connection(Outcome::Blackholed);
+            let end = relay::hold(
+                &mut client,
+                None::<&mut TcpStream>,
+                context,
+                &mut connection,
+                hard_stop,
+            )
+            .await;
+            if end == End::Dropped {
+                reset(&client);
+            }
+            return;
+        }
+        Cut::None => {}
+    }
+    let service = &context.service;
+    let connect = tokio::time::timeout(
+        service.connect_timeout,
+        TcpStream::connect(service.upstream.authority.as_str()),
+    );
+    let mut upstream = match connect.await {
+        Ok(Ok(upstream)) => upstream,
+        Ok(Err(e)) => {
+            tracing::debug!(service = %service.name, %peer, upstream = %service.upstream, "upstream connect failed: {e}");
+            context.metrics.connection(Outcome::UpstreamError);
+            reset(&client);
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(service = %service.name, %peer, upstream = %service.upstream, "upstream connect timed out");
+            context.metrics.connection(Outcome::UpstreamError);
+            reset(&client);
+            return;
+        }
+    };
+    let _ = upstream.set_nodelay(true);
+    context.metrics.connection(if delayed {
+        Outcome::Delayed
+    } else {
+        Outcome::Forwarded
+    });
+    let (client_read, client_write) = client.split();
+    let (upstream_read, upstream_write) = upstream.split();
+    let end = relay::relay(
+        client_read,
+        client_write,
+        upstream_read,
+        upstream_write,
+        context,
+        &mut connection,
+        effect,
+        hard_stop,
+    )
+    .await;
+    if end == End::Dropped {
+        reset(&client);
+        reset(&upstream);
+    }
+}
+
+/// Closes with RST instead of FIN, so the peer sees the connection cut.
+fn reset(stream: &TcpStream) {
+    if let Err(e) = stream.set_zero_linger() {
+        tracing::debug!("cannot set SO_LINGER for a reset: {e}");
+    }
+}
