@@ -135,27 +135,20 @@ pub fn load(path: &Path) -> Result<Plan, Error> {
 
 /// Parses and validates plan text; `file` names it in diagnostics.
 pub fn parse(source: &str, file: &str) -> Result<Plan, Error> {
-    let raw: raw::Plan = toml::from_str(source).map_err(|e| {
-        let span = e.span().unwrap_or(0..0);
-        Error::Invalid(vec![Diagnostic::new(
-            file,
-            source,
-            span,
-            e.message().trim_end().to_owned(),
-        )])
-    })?;
     let mut problems = Vec::new();
-    let plan = validate::validate(raw, &mut |span, message| problems.push((span, message)));
-    if problems.is_empty() {
-        Ok(plan)
-    } else {
-        problems.sort_by_key(|(span, _): &(Range<usize>, String)| span.start);
-        Err(Error::Invalid(
-            problems
-                .into_iter()
-                .map(|(span, message)| Diagnostic::new(file, source, span, message))
-                .collect(),
-        ))
+    let mut report = |span, message| problems.push((span, message));
+    let plan = raw::parse(source, &mut report).map(|raw| validate::validate(raw, &mut report));
+    match plan {
+        Some(plan) if problems.is_empty() => Ok(plan),
+        _ => {
+            problems.sort_by_key(|(span, _): &(Range<usize>, String)| span.start);
+            Err(Error::Invalid(
+                problems
+                    .into_iter()
+                    .map(|(span, message)| Diagnostic::new(file, source, span, message))
+                    .collect(),
+            ))
+        }
     }
 }
 

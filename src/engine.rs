@@ -273,3 +273,6 @@ pub fn rules_at<'a>(
     }
     (rules, next)
 }
+
+#[cfg(test)]
+mod tests;

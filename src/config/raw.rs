@@ -2,27 +2,102 @@
 //! values that can be checked alone (durations, probabilities, addresses)
 //! are checked while parsing so toml points at the offending value.
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
+use std::ops::Range;
 use std::time::Duration;
 
 use indexmap::IndexMap;
 use serde::Deserialize;
+use toml::de::{DeTable, DeValue, ValueDeserializer};
 use toml::Spanned;
 
 use crate::fault::Direction;
 use crate::topology::{Protocol, Upstream};
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// The whole plan. Parsed table by table (see [`parse`]) so that one bad
+/// value does not hide the problems in every other table.
+#[derive(Debug, Default)]
 pub struct Plan {
-    #[serde(default)]
     pub admin: Admin,
-    #[serde(default)]
     pub datacenters: IndexMap<Spanned<String>, DataCenter>,
-    #[serde(default)]
     pub services: IndexMap<Spanned<String>, Service>,
-    #[serde(default)]
     pub scenarios: IndexMap<Spanned<String>, Scenario>,
+    /// Names whose tables failed to parse: cross-checks treat them as
+    /// defined, so one typo does not cascade into "unknown name" errors.
+    pub broken: HashSet<String>,
+}
+
+/// Parses plan text, reporting every syntax error, or else every table that
+/// does not fit the schema. `None` when the TOML itself is broken.
+pub fn parse(source: &str, report: &mut dyn FnMut(Range<usize>, String)) -> Option<Plan> {
+    let (root, syntax_errors) = DeTable::parse_recoverable(source);
+    if !syntax_errors.is_empty() {
+        for e in syntax_errors {
+            report(e.span().unwrap_or(0..0), e.message().trim_end().to_owned());
+        }
+        return None;
+    }
+    let mut plan = Plan::default();
+    for (key, value) in root.get_ref() {
+        match key.get_ref().as_ref() {
+            "admin" => {
+                if let Some(admin) = item(value, report) {
+                    plan.admin = admin;
+                }
+            }
+            "datacenters" => table(value, &mut plan.datacenters, &mut plan.broken, report),
+            "services" => table(value, &mut plan.services, &mut plan.broken, report),
+            "scenarios" => table(value, &mut plan.scenarios, &mut plan.broken, report),
+            other => report(
+                key.span(),
+                format!("unknown table `{other}`, expected one of `admin`, `datacenters`, `services`, `scenarios`"),
+            ),
+        }
+    }
+    Some(plan)
+}
+
+/// Deserializes one value, reporting its error at the offending span.
+fn item<T: for<'de> Deserialize<'de>>(
+    value: &Spanned<DeValue<'_>>,
+    report: &mut dyn FnMut(Range<usize>, String),
+) -> Option<T> {
+    T::deserialize(ValueDeserializer::from(value.clone()))
+        .map_err(|e| {
+            report(
+                e.span().unwrap_or(value.span()),
+                e.message().trim_end().to_owned(),
+            )
+        })
+        .ok()
+}
+
+/// Deserializes each entry of a `[kind.NAME]` table on its own.
+fn table<T: for<'de> Deserialize<'de>>(
+    value: &Spanned<DeValue<'_>>,
+    into: &mut IndexMap<Spanned<String>, T>,
+    broken: &mut HashSet<String>,
+    report: &mut dyn FnMut(Range<usize>, String),
+) {
+    let DeValue::Table(entries) = value.get_ref() else {
+        report(
+            value.span(),
+            format!("expected a table, found {}", value.get_ref().type_str()),
+        );
+        return;
+    };
+    for (name, entry) in entries {
+        let key = Spanned::new(name.span(), name.get_ref().to_string());
+        match item(entry, report) {
+            Some(parsed) => {
+                into.insert(key, parsed);
+            }
+            None => {
+                broken.insert(key.into_inner());
+            }
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]

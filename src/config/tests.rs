@@ -1,1 +1,254 @@
+use std::time::Duration;
 
+use super::*;
+use crate::fault::Action;
+use crate::topology::Protocol;
+
+const MINIMAL: &str = r#"
+[datacenters.pangyo]
+[datacenters.ansan]
+
+[services.talk]
+datacenter = "pangyo"
+protocol = "http"
+listen = "127.0.0.1:8001"
+upstream = "http://127.0.0.1:9001"
+
+[services.cache]
+datacenter = "ansan"
+protocol = "tcp"
+listen = "127.0.0.1:16379"
+upstream = "127.0.0.1:6379"
+"#;
+
+fn errors(source: &str) -> Vec<Diagnostic> {
+    match parse(source, "plan.toml") {
+        Ok(_) => panic!("plan should be rejected"),
+        Err(Error::Invalid(diagnostics)) => diagnostics,
+        Err(e) => panic!("unexpected error {e}"),
+    }
+}
+
+fn one_error(source: &str) -> (usize, usize, String) {
+    let errors = errors(source);
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    (errors[0].line, errors[0].column, errors[0].message.clone())
+}
+
+#[test]
+fn the_shipped_plan_is_valid() {
+    let plan = parse(
+        include_str!("../../config/kakao-staging.toml"),
+        "kakao-staging.toml",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let names: Vec<&str> = plan.scenarios.iter().map(|s| &*s.name).collect();
+    for wanted in [
+        "pangyo-fire",
+        "pangyo-recovery",
+        "login-outage",
+        "flaky-link",
+    ] {
+        assert!(names.contains(&wanted), "{wanted} missing from {names:?}");
+    }
+    assert_eq!(plan.topology.datacenters.len(), 4);
+    let pangyo = &plan.topology.datacenters[0];
+    assert_eq!(&*pangyo.name, "pangyo");
+    assert!(pangyo.services.len() * 2 > plan.topology.services.len());
+}
+
+#[test]
+fn defaults_fill_in_what_the_plan_leaves_out() {
+    let source = format!(
+        "{MINIMAL}\n[scenarios.fire]\n[[scenarios.fire.faults]]\ndatacenter = \"pangyo\"\naction = \"drop\"\n"
+    );
+    let plan = parse(&source, "plan.toml").unwrap();
+    assert_eq!(plan.admin.listen.to_string(), DEFAULT_ADMIN_LISTEN);
+    let fire = plan.scenario("fire").unwrap();
+    assert_eq!(fire.max_duration, Duration::from_secs(15 * 60));
+    let fault = &fire.faults[0];
+    assert_eq!(fault.probability, 1.0);
+    assert_eq!(fault.after, Duration::ZERO);
+    assert_eq!(fault.duration, None);
+    assert!(matches!(fault.action, Action::Drop));
+    assert_eq!(fault.targets.len(), 1);
+    let talk = plan.topology.service("talk").unwrap();
+    assert_eq!(talk.protocol, Protocol::Http);
+    assert_eq!(talk.upstream.authority, "127.0.0.1:9001");
+}
+
+#[test]
+fn unknown_datacenter_names_the_known_ones() {
+    let source = MINIMAL.replace("datacenter = \"ansan\"", "datacenter = \"pangyo2\"");
+    let (line, column, message) = one_error(&source);
+    assert_eq!((line, column), (12, 14));
+    assert_eq!(
+        message,
+        "service `cache` names unknown datacenter `pangyo2`; known: pangyo, ansan"
+    );
+}
+
+#[test]
+fn unknown_fields_are_errors_at_their_line() {
+    let source = MINIMAL.replace("protocol = \"tcp\"", "protocl = \"tcp\"");
+    let (line, column, message) = one_error(&source);
+    assert_eq!((line, column), (13, 1));
+    assert!(message.starts_with("unknown field `protocl`"), "{message}");
+}
+
+#[test]
+fn bad_values_point_at_the_value() {
+    let source = format!(
+        "{MINIMAL}\n[scenarios.s]\nmax_duration = \"soon\"\n[[scenarios.s.faults]]\nservice = \"talk\"\naction = \"drop\"\n"
+    );
+    let (line, column, message) = one_error(&source);
+    assert_eq!((line, column), (18, 16));
+    assert!(message.contains("invalid duration `soon`"), "{message}");
+
+    let source = format!(
+        "{MINIMAL}\n[scenarios.s]\n[[scenarios.s.faults]]\nservice = \"talk\"\naction = \"drop\"\nprobability = 1.5\n"
+    );
+    let (line, _, message) = one_error(&source);
+    assert_eq!(line, 21);
+    assert!(message.contains("between 0 and 1"), "{message}");
+
+    let source = format!(
+        "{MINIMAL}\n[scenarios.s]\n[[scenarios.s.faults]]\nservice = \"talk\"\naction = \"explode\"\n"
+    );
+    let (line, _, message) = one_error(&source);
+    assert_eq!(line, 20);
+    assert!(message.contains("unknown variant `explode`"), "{message}");
+}
+
+#[test]
+fn a_bad_value_does_not_hide_problems_in_other_tables() {
+    let source = format!(
+        r#"{MINIMAL}
+[services.mail]
+datacenter = "pangyo"
+protocol = "http"
+listen = "127.0.0.1:8007"
+upstream = "127.0.0.1"
+
+[services.gift]
+datacenter = "pangyo2"
+protocol = "smtp"
+listen = "127.0.0.1:8006"
+upstream = "127.0.0.1:9006"
+
+[scenarios.s]
+max_duration = "soon"
+[[scenarios.s.faults]]
+service = "mail"
+action = "drop"
+
+[scenarios.t]
+[[scenarios.t.faults]]
+service = "gift"
+action = "drop"
+[[scenarios.t.faults]]
+service = "nope"
+action = "drop"
+"#
+    );
+    let errors = errors(&source);
+    let found: Vec<(usize, &str)> = errors
+        .iter()
+        .map(|e| (e.line, e.message.as_str()))
+        .collect();
+    // mail and gift failed to parse, so faults naming them are not also
+    // reported as naming unknown services; `nope` is.
+    assert_eq!(found.len(), 4, "{found:#?}");
+    assert_eq!(found[0].0, 21);
+    assert!(found[0].1.contains("needs a host and a port"), "{found:#?}");
+    assert_eq!(found[1].0, 25);
+    assert!(found[1].1.contains("unknown variant `smtp`"), "{found:#?}");
+    assert_eq!(found[2].0, 30);
+    assert!(found[2].1.contains("invalid duration `soon`"), "{found:#?}");
+    assert_eq!(
+        found[3],
+        (
+            40,
+            "scenario `t` fault #2: names unknown service `nope`; known: talk, cache"
+        )
+    );
+}
+
+#[test]
+fn every_syntax_error_is_reported() {
+    let errors = errors("[admin\nlisten = \n[services.a]\nx = \"unterminated\n");
+    assert!(errors.len() >= 2, "{errors:#?}");
+    assert_eq!(errors[0].line, 1);
+}
+
+#[test]
+fn unknown_top_level_tables_are_errors() {
+    let (line, _, message) = one_error(&format!(
+        "{MINIMAL}
+[servics.x]
+"
+    ));
+    assert_eq!(line, 17);
+    assert!(message.starts_with("unknown table `servics`"), "{message}");
+}
+
+#[test]
+fn cross_checks_collect_every_problem_with_its_line() {
+    let source = format!(
+        r#"{MINIMAL}
+[services.mail]
+datacenter = "pangyo"
+protocol = "http"
+listen = "127.0.0.1:8001"
+upstream = "127.0.0.1:9007"
+
+[scenarios.s]
+[[scenarios.s.faults]]
+service = "cache"
+action = "error"
+status = 503
+[[scenarios.s.faults]]
+service = "nope"
+action = "blackhole"
+latency = "1s"
+"#
+    );
+    let errors = errors(&source);
+    let found: Vec<(usize, &str)> = errors
+        .iter()
+        .map(|e| (e.line, e.message.as_str()))
+        .collect();
+    assert_eq!(
+        found,
+        [
+            (20, "service `mail` listens on 127.0.0.1:8001, which service `talk` already uses; give each listener its own port"),
+            (24, "scenario `s` fault #1: the selector matches no service; method, path_prefix and action = \"error\" apply to http services only"),
+            (29, "scenario `s` fault #2: names unknown service `nope`; known: talk, cache, mail"),
+            (31, "scenario `s` fault #2: `latency` only applies to action = \"delay\", not \"blackhole\""),
+        ]
+    );
+}
+
+#[test]
+fn diagnostics_show_file_line_column_and_the_source_line() {
+    let source = MINIMAL.replace("datacenter = \"ansan\"", "datacenter = \"pangyo2\"");
+    let text = parse(&source, "config/plan.toml").unwrap_err().to_string();
+    assert!(
+        text.starts_with("config/plan.toml:12:14: service `cache`"),
+        "{text}"
+    );
+    assert!(text.contains("12 | datacenter = \"pangyo2\""), "{text}");
+    assert!(text.contains("^^^^^^^^^"), "{text}");
+    assert!(text.ends_with("1 error in plan"), "{text}");
+}
+
+#[test]
+fn a_fault_needs_a_selector_that_matches() {
+    let source = format!(
+        "{MINIMAL}\n[scenarios.s]\n[[scenarios.s.faults]]\naction = \"drop\"\n[[scenarios.s.faults]]\ndatacenter = \"ansan\"\nservice = \"talk\"\naction = \"drop\"\n"
+    );
+    let errors = errors(&source);
+    assert_eq!(errors.len(), 2, "{errors:#?}");
+    assert!(errors[0].message.contains("needs a selector"));
+    assert!(errors[1].message.contains("not in that datacenter"));
+}

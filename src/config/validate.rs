@@ -2,7 +2,7 @@
 //! resolve, listeners are unique, each fault's fields fit its action. Every
 //! problem is reported with the span of the value to fix.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::sync::Arc;
@@ -66,7 +66,16 @@ pub(super) fn validate(raw: raw::Plan, report: Report<'_>) -> Plan {
         .scenarios
         .iter()
         .enumerate()
-        .map(|(i, (name, scenario))| Arc::new(self::scenario(i, name, scenario, &topology, report)))
+        .map(|(i, (name, scenario))| {
+            Arc::new(self::scenario(
+                i,
+                name,
+                scenario,
+                &topology,
+                &raw.broken,
+                report,
+            ))
+        })
         .collect();
     Plan {
         admin,
@@ -113,6 +122,7 @@ fn topology(raw: &raw::Plan, report: Report<'_>) -> Topology {
         let dc_name = service.datacenter.get_ref();
         match datacenters.iter_mut().find(|dc| &*dc.name == dc_name) {
             Some(dc) => dc.services.push(id),
+            None if raw.broken.contains(dc_name) => {}
             None => report(
                 service.datacenter.span(),
                 format!(
@@ -164,6 +174,7 @@ fn scenario(
     name: &Spanned<String>,
     raw: &raw::Scenario,
     topology: &Topology,
+    broken: &HashSet<String>,
     report: Report<'_>,
 ) -> Scenario {
     check_name("scenario", name, report);
@@ -192,6 +203,7 @@ fn scenario(
                 scenario: &scenario_name,
                 index: i,
                 span: fault.span(),
+                broken,
                 report: &mut *report,
             };
             Arc::new(check.fault(index, fault.get_ref(), max_duration, topology))
@@ -209,6 +221,8 @@ struct FaultCheck<'a, 'r> {
     scenario: &'a str,
     index: usize,
     span: Range<usize>,
+    /// Names whose tables failed to parse; not reported again as unknown.
+    broken: &'a HashSet<String>,
     report: Report<'r>,
 }
 
@@ -323,6 +337,7 @@ impl FaultCheck<'_, '_> {
     }
 
     fn selector(&mut self, raw: &raw::Fault, topology: &Topology) -> Selector {
+        let broken = self.broken;
         if let Some(dc) = &raw.datacenter {
             if !topology
                 .datacenters
@@ -341,7 +356,8 @@ impl FaultCheck<'_, '_> {
             }
         }
         if let Some(service) = &raw.service {
-            if topology.service(service.get_ref()).is_none() {
+            if topology.service(service.get_ref()).is_none() && !broken.contains(service.get_ref())
+            {
                 let known: Vec<&str> = topology.services.iter().map(|s| &*s.name).collect();
                 self.problem(
                     Some(service.span()),

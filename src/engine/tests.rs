@@ -1,0 +1,187 @@
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::*;
+use crate::config;
+use crate::topology::ServiceId;
+
+const PLAN: &str = r#"
+[datacenters.pangyo]
+[datacenters.ansan]
+[services.talk]
+datacenter = "pangyo"
+protocol = "http"
+listen = "127.0.0.1:0"
+upstream = "127.0.0.1:9001"
+[services.mail]
+datacenter = "pangyo"
+protocol = "http"
+listen = "127.0.0.1:0"
+upstream = "127.0.0.1:9002"
+[services.maps]
+datacenter = "ansan"
+protocol = "http"
+listen = "127.0.0.1:0"
+upstream = "127.0.0.1:9003"
+
+[scenarios.fire]
+max_duration = "10m"
+[[scenarios.fire.faults]]
+datacenter = "pangyo"
+action = "blackhole"
+
+[scenarios.recovery]
+max_duration = "10m"
+[[scenarios.recovery.faults]]
+service = "talk"
+action = "blackhole"
+duration = "1m"
+[[scenarios.recovery.faults]]
+service = "mail"
+action = "blackhole"
+duration = "3m"
+[[scenarios.recovery.faults]]
+service = "mail"
+action = "delay"
+latency = "1s"
+after = "3m"
+duration = "2m"
+"#;
+
+const TALK: ServiceId = ServiceId(0);
+const MAIL: ServiceId = ServiceId(1);
+const MAPS: ServiceId = ServiceId(2);
+
+fn engine() -> Engine {
+    let plan = Arc::new(config::parse(PLAN, "engine.toml").unwrap());
+    let live = Arc::new(Live::new(Rules::empty(plan.topology.services.len())));
+    Engine::new(plan, live)
+}
+
+fn actions(engine: &Engine, service: ServiceId) -> Vec<&'static str> {
+    engine
+        .live()
+        .load()
+        .service(service)
+        .iter()
+        .map(|f| f.action.name())
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn activation_publishes_rules_for_the_selected_datacenter_only() {
+    let engine = engine();
+    engine.activate("fire", None, "test").unwrap();
+    assert_eq!(actions(&engine, TALK), ["blackhole"]);
+    assert_eq!(actions(&engine, MAIL), ["blackhole"]);
+    assert!(actions(&engine, MAPS).is_empty());
+    engine.lift("fire", "test").unwrap();
+    assert!(actions(&engine, TALK).is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn activating_twice_is_idempotent() {
+    let engine = engine();
+    let Activated::New(first) = engine.activate("fire", None, "a").unwrap() else {
+        panic!("first activation is new");
+    };
+    tokio::time::advance(Duration::from_secs(5)).await;
+    let Activated::Existing(second) = engine
+        .activate("fire", Some(Duration::from_secs(1)), "b")
+        .unwrap()
+    else {
+        panic!("second activation finds the first");
+    };
+    assert_eq!(first.started, second.started);
+    assert_eq!(first.expires, second.expires);
+    assert_eq!(engine.active().len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn requested_duration_is_capped_at_max_duration() {
+    let engine = engine();
+    let Activated::New(activation) = engine
+        .activate("fire", Some(Duration::from_secs(3600)), "t")
+        .unwrap()
+    else {
+        panic!("new activation");
+    };
+    assert_eq!(
+        activation.expires - activation.started,
+        Duration::from_secs(600)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn unknown_scenarios_name_the_known_ones() {
+    let engine = engine();
+    let error = engine.activate("flood", None, "t").unwrap_err();
+    assert_eq!(error.known, ["fire", "recovery"]);
+    assert_eq!(
+        error.to_string(),
+        "unknown scenario `flood`; known: fire, recovery"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn stages_start_and_end_on_time_and_activations_expire() {
+    let engine = engine();
+    let shutdown = CancellationToken::new();
+    tokio::spawn(engine.clone().run(shutdown.clone()));
+    engine
+        .activate("recovery", Some(Duration::from_secs(300)), "t")
+        .unwrap();
+    assert_eq!(actions(&engine, TALK), ["blackhole"]);
+    assert_eq!(actions(&engine, MAIL), ["blackhole"]);
+
+    tokio::time::sleep(Duration::from_secs(61)).await;
+    assert!(actions(&engine, TALK).is_empty(), "talk is back after 1m");
+    assert_eq!(actions(&engine, MAIL), ["blackhole"]);
+
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    assert_eq!(actions(&engine, MAIL), ["delay"], "mail is slow after 3m");
+
+    // The activation lasts 5m, so the delay stage is cut short with it.
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    assert!(actions(&engine, MAIL).is_empty());
+    assert!(engine.active().is_empty());
+    shutdown.cancel();
+}
+
+#[tokio::test(start_paused = true)]
+async fn rules_at_reports_the_next_boundary() {
+    let engine = engine();
+    let Activated::New(activation) = engine.activate("recovery", None, "t").unwrap() else {
+        panic!("new activation");
+    };
+    let start = activation.started;
+    let (rules, next) = rules_at(3, [&activation].into_iter(), start);
+    assert_eq!(rules.service(TALK).len(), 1);
+    assert_eq!(next, Some(start + Duration::from_secs(60)));
+    let (rules, next) = rules_at(
+        3,
+        [&activation].into_iter(),
+        start + Duration::from_secs(180),
+    );
+    assert_eq!(rules.service(MAIL)[0].action.name(), "delay");
+    assert_eq!(next, Some(start + Duration::from_secs(300)));
+    let late = Instant::now() + Duration::from_secs(3600);
+    let (rules, next) = rules_at(3, [&activation].into_iter(), late);
+    assert!(rules.service(MAIL).is_empty());
+    assert_eq!(next, None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn lift_all_clears_every_scenario() {
+    let engine = engine();
+    engine.activate("fire", None, "t").unwrap();
+    engine.activate("recovery", None, "t").unwrap();
+    assert_eq!(actions(&engine, TALK).len(), 2);
+    let lifted = engine.lift_all("t");
+    assert_eq!(lifted.len(), 2);
+    assert!(actions(&engine, TALK).is_empty());
+    assert!(actions(&engine, MAIL).is_empty());
+    assert!(engine.lift("fire", "t").unwrap().is_none());
+}
