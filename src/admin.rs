@@ -36,6 +36,8 @@ pub enum ApiError {
     BadRequest(String),
     #[error("no endpoint {0}; see GET /scenarios, GET /faults, POST /faults/NAME, DELETE /faults[/NAME], GET /topology, GET /metrics")]
     NotFound(String),
+    #[error("{method} is not allowed on {path}; see GET /scenarios, GET /faults, POST /faults/NAME, DELETE /faults[/NAME], GET /topology, GET /metrics")]
+    MethodNotAllowed { method: String, path: String },
 }
 
 impl IntoResponse for ApiError {
@@ -43,6 +45,7 @@ impl IntoResponse for ApiError {
         let status = match &self {
             ApiError::UnknownScenario(_) | ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
         };
         let mut body = json!({ "error": self.to_string() });
         if let ApiError::UnknownScenario(unknown) = &self {
@@ -68,6 +71,15 @@ pub fn router(state: AdminState) -> Router {
             axum::routing::post(activate).delete(lift),
         )
         .fallback(|uri: axum::http::Uri| async move { ApiError::NotFound(uri.path().to_owned()) })
+        // Without this a wrong method gets axum's empty 405, not `{"error": ...}`.
+        .method_not_allowed_fallback(
+            |method: axum::http::Method, uri: axum::http::Uri| async move {
+                ApiError::MethodNotAllowed {
+                    method: method.to_string(),
+                    path: uri.path().to_owned(),
+                }
+            },
+        )
         .with_state(state)
 }
 

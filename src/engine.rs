@@ -170,6 +170,8 @@ impl Engine {
     /// Lifts every active scenario at once and returns what was lifted.
     pub fn lift_all(&self, by: &str) -> Vec<Activation> {
         let mut active = self.lock();
+        // One that ran out before the timer got to it was not lifted by us.
+        self.expire(&mut active, Instant::now());
         let lifted: Vec<Activation> = std::mem::take(&mut *active).into_values().collect();
         for activation in &lifted {
             crate::metrics::scenario_active(&activation.scenario.name, false);

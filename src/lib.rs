@@ -84,77 +84,71 @@ impl Running {
     }
 }
 
-fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener, StartError> {
+/// Binds a listener at `addr` and replaces `addr` with the bound address
+/// (the real port when the plan said 0).
+fn bind(addr: &mut SocketAddr, what: &str) -> Result<TcpListener, StartError> {
+    let wanted = *addr;
     let error = |source| StartError::Bind {
         what: what.to_owned(),
-        addr,
+        addr: wanted,
         source,
     };
-    let socket = if addr.is_ipv4() {
+    let socket = if wanted.is_ipv4() {
         TcpSocket::new_v4()
     } else {
         TcpSocket::new_v6()
     }
     .map_err(error)?;
     socket.set_reuseaddr(true).map_err(error)?;
-    socket.bind(addr).map_err(error)?;
-    socket.listen(1024).map_err(error)
+    socket.bind(wanted).map_err(error)?;
+    let listener = socket.listen(1024).map_err(error)?;
+    *addr = listener.local_addr().map_err(error)?;
+    Ok(listener)
 }
 
 /// Binds every listener of `plan`, then serves the admin API and every
 /// service until [`Running::shutdown`]. Must run inside a tokio runtime.
-pub async fn start(plan: Plan) -> Result<Running, StartError> {
+pub async fn start(mut plan: Plan) -> Result<Running, StartError> {
     let metrics_handle = metrics::install();
-    let plan = Arc::new(plan);
-    // Bind everything first, so a taken port fails start-up as a whole.
-    let admin_listener = bind(plan.admin.listen, "the admin API")?;
+    // Bind everything first, so a taken port fails start-up as a whole, and
+    // record the bound addresses so the API reports real ports, not 0.
+    let admin_listener = bind(&mut plan.admin.listen, "the admin API")?;
     let mut listeners = Vec::new();
-    for service in &plan.topology.services {
-        let listener = bind(service.listen, &format!("service `{}`", service.name))?;
-        listeners.push(listener);
+    for service in &mut plan.topology.services {
+        let what = format!("service `{}`", service.name);
+        listeners.push(bind(&mut service.listen, &what)?);
     }
+    let plan = Arc::new(plan);
     let live = Arc::new(Live::new(Rules::empty(plan.topology.services.len())));
     let engine = Engine::new(Arc::clone(&plan), Arc::clone(&live));
     let shutdown = Shutdown::default();
     let mut services = Vec::new();
     for (service, listener) in plan.topology.services.iter().zip(listeners) {
-        let addr = listener
-            .local_addr()
-            .expect("a bound listener has an address");
         tracing::info!(
             service = %service.name,
             datacenter = %service.datacenter,
             protocol = service.protocol.name(),
-            listen = %addr,
+            listen = %service.listen,
             upstream = %service.upstream,
             "service listening"
         );
-        services.push((Arc::clone(&service.name), addr));
+        services.push((Arc::clone(&service.name), service.listen));
         let context = Arc::new(ServiceContext {
-            service: Arc::new(topology::Service {
-                listen: addr,
-                ..service.clone()
-            }),
+            service: Arc::new(service.clone()),
             live: Arc::clone(&live),
             metrics: metrics::ServiceMetrics::new(service),
         });
-        let shutdown_handle = shutdown.clone();
+        let handle = shutdown.clone();
         match service.protocol {
-            Protocol::Http => {
-                shutdown
-                    .tracker
-                    .spawn(proxy::http::serve(listener, context, shutdown_handle))
-            }
-            Protocol::Tcp => {
-                shutdown
-                    .tracker
-                    .spawn(proxy::tcp::serve(listener, context, shutdown_handle))
-            }
+            Protocol::Http => shutdown
+                .tracker
+                .spawn(proxy::http::serve(listener, context, handle)),
+            Protocol::Tcp => shutdown
+                .tracker
+                .spawn(proxy::tcp::serve(listener, context, handle)),
         };
     }
-    let admin = admin_listener
-        .local_addr()
-        .expect("a bound listener has an address");
+    let admin = plan.admin.listen;
     tracing::info!(listen = %admin, "admin API listening (GET /scenarios, POST /faults/NAME, DELETE /faults, GET /metrics)");
     let router = admin::router(admin::AdminState {
         engine: engine.clone(),

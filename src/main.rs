@@ -1,6 +1,7 @@
 //! The firedrill command line: `run` a plan, `check` plans, or run the
 //! `demo` with stand-in upstreams. Exits 64 for a bad plan, 1 otherwise.
 
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -60,6 +61,9 @@ fn main() -> ExitCode {
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // Colour codes only for a terminal: piped into a file or journald
+        // they make `listen=...` unreadable and ungreppable.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     match cli.command {
         Command::Check { plans } => check(&plans),
@@ -126,6 +130,15 @@ fn serve(plan: Plan, grace: Duration, demo: bool) -> ExitCode {
         }
     };
     runtime.block_on(async move {
+        // Listen for signals before anything says it is listening: a SIGTERM
+        // sent right after the "listening" lines must drain, not kill.
+        let mut signals = match firedrill::shutdown::Signals::install() {
+            Ok(signals) => signals,
+            Err(e) => {
+                eprintln!("cannot listen for signals: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
         let stop_upstreams = CancellationToken::new();
         if demo {
             if let Err(e) = firedrill::demo::start_upstreams(&plan, stop_upstreams.clone()).await {
@@ -148,7 +161,7 @@ fn serve(plan: Plan, grace: Duration, demo: bool) -> ExitCode {
                 hints.replace("ADMIN", &running.admin_addr().to_string())
             );
         }
-        firedrill::shutdown::signal().await;
+        signals.recv().await;
         let cut = running.shutdown(grace).await;
         stop_upstreams.cancel();
         if cut > 0 {

@@ -48,7 +48,23 @@ pub fn parse(source: &str, report: &mut dyn FnMut(Range<usize>, String)) -> Opti
             }
             "datacenters" => table(value, &mut plan.datacenters, &mut plan.broken, report),
             "services" => table(value, &mut plan.services, &mut plan.broken, report),
-            "scenarios" => table(value, &mut plan.scenarios, &mut plan.broken, report),
+            "scenarios" => {
+                let DeValue::Table(entries) = value.get_ref() else {
+                    report(value.span(), format!("expected a table, found {}", value.get_ref().type_str()));
+                    continue;
+                };
+                for (name, entry) in entries {
+                    let key = Spanned::new(name.span(), name.get_ref().to_string());
+                    match scenario(entry, report) {
+                        Some(parsed) => {
+                            plan.scenarios.insert(key, parsed);
+                        }
+                        None => {
+                            plan.broken.insert(key.into_inner());
+                        }
+                    }
+                }
+            }
             other => report(
                 key.span(),
                 format!("unknown table `{other}`, expected one of `admin`, `datacenters`, `services`, `scenarios`"),
@@ -71,6 +87,50 @@ fn item<T: for<'de> Deserialize<'de>>(
             )
         })
         .ok()
+}
+
+/// Deserializes a scenario, then each of its faults on its own, so one bad
+/// fault does not hide the problems of the others.
+fn scenario(
+    value: &Spanned<DeValue<'_>>,
+    report: &mut dyn FnMut(Range<usize>, String),
+) -> Option<Scenario> {
+    let DeValue::Table(entries) = value.get_ref() else {
+        report(
+            value.span(),
+            format!("expected a table, found {}", value.get_ref().type_str()),
+        );
+        return None;
+    };
+    let mut header = DeTable::new();
+    let mut faults = Vec::new();
+    for (key, entry) in entries {
+        if key.get_ref() != "faults" {
+            header.insert(key.clone(), entry.clone());
+            continue;
+        }
+        match entry.get_ref() {
+            DeValue::Array(items) => {
+                faults = items
+                    .iter()
+                    .map(|fault| {
+                        item::<Fault>(fault, report).map(|f| Spanned::new(fault.span(), f))
+                    })
+                    .collect();
+            }
+            other => report(
+                entry.span(),
+                format!(
+                    "`faults` must be a list of tables ([[scenarios.NAME.faults]]), found {}",
+                    other.type_str()
+                ),
+            ),
+        }
+    }
+    let header = Spanned::new(value.span(), DeValue::Table(header));
+    let mut scenario: Scenario = item(&header, report)?;
+    scenario.faults = faults;
+    Some(scenario)
 }
 
 /// Deserializes each entry of a `[kind.NAME]` table on its own.
@@ -132,8 +192,10 @@ pub struct Scenario {
     #[serde(default)]
     pub description: String,
     pub max_duration: Option<HumanDuration>,
-    #[serde(default)]
-    pub faults: Vec<Spanned<Fault>>,
+    /// Parsed one by one (see [`scenario`]); `None` for a fault whose table
+    /// did not parse, so the others keep their numbers.
+    #[serde(skip)]
+    pub faults: Vec<Option<Spanned<Fault>>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -198,6 +198,7 @@ fn scenario(
         .faults
         .iter()
         .enumerate()
+        .filter_map(|(i, fault)| Some((i, fault.as_ref()?)))
         .map(|(i, fault)| {
             let mut check = FaultCheck {
                 scenario: &scenario_name,

@@ -1,0 +1,672 @@
+//! The admin API over real sockets: health, topology, the scenario
+//! catalogue, activating and lifting faults, expiry, metrics, and staying
+//! responsive while many held connections are released.
+
+mod support;
+use support::*;
+
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime};
+
+use http::{Method, StatusCode};
+use serde_json::{json, Value};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+/// A small stack: `web` (http) and `cache` (tcp) in pangyo, `maps` (http)
+/// in ansan, and three scenarios: `fire` blacks out pangyo, `maps-slow`
+/// delays maps now and errors it later, `short` caps its length at 5m.
+fn plan(web: SocketAddr, cache: SocketAddr, maps: SocketAddr, fire: &str) -> String {
+    format!(
+        r#"
+[admin]
+listen = "127.0.0.1:0"
+
+[datacenters.pangyo]
+description = "most of the fleet"
+[datacenters.ansan]
+description = "the standby"
+
+[services.web]
+datacenter = "pangyo"
+protocol = "http"
+listen = "127.0.0.1:0"
+upstream = "{web}"
+
+[services.cache]
+datacenter = "pangyo"
+protocol = "tcp"
+listen = "127.0.0.1:0"
+upstream = "{cache}"
+
+[services.maps]
+datacenter = "ansan"
+protocol = "http"
+listen = "127.0.0.1:0"
+upstream = "{maps}"
+
+[scenarios.{fire}]
+description = "pangyo goes dark"
+max_duration = "30m"
+[[scenarios.{fire}.faults]]
+datacenter = "pangyo"
+action = "blackhole"
+
+[scenarios.maps-slow]
+description = "maps slows down, then fails"
+max_duration = "10m"
+[[scenarios.maps-slow.faults]]
+service = "maps"
+action = "delay"
+latency = "200ms"
+[[scenarios.maps-slow.faults]]
+service = "maps"
+action = "error"
+status = 503
+after = "1m"
+duration = "2m"
+
+[scenarios.short]
+max_duration = "5m"
+[[scenarios.short.faults]]
+service = "web"
+action = "error"
+status = 500
+"#
+    )
+}
+
+/// Starts the stack of [`plan`] with real upstreams.
+async fn stack(fire: &str) -> firedrill::Running {
+    let web = http_upstream("web").await;
+    let cache = echo_upstream().await;
+    let maps = http_upstream("maps").await;
+    start(&plan(web, cache, maps, fire)).await
+}
+
+fn time(value: &Value) -> SystemTime {
+    let text = value
+        .as_str()
+        .unwrap_or_else(|| panic!("not a timestamp: {value}"));
+    humantime::parse_rfc3339(text).unwrap_or_else(|e| panic!("`{text}` is not RFC 3339: {e}"))
+}
+
+fn span(from: &Value, to: &Value) -> Duration {
+    time(to)
+        .duration_since(time(from))
+        .unwrap_or_else(|_| panic!("{to} is before {from}"))
+}
+
+/// The effective faults /topology shows for one service.
+fn faults_of(topology: &Value, service: &str) -> Vec<Value> {
+    topology["datacenters"]
+        .as_array()
+        .expect("datacenters is a list")
+        .iter()
+        .flat_map(|dc| dc["services"].as_array().expect("services is a list"))
+        .find(|s| s["name"] == service)
+        .unwrap_or_else(|| panic!("no service `{service}` in {topology}"))["faults"]
+        .as_array()
+        .expect("faults is a list")
+        .clone()
+}
+
+fn active_names(faults: &Value) -> Vec<String> {
+    faults["active"]
+        .as_array()
+        .expect("active is a list")
+        .iter()
+        .map(|a| a["scenario"].as_str().expect("a scenario name").to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn healthz_answers_ok() {
+    let running = stack("pangyo-fire").await;
+    let (status, body) = admin(&running, Method::GET, "/healthz", "").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, json!({ "status": "ok" }));
+}
+
+#[tokio::test]
+async fn topology_lists_datacenters_with_their_services_in_plan_order() {
+    let running = stack("pangyo-fire").await;
+    let (status, topology) = admin(&running, Method::GET, "/topology", "").await;
+    assert_eq!(status, StatusCode::OK);
+    let datacenters = topology["datacenters"].as_array().unwrap();
+    let names: Vec<&str> = datacenters
+        .iter()
+        .map(|dc| dc["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["pangyo", "ansan"]);
+    assert_eq!(datacenters[0]["description"], "most of the fleet");
+    let services = |i: usize| -> Vec<(String, String)> {
+        datacenters[i]["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                (
+                    s["name"].as_str().unwrap().to_owned(),
+                    s["protocol"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(
+        services(0),
+        [
+            ("web".into(), "http".into()),
+            ("cache".into(), "tcp".into())
+        ]
+    );
+    assert_eq!(services(1), [("maps".into(), "http".into())]);
+    for service in ["web", "cache", "maps"] {
+        assert_eq!(faults_of(&topology, service), Vec::<Value>::new());
+    }
+}
+
+#[tokio::test]
+async fn topology_shows_where_each_service_really_listens() {
+    let running = stack("pangyo-fire").await;
+    let (_, topology) = admin(&running, Method::GET, "/topology", "").await;
+    for dc in topology["datacenters"].as_array().unwrap() {
+        for service in dc["services"].as_array().unwrap() {
+            let name = service["name"].as_str().unwrap();
+            let bound = running.service_addr(name).unwrap();
+            assert_eq!(
+                service["listen"],
+                bound.to_string(),
+                "the plan said port 0; /topology should show the bound address of `{name}`"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn topology_shows_a_fault_on_a_service_only_while_it_is_in_effect() {
+    let running = stack("pangyo-fire").await;
+    let (status, _) = admin(&running, Method::POST, "/faults/pangyo-fire", "").await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (_, topology) = admin(&running, Method::GET, "/topology", "").await;
+    for service in ["web", "cache"] {
+        let faults = faults_of(&topology, service);
+        assert_eq!(faults.len(), 1, "{service}: {faults:?}");
+        assert_eq!(faults[0]["action"], "blackhole");
+        assert_eq!(faults[0]["scenario"], "pangyo-fire");
+        assert_eq!(faults[0]["index"], 0);
+        assert_eq!(faults[0]["probability"], 1.0);
+    }
+    assert!(faults_of(&topology, "maps").is_empty());
+
+    // maps-slow's delay is in effect now, its error only after a minute.
+    let (status, _) = admin(&running, Method::POST, "/faults/maps-slow", "").await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (_, topology) = admin(&running, Method::GET, "/topology", "").await;
+    let faults = faults_of(&topology, "maps");
+    assert_eq!(faults.len(), 1, "only the delay is in effect: {faults:?}");
+    assert_eq!(faults[0]["action"], "delay");
+    assert_eq!(faults[0]["latency"], "200ms");
+
+    let (status, _) = admin(&running, Method::DELETE, "/faults/pangyo-fire", "").await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, topology) = admin(&running, Method::GET, "/topology", "").await;
+    assert!(faults_of(&topology, "web").is_empty());
+    assert!(faults_of(&topology, "cache").is_empty());
+    assert_eq!(faults_of(&topology, "maps").len(), 1);
+}
+
+#[tokio::test]
+async fn scenarios_lists_the_catalogue_with_each_fault_and_its_targets() {
+    let running = stack("pangyo-fire").await;
+    let (status, body) = admin(&running, Method::GET, "/scenarios", "").await;
+    assert_eq!(status, StatusCode::OK);
+    let scenarios = body["scenarios"].as_array().unwrap();
+    let names: Vec<&str> = scenarios
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["pangyo-fire", "maps-slow", "short"]);
+    let fire = &scenarios[0];
+    assert_eq!(fire["description"], "pangyo goes dark");
+    assert_eq!(fire["max_duration"], "30m");
+    assert_eq!(fire["active"], false);
+    assert_eq!(fire["faults"][0]["action"], "blackhole");
+    assert_eq!(fire["faults"][0]["datacenter"], "pangyo");
+    assert_eq!(fire["faults"][0]["services"], json!(["web", "cache"]));
+    let slow = &scenarios[1];
+    assert_eq!(slow["faults"][1]["action"], "error");
+    assert_eq!(slow["faults"][1]["status"], 503);
+    assert_eq!(slow["faults"][1]["after"], "1m");
+    assert_eq!(slow["faults"][1]["duration"], "2m");
+    assert_eq!(slow["faults"][1]["services"], json!(["maps"]));
+
+    admin(&running, Method::POST, "/faults/short", "").await;
+    let (_, body) = admin(&running, Method::GET, "/scenarios", "").await;
+    let active: Vec<bool> = body["scenarios"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["active"].as_bool().unwrap())
+        .collect();
+    assert_eq!(active, [false, false, true]);
+}
+
+#[tokio::test]
+async fn activating_a_scenario_answers_201_with_its_window_and_each_fault_state() {
+    let running = stack("pangyo-fire").await;
+    let (status, body) = admin(&running, Method::POST, "/faults/maps-slow", "").await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["scenario"], "maps-slow");
+    assert_eq!(body["already_active"], false);
+    let started = &body["started_at"];
+    let expires = &body["expires_at"];
+    assert_eq!(
+        span(started, expires),
+        Duration::from_secs(600),
+        "no body means max_duration"
+    );
+    let now = SystemTime::now();
+    assert!(
+        time(started) <= now,
+        "started_at {started} is in the future"
+    );
+
+    let faults = body["faults"].as_array().unwrap();
+    assert_eq!(faults.len(), 2);
+    let delay = &faults[0];
+    assert_eq!(delay["state"], "active");
+    assert_eq!(delay["starts_at"], *started);
+    assert_eq!(delay["ends_at"], *expires);
+    let error = &faults[1];
+    assert_eq!(error["state"], "pending");
+    assert_eq!(span(started, &error["starts_at"]), Duration::from_secs(60));
+    assert_eq!(span(started, &error["ends_at"]), Duration::from_secs(180));
+}
+
+#[tokio::test]
+async fn a_fault_that_would_start_after_the_activation_ends_is_reported_as_never() {
+    let running = stack("pangyo-fire").await;
+    let (status, body) = admin(
+        &running,
+        Method::POST,
+        "/faults/maps-slow",
+        r#"{"duration":"30s"}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(
+        span(&body["started_at"], &body["expires_at"]),
+        Duration::from_secs(30)
+    );
+    assert_eq!(body["faults"][0]["state"], "active");
+    assert_eq!(body["faults"][0]["ends_at"], body["expires_at"]);
+    assert_eq!(body["faults"][1]["state"], "never");
+    assert!(body["faults"][1].get("starts_at").is_none());
+}
+
+#[tokio::test]
+async fn activating_an_active_scenario_changes_nothing_and_answers_200() {
+    let running = stack("pangyo-fire").await;
+    let (status, first) = admin(&running, Method::POST, "/faults/pangyo-fire", "").await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(first["already_active"], false);
+    let (status, again) = admin(
+        &running,
+        Method::POST,
+        "/faults/pangyo-fire",
+        r#"{"duration":"1m"}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{again}");
+    assert_eq!(again["already_active"], true);
+    assert_eq!(again["started_at"], first["started_at"]);
+    assert_eq!(
+        again["expires_at"], first["expires_at"],
+        "a second activation must not change the window"
+    );
+    let (_, faults) = admin(&running, Method::GET, "/faults", "").await;
+    assert_eq!(active_names(&faults), ["pangyo-fire"]);
+}
+
+#[tokio::test]
+async fn a_requested_duration_is_capped_at_the_scenario_max_duration() {
+    let running = stack("pangyo-fire").await;
+    let (status, body) = admin(
+        &running,
+        Method::POST,
+        "/faults/short",
+        r#"{"duration":"10m"}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let length = span(&body["started_at"], &body["expires_at"]);
+    assert!(length <= Duration::from_secs(300), "{length:?} > max 5m");
+    assert_eq!(length, Duration::from_secs(300));
+
+    // A shorter duration is taken as asked.
+    let (status, body) = admin(
+        &running,
+        Method::POST,
+        "/faults/pangyo-fire",
+        r#"{"duration":"2m 30s"}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(
+        span(&body["started_at"], &body["expires_at"]),
+        Duration::from_secs(150)
+    );
+}
+
+#[tokio::test]
+async fn an_unknown_scenario_is_404_and_names_the_known_ones() {
+    let running = stack("pangyo-fire").await;
+    for method in [Method::POST, Method::DELETE] {
+        let (status, body) = admin(&running, method.clone(), "/faults/ansan-fire", "").await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{method}: {body}");
+        assert_eq!(body["known"], json!(["pangyo-fire", "maps-slow", "short"]));
+        let error = body["error"].as_str().unwrap();
+        assert!(error.contains("ansan-fire"), "{error}");
+    }
+    let (_, faults) = admin(&running, Method::GET, "/faults", "").await;
+    assert!(active_names(&faults).is_empty());
+}
+
+#[tokio::test]
+async fn a_bad_activation_body_is_400_with_an_error_and_activates_nothing() {
+    let running = stack("pangyo-fire").await;
+    let cases = [
+        (r#"{"duration": "10m""#, "invalid JSON"),
+        (
+            r#"{"duration": "10m", "force": true}"#,
+            "unknown field `force`",
+        ),
+        (r#"{"duration": 600}"#, "invalid JSON"),
+        (r#"{"duration": "soon"}"#, "invalid duration `soon`"),
+        (r#"{"duration": "0s"}"#, "positive"),
+        ("not json at all", "invalid JSON"),
+    ];
+    for (body, expected) in cases {
+        let (status, answer) = admin(&running, Method::POST, "/faults/pangyo-fire", body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {answer}");
+        let error = answer["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{body}: no `error` in {answer}"));
+        assert!(
+            error.contains(expected),
+            "{body}: `{error}` lacks `{expected}`"
+        );
+    }
+    let (_, faults) = admin(&running, Method::GET, "/faults", "").await;
+    assert!(active_names(&faults).is_empty(), "{faults}");
+    // Whitespace is no body at all.
+    let (status, _) = admin(&running, Method::POST, "/faults/pangyo-fire", " \n").await;
+    assert_eq!(status, StatusCode::CREATED);
+}
+
+#[tokio::test]
+async fn get_faults_lists_the_active_scenarios_in_plan_order() {
+    let running = stack("pangyo-fire").await;
+    let (status, faults) = admin(&running, Method::GET, "/faults", "").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(faults, json!({ "active": [] }));
+    admin(&running, Method::POST, "/faults/short", "").await;
+    admin(&running, Method::POST, "/faults/pangyo-fire", "").await;
+    let (_, faults) = admin(&running, Method::GET, "/faults", "").await;
+    assert_eq!(active_names(&faults), ["pangyo-fire", "short"]);
+    let fire = &faults["active"][0];
+    assert!(fire["started_at"].is_string() && fire["expires_at"].is_string());
+    assert!(fire["activated_by"]
+        .as_str()
+        .unwrap()
+        .starts_with("127.0.0.1:"));
+    assert_eq!(fire["faults"][0]["state"], "active");
+}
+
+#[tokio::test]
+async fn lifting_one_scenario_leaves_the_others_active() {
+    let running = stack("pangyo-fire").await;
+    admin(&running, Method::POST, "/faults/pangyo-fire", "").await;
+    admin(&running, Method::POST, "/faults/maps-slow", "").await;
+    let (status, body) = admin(&running, Method::DELETE, "/faults/pangyo-fire", "").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, json!({ "scenario": "pangyo-fire", "lifted": true }));
+    let (_, faults) = admin(&running, Method::GET, "/faults", "").await;
+    assert_eq!(active_names(&faults), ["maps-slow"]);
+
+    // Lifting it again is harmless and says nothing was lifted.
+    let (status, body) = admin(&running, Method::DELETE, "/faults/pangyo-fire", "").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["lifted"], false);
+}
+
+#[tokio::test]
+async fn lifting_all_faults_clears_every_scenario_and_traffic_flows_again() {
+    let running = stack("pangyo-fire").await;
+    admin(&running, Method::POST, "/faults/short", "").await;
+    admin(&running, Method::POST, "/faults/maps-slow", "").await;
+    let web = running.service_addr("web").unwrap();
+    let (status, _) = get(web, "/x").await;
+    assert_eq!(
+        status,
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "short is in effect"
+    );
+
+    let (status, body) = admin(&running, Method::DELETE, "/faults", "").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, json!({ "lifted": ["maps-slow", "short"] }));
+    let (_, faults) = admin(&running, Method::GET, "/faults", "").await;
+    assert!(active_names(&faults).is_empty());
+    let (status, text) = get(web, "/x").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(text, "web answered GET /x\n");
+
+    let (status, body) = admin(&running, Method::DELETE, "/faults", "").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, json!({ "lifted": [] }));
+}
+
+#[tokio::test]
+async fn an_unknown_endpoint_is_404_with_a_json_error() {
+    let running = stack("pangyo-fire").await;
+    for (method, path) in [
+        (Method::GET, "/nope"),
+        (Method::POST, "/fault/pangyo-fire"),
+        (Method::GET, "/faults/pangyo-fire/extra"),
+    ] {
+        let (status, body) = admin(&running, method.clone(), path, "").await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{method} {path}");
+        let error = body["error"].as_str().unwrap();
+        assert!(error.contains(path), "{error}");
+    }
+}
+
+#[tokio::test]
+async fn a_wrong_method_on_a_known_path_is_405_with_a_json_error() {
+    let running = stack("pangyo-fire").await;
+    for (method, path) in [
+        (Method::PUT, "/faults"),
+        (Method::GET, "/faults/pangyo-fire"),
+        (Method::POST, "/healthz"),
+    ] {
+        let (status, body) = admin(&running, method.clone(), path, "").await;
+        assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
+        let error = body["error"].as_str().unwrap();
+        assert!(error.contains(path), "{error}");
+    }
+}
+
+#[tokio::test]
+async fn the_scenario_active_gauge_goes_to_1_on_activation_and_back_to_0() {
+    let fire = unique("fire");
+    let running = stack(&fire).await;
+    let gauge = |text: &str| sample(text, "firedrill_scenario_active", &[("scenario", &fire)]);
+    let text = metrics(&running).await;
+    assert!(
+        text.contains(&format!(
+            "firedrill_scenario_active{{scenario=\"{fire}\"}} 0"
+        )),
+        "every scenario is exported as 0 from the start"
+    );
+    admin(&running, Method::POST, &format!("/faults/{fire}"), "").await;
+    assert_eq!(gauge(&metrics(&running).await), 1.0);
+    admin(&running, Method::DELETE, &format!("/faults/{fire}"), "").await;
+    assert_eq!(gauge(&metrics(&running).await), 0.0);
+    admin(&running, Method::POST, &format!("/faults/{fire}"), "").await;
+    assert_eq!(gauge(&metrics(&running).await), 1.0);
+    admin(&running, Method::DELETE, "/faults", "").await;
+    assert_eq!(gauge(&metrics(&running).await), 0.0);
+}
+
+#[tokio::test]
+async fn an_activation_expires_by_itself_after_its_duration() {
+    let fire = unique("fire");
+    let running = stack(&fire).await;
+    let asked = Instant::now();
+    let (status, body) = admin(
+        &running,
+        Method::POST,
+        &format!("/faults/{fire}"),
+        r#"{"duration":"300ms"}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(
+        span(&body["started_at"], &body["expires_at"]),
+        Duration::from_millis(300)
+    );
+    let gauge = |text: &str| sample(text, "firedrill_scenario_active", &[("scenario", &fire)]);
+    assert_eq!(gauge(&metrics(&running).await), 1.0);
+
+    within(Duration::from_secs(10), async {
+        loop {
+            let (_, faults) = admin(&running, Method::GET, "/faults", "").await;
+            if active_names(&faults).is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    })
+    .await;
+    assert!(
+        asked.elapsed() >= Duration::from_millis(300),
+        "expired early, after {:?}",
+        asked.elapsed()
+    );
+    // The timer expired it: the gauge and the rules follow without a request.
+    assert_eq!(gauge(&metrics(&running).await), 0.0);
+    let (_, topology) = admin(&running, Method::GET, "/topology", "").await;
+    assert!(faults_of(&topology, "web").is_empty());
+    let (status, _) = get(running.service_addr("web").unwrap(), "/after").await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_admin_api_answers_while_lifting_faults_from_200_held_connections() {
+    const HELD: usize = 200;
+    let cache = unique("cache");
+    let echo = echo_upstream().await;
+    let running = start(&format!(
+        r#"
+[admin]
+listen = "127.0.0.1:0"
+[datacenters.pangyo]
+[services.{cache}]
+datacenter = "pangyo"
+protocol = "tcp"
+listen = "127.0.0.1:0"
+upstream = "{echo}"
+[scenarios.pangyo-fire]
+[[scenarios.pangyo-fire.faults]]
+datacenter = "pangyo"
+action = "blackhole"
+"#
+    ))
+    .await;
+    let addr = running.service_addr(&cache).unwrap();
+    let mut before = within(STEP, TcpStream::connect(addr)).await.unwrap();
+    let echoed = within(STEP, echo_round_trip(&mut before, b"ping"))
+        .await
+        .unwrap();
+    assert_eq!(echoed, b"ping");
+
+    let (status, _) = admin(&running, Method::POST, "/faults/pangyo-fire", "").await;
+    assert_eq!(status, StatusCode::CREATED);
+    let mut held = vec![before];
+    for _ in 0..HELD {
+        let mut stream = within(STEP, TcpStream::connect(addr)).await.unwrap();
+        within(
+            STEP,
+            tokio::io::AsyncWriteExt::write_all(&mut stream, b"hello"),
+        )
+        .await
+        .unwrap();
+        held.push(stream);
+    }
+    within(Duration::from_secs(20), async {
+        loop {
+            let open = sample(
+                &metrics(&running).await,
+                "firedrill_connections_active",
+                &[("service", &cache)],
+            );
+            if open as usize >= held.len() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    // Held, not answered: nothing comes back while the blackhole stands.
+    assert!(
+        closed_within(&mut held[HELD], Duration::from_millis(300))
+            .await
+            .is_none(),
+        "a blackholed connection answered or closed"
+    );
+
+    // Poll the API from elsewhere while the lift wakes every connection.
+    let admin_addr = running.admin_addr();
+    let pollers: Vec<_> = (0..4)
+        .map(|_| {
+            tokio::spawn(async move {
+                for _ in 0..10 {
+                    let (status, _) =
+                        within(Duration::from_secs(5), get(admin_addr, "/faults")).await;
+                    assert_eq!(status, StatusCode::OK);
+                }
+            })
+        })
+        .collect();
+    let lifting = Instant::now();
+    let (status, body) = within(
+        Duration::from_secs(5),
+        admin(&running, Method::DELETE, "/faults", ""),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, json!({ "lifted": ["pangyo-fire"] }));
+    assert!(lifting.elapsed() < Duration::from_secs(5));
+    for poller in pollers {
+        within(Duration::from_secs(60), poller)
+            .await
+            .expect("the admin API kept answering");
+    }
+
+    // Released from the blackhole, every held connection is closed.
+    for (i, stream) in held.iter_mut().enumerate() {
+        match closed_within(stream, STEP).await {
+            None => panic!("held connection #{i} was not closed after the lift"),
+            Some(Ok(n)) => assert_eq!(n, 0, "held connection #{i} got {n} bytes"),
+            Some(Err(_)) => {}
+        }
+    }
+    // New connections pass again.
+    let mut after = within(STEP, TcpStream::connect(addr)).await.unwrap();
+    let echoed = within(STEP, echo_round_trip(&mut after, b"back"))
+        .await
+        .unwrap();
+    assert_eq!(echoed, b"back");
+}

@@ -1,0 +1,667 @@
+//! Plans through the real binary: `firedrill check` on good and bad plans
+//! (every error as `FILE:LINE:COL: message`), `firedrill run` on a missing
+//! plan and on a good one until SIGTERM; plus parse-level checks through
+//! `firedrill::config::parse`.
+
+mod support;
+use support::*;
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use firedrill::config;
+
+const BIN: &str = env!("CARGO_BIN_EXE_firedrill");
+const EXIT_BAD_PLAN: i32 = 64;
+
+/// A directory of its own under the system temp dir, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> TempDir {
+        let path = std::env::temp_dir().join(unique("firedrill-plan-test"));
+        std::fs::create_dir_all(&path).expect("creating a temp dir");
+        TempDir(path)
+    }
+
+    fn write(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.0.join(name);
+        std::fs::write(&path, text).expect("writing a plan");
+        path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A child process that is killed (by its PID) if the test lets go of it
+/// while it still runs, whichever way the test ends.
+struct Process(Child);
+
+impl Process {
+    /// Waits up to `limit` for the process to exit; kills it and fails otherwise.
+    fn wait_within(&mut self, limit: Duration) -> ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.0.try_wait().expect("polling the child") {
+                return status;
+            }
+            if Instant::now() >= deadline {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+                panic!(
+                    "firedrill (pid {}) did not exit within {limit:?}",
+                    self.0.id()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+fn firedrill(args: &[&str]) -> Command {
+    let mut command = Command::new(BIN);
+    command
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    command
+}
+
+/// Reads a pipe to its end on a thread of its own, so the child never blocks.
+fn collect(mut pipe: impl Read + Send + 'static) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = pipe.read_to_string(&mut text);
+        text
+    })
+}
+
+struct Finished {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs firedrill to its end, bounded in time.
+fn run_to_end(args: &[&str]) -> Finished {
+    let mut child = Process(firedrill(args).spawn().expect("starting firedrill"));
+    let stdout = collect(child.0.stdout.take().unwrap());
+    let stderr = collect(child.0.stderr.take().unwrap());
+    let status = child.wait_within(Duration::from_secs(30));
+    Finished {
+        status,
+        stdout: stdout.join().unwrap(),
+        stderr: stderr.join().unwrap(),
+    }
+}
+
+fn check(path: &Path) -> Finished {
+    run_to_end(&["check", path.to_str().unwrap()])
+}
+
+/// The 1-based line and column where `needle` first starts in `text`.
+fn locate(text: &str, needle: &str) -> (usize, usize) {
+    let at = text
+        .find(needle)
+        .unwrap_or_else(|| panic!("`{needle}` is not in the plan"));
+    let line_start = text[..at].rfind('\n').map_or(0, |i| i + 1);
+    (
+        text[..at].matches('\n').count() + 1,
+        text[line_start..at].chars().count() + 1,
+    )
+}
+
+/// Asserts that `check` rejects `text` with exit code 64 and reports, for
+/// each `(needle, message)`, an error `FILE:LINE:COL: ...message...` at the
+/// position where `needle` starts.
+fn assert_rejected(text: &str, expected: &[(&str, &str)]) {
+    let dir = TempDir::new();
+    let path = dir.write("plan.toml", text);
+    let result = check(&path);
+    assert_eq!(
+        result.status.code(),
+        Some(EXIT_BAD_PLAN),
+        "stderr:\n{}",
+        result.stderr
+    );
+    let file = path.display().to_string();
+    let mut missing = Vec::new();
+    for (needle, message) in expected {
+        let (line, column) = locate(text, needle);
+        let prefix = format!("{file}:{line}:{column}: ");
+        let found = result.stderr.lines().any(|l| {
+            l.strip_prefix(&prefix)
+                .is_some_and(|rest| rest.contains(message))
+        });
+        if !found {
+            missing.push(format!("{line}:{column}: {message}"));
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "these errors were not reported:\n  {}\nstderr was:\n{}",
+        missing.join("\n  "),
+        result.stderr
+    );
+}
+
+/// A valid plan that each bad plan changes in one place (or all of them).
+const BASE: &str = r#"[admin]
+listen = "127.0.0.1:0"
+
+[datacenters.pangyo]
+[datacenters.ansan]
+
+[services.talk]
+datacenter = "pangyo"
+protocol = "http"
+listen = "127.0.0.1:18001"
+upstream = "127.0.0.1:9001"
+
+[services.maps]
+datacenter = "ansan"
+protocol = "http"
+listen = "127.0.0.1:18004"
+upstream = "127.0.0.1:9004"
+
+[services.ledger]
+datacenter = "ansan"
+protocol = "tcp"
+listen = "127.0.0.1:15432"
+upstream = "127.0.0.1:9432"
+
+[services.cdn]
+datacenter = "ansan"
+protocol = "http"
+listen = "127.0.0.1:18021"
+upstream = "127.0.0.1:9021"
+
+[scenarios.fire]
+max_duration = "5m"
+[[scenarios.fire.faults]]
+datacenter = "pangyo"
+action = "blackhole"
+
+[scenarios.flaky]
+[[scenarios.flaky.faults]]
+datacenter = "ansan"
+action = "drop"
+probability = 0.2
+
+[scenarios.cut]
+[[scenarios.cut.faults]]
+datacenter = "ansan"
+action = "drop"
+
+[scenarios.login-down]
+[[scenarios.login-down.faults]]
+service = "maps"
+action = "error"
+status = 503
+"#;
+
+/// One mistake: what to replace in [`BASE`], where the error must point,
+/// and what it must say.
+struct Mistake {
+    from: &'static str,
+    to: &'static str,
+    at: &'static str,
+    message: &'static str,
+}
+
+const UNKNOWN_DATACENTER: Mistake = Mistake {
+    from: "datacenter = \"pangyo\"\nprotocol",
+    to: "datacenter = \"pangyo2\"\nprotocol",
+    at: "\"pangyo2\"",
+    message: "service `talk` names unknown datacenter `pangyo2`; known: pangyo, ansan",
+};
+const DUPLICATE_LISTEN: Mistake = Mistake {
+    from: "listen = \"127.0.0.1:18004\"",
+    to: "listen = \"127.0.0.1:18001\"",
+    at: "\"127.0.0.1:18001\"\nupstream = \"127.0.0.1:9004\"",
+    message: "service `maps` listens on 127.0.0.1:18001, which service `talk` already uses",
+};
+const UNKNOWN_FIELD: Mistake = Mistake {
+    from: "protocol = \"tcp\"",
+    to: "protocl = \"tcp\"",
+    at: "protocl",
+    message: "unknown field `protocl`",
+};
+const BAD_DURATION: Mistake = Mistake {
+    from: "max_duration = \"5m\"",
+    to: "max_duration = \"five minutes\"",
+    at: "\"five minutes\"",
+    message: "invalid duration `five minutes`",
+};
+const BAD_PROBABILITY: Mistake = Mistake {
+    from: "probability = 0.2",
+    to: "probability = 1.5",
+    at: "1.5",
+    message: "probability must be between 0 and 1, got 1.5",
+};
+const STATUS_ON_DROP: Mistake = Mistake {
+    from: "action = \"drop\"\n\n[scenarios.login-down]",
+    to: "action = \"drop\"\nstatus = 502\n\n[scenarios.login-down]",
+    at: "502",
+    message: "scenario `cut` fault #1: `status` only applies to action = \"error\", not \"drop\"",
+};
+const ERROR_WITHOUT_STATUS: Mistake = Mistake {
+    from: "action = \"error\"\nstatus = 503\n",
+    to: "action = \"error\"\n",
+    at: "[[scenarios.login-down.faults]]",
+    message: "scenario `login-down` fault #1: action = \"error\" needs `status`",
+};
+const UNKNOWN_SERVICE: Mistake = Mistake {
+    from: "service = \"maps\"",
+    to: "service = \"tlak\"",
+    at: "\"tlak\"",
+    message: "scenario `login-down` fault #1: names unknown service `tlak`; known: talk, maps",
+};
+const UPSTREAM_WITHOUT_PORT: Mistake = Mistake {
+    from: "upstream = \"127.0.0.1:9021\"",
+    to: "upstream = \"127.0.0.1\"",
+    at: "\"127.0.0.1\"",
+    message: "upstream `127.0.0.1` needs a host and a port",
+};
+
+fn with(mistakes: &[&Mistake]) -> String {
+    let mut text = BASE.to_owned();
+    for mistake in mistakes {
+        assert_eq!(
+            text.matches(mistake.from).count(),
+            1,
+            "`{}` must occur once",
+            mistake.from
+        );
+        text = text.replace(mistake.from, mistake.to);
+    }
+    text
+}
+
+fn assert_only_mistake(mistake: &Mistake) {
+    assert_rejected(&with(&[mistake]), &[(mistake.at, mistake.message)]);
+}
+
+#[test]
+fn check_accepts_the_shipped_plan() {
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/kakao-staging.toml");
+    let result = check(&shipped);
+    assert_eq!(result.status.code(), Some(0), "stderr:\n{}", result.stderr);
+    assert!(
+        result
+            .stdout
+            .contains("ok (4 datacenters, 13 services, 4 scenarios)"),
+        "{}",
+        result.stdout
+    );
+}
+
+#[test]
+fn check_accepts_the_base_plan_these_tests_break() {
+    let dir = TempDir::new();
+    let result = check(&dir.write("base.toml", BASE));
+    assert_eq!(result.status.code(), Some(0), "stderr:\n{}", result.stderr);
+}
+
+#[test]
+fn check_reports_every_error_of_a_plan_at_once() {
+    let all = [
+        &UNKNOWN_DATACENTER,
+        &DUPLICATE_LISTEN,
+        &UNKNOWN_FIELD,
+        &BAD_DURATION,
+        &BAD_PROBABILITY,
+        &STATUS_ON_DROP,
+        &ERROR_WITHOUT_STATUS,
+        &UNKNOWN_SERVICE,
+        &UPSTREAM_WITHOUT_PORT,
+    ];
+    let expected: Vec<(&str, &str)> = all.iter().map(|m| (m.at, m.message)).collect();
+    assert_rejected(&with(&all), &expected);
+}
+
+#[test]
+fn check_reports_the_errors_of_every_fault_in_one_scenario() {
+    // A long staged scenario (like pangyo-recovery) with a slip in two faults.
+    let text = BASE.replace(
+        "probability = 0.2\n",
+        "probability = 1.5\n[[scenarios.flaky.faults]]\nservice = \"tlak\"\naction = \"blackhole\"\n",
+    );
+    assert_rejected(
+        &text,
+        &[
+            (BAD_PROBABILITY.at, BAD_PROBABILITY.message),
+            (
+                "\"tlak\"",
+                "scenario `flaky` fault #2: names unknown service `tlak`",
+            ),
+        ],
+    );
+}
+
+#[test]
+fn check_reports_several_cross_field_errors_at_once() {
+    let all = [
+        &UNKNOWN_DATACENTER,
+        &DUPLICATE_LISTEN,
+        &STATUS_ON_DROP,
+        &ERROR_WITHOUT_STATUS,
+        &UNKNOWN_SERVICE,
+    ];
+    let expected: Vec<(&str, &str)> = all.iter().map(|m| (m.at, m.message)).collect();
+    assert_rejected(&with(&all), &expected);
+}
+
+#[test]
+fn check_points_at_an_unknown_datacenter_and_lists_the_known_ones() {
+    assert_only_mistake(&UNKNOWN_DATACENTER);
+}
+
+#[test]
+fn check_points_at_a_listen_address_used_twice() {
+    assert_only_mistake(&DUPLICATE_LISTEN);
+}
+
+#[test]
+fn check_points_at_a_misspelled_field() {
+    assert_only_mistake(&UNKNOWN_FIELD);
+}
+
+#[test]
+fn check_points_at_a_duration_it_cannot_read() {
+    assert_only_mistake(&BAD_DURATION);
+}
+
+#[test]
+fn check_points_at_a_probability_above_1() {
+    assert_only_mistake(&BAD_PROBABILITY);
+}
+
+#[test]
+fn check_points_at_status_on_a_fault_that_is_not_an_error() {
+    assert_only_mistake(&STATUS_ON_DROP);
+}
+
+#[test]
+fn check_points_at_an_error_fault_without_status() {
+    assert_only_mistake(&ERROR_WITHOUT_STATUS);
+}
+
+#[test]
+fn check_points_at_an_unknown_service_in_a_fault_selector() {
+    assert_only_mistake(&UNKNOWN_SERVICE);
+}
+
+#[test]
+fn check_points_at_an_upstream_without_a_port() {
+    assert_only_mistake(&UPSTREAM_WITHOUT_PORT);
+}
+
+#[test]
+fn check_fails_if_any_of_several_plans_is_bad_and_names_each() {
+    let dir = TempDir::new();
+    let good = dir.write("good.toml", BASE);
+    let bad = dir.write("bad.toml", &with(&[&UNKNOWN_SERVICE]));
+    let result = run_to_end(&["check", good.to_str().unwrap(), bad.to_str().unwrap()]);
+    assert_eq!(result.status.code(), Some(EXIT_BAD_PLAN));
+    assert!(result.stdout.contains(&format!("{}: ok", good.display())));
+    assert!(result.stderr.contains(&format!("{}:", bad.display())));
+}
+
+#[test]
+fn run_with_a_missing_plan_exits_64_and_says_which_file() {
+    let dir = TempDir::new();
+    let missing = dir.0.join("missing.toml");
+    let result = run_to_end(&["run", "--config", missing.to_str().unwrap()]);
+    assert_eq!(result.status.code(), Some(EXIT_BAD_PLAN));
+    let stderr = result.stderr.trim();
+    assert!(
+        stderr.starts_with(&format!("cannot read plan {}: ", missing.display())),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn run_with_a_bad_plan_exits_64_with_the_errors() {
+    let dir = TempDir::new();
+    let path = dir.write("bad.toml", &with(&[&UNKNOWN_DATACENTER]));
+    let result = run_to_end(&["run", "--config", path.to_str().unwrap()]);
+    assert_eq!(result.status.code(), Some(EXIT_BAD_PLAN));
+    assert!(result.stderr.contains(UNKNOWN_DATACENTER.message));
+}
+
+/// The value of `key=` in a log line.
+fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    line.split_whitespace()
+        .find_map(|word| word.strip_prefix(&format!("{key}=")))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_starts_logs_where_it_listens_and_exits_0_on_sigterm() {
+    let web = http_upstream("web").await;
+    let echo = echo_upstream().await;
+    let dir = TempDir::new();
+    let path = dir.write(
+        "run.toml",
+        &format!(
+            r#"
+[admin]
+listen = "127.0.0.1:0"
+[datacenters.pangyo]
+[services.web]
+datacenter = "pangyo"
+protocol = "http"
+listen = "127.0.0.1:0"
+upstream = "{web}"
+[services.cache]
+datacenter = "pangyo"
+protocol = "tcp"
+listen = "127.0.0.1:0"
+upstream = "{echo}"
+[scenarios.fire]
+[[scenarios.fire.faults]]
+datacenter = "pangyo"
+action = "blackhole"
+"#
+        ),
+    );
+    let mut child = Process(
+        firedrill(&["run", "--config", path.to_str().unwrap(), "--grace", "2s"])
+            .spawn()
+            .expect("starting firedrill"),
+    );
+    let _stdout = collect(child.0.stdout.take().unwrap());
+    let (lines, received) = mpsc::channel::<String>();
+    let stderr = BufReader::new(child.0.stderr.take().unwrap());
+    std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut log = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !log
+        .iter()
+        .any(|l: &String| l.contains("starts in pass-through"))
+    {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match received.recv_timeout(left) {
+            Ok(line) => log.push(line),
+            Err(e) => panic!("firedrill did not finish starting ({e}); log so far:\n{log:#?}"),
+        }
+    }
+    let text = log.join("\n");
+    assert!(
+        !text.contains('\x1b'),
+        "a log that is not a terminal has no colour codes:\n{text}"
+    );
+    let listen = |what: &str| -> std::net::SocketAddr {
+        log.iter()
+            .find(|l| l.contains(what))
+            .and_then(|l| field(l, "listen"))
+            .unwrap_or_else(|| panic!("no `{what}` line with listen= in:\n{text}"))
+            .parse()
+            .expect("listen= is an address")
+    };
+    let web_addr = listen("service=web");
+    let cache_addr = listen("service=cache");
+    let admin_addr = listen("admin API listening");
+    for addr in [web_addr, cache_addr, admin_addr] {
+        assert_ne!(addr.port(), 0, "the log names the bound port:\n{text}");
+    }
+    // What the log says is where things really are.
+    let (status, body) = get(admin_addr, "/healthz").await;
+    assert_eq!(status, http::StatusCode::OK, "{body}");
+    let (status, body) = get(web_addr, "/hi").await;
+    assert_eq!(status, http::StatusCode::OK);
+    assert_eq!(body, "web answered GET /hi\n");
+    let mut stream = within(STEP, tokio::net::TcpStream::connect(cache_addr))
+        .await
+        .unwrap();
+    let echoed = within(STEP, echo_round_trip(&mut stream, b"ping"))
+        .await
+        .unwrap();
+    assert_eq!(echoed, b"ping");
+    drop(stream);
+
+    let pid = child.0.id().to_string();
+    let kill = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("running kill");
+    assert!(kill.success());
+    let status = child.wait_within(Duration::from_secs(15));
+    assert_eq!(status.code(), Some(0), "log:\n{text}");
+    log.extend(received.try_iter());
+    assert!(
+        log.iter().any(|l| l.contains("SIGTERM received")),
+        "{log:#?}"
+    );
+}
+
+fn diagnostics(text: &str) -> Vec<config::Diagnostic> {
+    match config::parse(text, "inline.toml") {
+        Ok(_) => panic!("the plan parsed:\n{text}"),
+        Err(config::Error::Invalid(diagnostics)) => diagnostics,
+        Err(e) => panic!("unexpected error: {e}"),
+    }
+}
+
+#[test]
+fn parse_gives_each_problem_its_file_line_and_column() {
+    let text = with(&[&UNKNOWN_DATACENTER, &UNKNOWN_SERVICE]);
+    let found = diagnostics(&text);
+    let positions: Vec<(usize, usize)> = found.iter().map(|d| (d.line, d.column)).collect();
+    let expected = [
+        locate(&text, UNKNOWN_DATACENTER.at),
+        locate(&text, "[[scenarios.fire.faults]]"),
+        locate(&text, UNKNOWN_SERVICE.at),
+    ];
+    assert_eq!(positions, expected, "{found:#?}");
+    assert!(found.iter().all(|d| d.file == "inline.toml"));
+    assert_eq!(found[0].message, UNKNOWN_DATACENTER.message);
+    // With talk gone from pangyo, the pangyo fault selects nothing.
+    assert!(found[1].message.contains("the selector matches no service"));
+    assert!(found[2].message.starts_with(UNKNOWN_SERVICE.message));
+}
+
+#[test]
+fn parse_error_text_underlines_the_value_and_counts_the_errors() {
+    let text = with(&[&BAD_PROBABILITY]);
+    let error = config::parse(&text, "inline.toml").unwrap_err().to_string();
+    let (line, column) = locate(&text, BAD_PROBABILITY.at);
+    assert!(
+        error.starts_with(&format!("inline.toml:{line}:{column}: ")),
+        "{error}"
+    );
+    assert!(
+        error.contains(&format!("{line} | probability = 1.5")),
+        "{error}"
+    );
+    assert!(error.contains("^^^"), "{error}");
+    assert!(error.ends_with("1 error in plan"), "{error}");
+}
+
+#[test]
+fn parse_fills_in_the_documented_defaults() {
+    let text = r#"
+[datacenters.pangyo]
+[services.web]
+datacenter = "pangyo"
+protocol = "http"
+listen = "127.0.0.1:0"
+upstream = "http://127.0.0.1:9001/"
+[scenarios.fire]
+[[scenarios.fire.faults]]
+datacenter = "pangyo"
+action = "blackhole"
+"#;
+    let plan = config::parse(text, "inline.toml").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(plan.admin.listen.to_string(), config::DEFAULT_ADMIN_LISTEN);
+    let web = &plan.topology.services[0];
+    assert_eq!(web.connect_timeout, Duration::from_secs(5));
+    assert_eq!(web.timeout, Duration::from_secs(30));
+    assert_eq!(web.upstream.authority, "127.0.0.1:9001");
+    let fire = plan.scenario("fire").unwrap();
+    assert_eq!(fire.max_duration, Duration::from_secs(15 * 60));
+    let fault = &fire.faults[0];
+    assert_eq!(fault.probability, 1.0);
+    assert_eq!(fault.after, Duration::ZERO);
+    assert_eq!(fault.duration, None);
+}
+
+#[test]
+fn parse_aims_an_error_fault_at_the_http_services_only() {
+    let text = BASE.replace("service = \"maps\"", "datacenter = \"ansan\"");
+    let plan = config::parse(&text, "inline.toml").unwrap_or_else(|e| panic!("{e}"));
+    let names = |scenario: &str| -> Vec<&str> {
+        plan.scenario(scenario).unwrap().faults[0]
+            .targets
+            .iter()
+            .map(|id| &*plan.topology.services[id.index()].name)
+            .collect()
+    };
+    assert_eq!(names("login-down"), ["maps", "cdn"]);
+    assert_eq!(names("cut"), ["maps", "ledger", "cdn"]);
+}
+
+#[test]
+fn parse_keeps_the_shipped_plan_in_its_written_order() {
+    let shipped = include_str!("../config/kakao-staging.toml");
+    let plan = config::parse(shipped, "kakao-staging.toml").unwrap_or_else(|e| panic!("{e}"));
+    let datacenters: Vec<&str> = plan.topology.datacenters.iter().map(|d| &*d.name).collect();
+    assert_eq!(datacenters, ["pangyo", "ansan", "seoul", "busan"]);
+    let scenarios: Vec<&str> = plan.scenarios.iter().map(|s| &*s.name).collect();
+    assert_eq!(
+        scenarios,
+        [
+            "pangyo-fire",
+            "pangyo-recovery",
+            "login-outage",
+            "flaky-link"
+        ]
+    );
+    let fire = plan.scenario("pangyo-fire").unwrap();
+    assert_eq!(fire.faults[0].targets.len(), 8, "all of pangyo goes dark");
+}
