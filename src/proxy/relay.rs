@@ -202,13 +202,16 @@ where
             )
         };
         tokio::select! {
+            // Rule changes first: bytes that arrive together with a cut must
+            // not slip through.
+            biased;
+            cut = connection.watch(context, &delays, hard_stop) => cut,
             result = pumps => {
                 if let Err(e) = result {
                     tracing::debug!(service = %context.service.name, "connection ended: {e}");
                 }
                 return End::Closed;
             }
-            cut = connection.watch(context, &delays, hard_stop) => cut,
         }
     };
     match cut {
@@ -307,8 +310,16 @@ where
                     eof = true;
                     continue;
                 }
-                writer.write_all(&buf[..n]).await?;
-                context.count_bytes(flow, n);
+                // A delay may have started while the read waited: these
+                // bytes arrived under it, so they wait too.
+                let latency = delay.get();
+                if latency.is_zero() {
+                    writer.write_all(&buf[..n]).await?;
+                    context.count_bytes(flow, n);
+                } else {
+                    last_due = enqueue(&mut queue, &buf[..n], latency, last_due);
+                    queued += n;
+                }
                 continue;
             }
         }
@@ -326,15 +337,25 @@ where
                 if n == 0 {
                     eof = true;
                 } else {
-                    // Never due before the chunk ahead of it: order is kept.
-                    let due = (Instant::now() + latency.sample(rand::random())).max(last_due);
-                    last_due = due;
+                    last_due = enqueue(&mut queue, &buf[..n], latency, last_due);
                     queued += n;
-                    queue.push_back((due, Bytes::copy_from_slice(&buf[..n])));
                 }
             }
         }
     }
+}
+
+/// Queues `chunk` to be written after `latency`, but never before the chunk
+/// ahead of it (due at `last_due`), so order is kept. Returns its due time.
+fn enqueue(
+    queue: &mut VecDeque<(Instant, Bytes)>,
+    chunk: &[u8],
+    latency: Latency,
+    last_due: Instant,
+) -> Instant {
+    let due = (Instant::now() + latency.sample(rand::random())).max(last_due);
+    queue.push_back((due, Bytes::copy_from_slice(chunk)));
+    due
 }
 
 async fn sleep_until_some(at: Option<Instant>) {

@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 
-use super::relay::{self, Connection, Cut, End};
+use super::relay::{self, Connection, Cut, Effect, End};
 use super::ServiceContext;
+use crate::fault::Latency;
 use crate::metrics::Outcome;
 use crate::shutdown::Shutdown;
 
@@ -53,12 +54,10 @@ async fn handle(
     let mut effect = connection.evaluate(context);
     let delayed = !effect.setup.is_zero();
     if delayed && effect.cut == Cut::None {
-        tokio::select! {
-            () = hard_stop.cancelled() => return,
-            () = tokio::time::sleep(effect.setup.sample(rand::random())) => {}
+        match wait_for_setup(&mut connection, context, effect.setup, hard_stop).await {
+            Some(latest) => effect = latest,
+            None => return,
         }
-        // The rules may have changed while we waited.
-        effect = connection.evaluate(context);
     }
     match effect.cut {
         Cut::Drop => {
@@ -126,6 +125,36 @@ async fn handle(
         reset(&client);
         reset(&upstream);
     }
+}
+
+/// Waits out a setup delay, but ends the wait early when a rule change
+/// lifts the delay or cuts the connection. Returns the effect in force at
+/// the end, or `None` on hard stop.
+async fn wait_for_setup(
+    connection: &mut Connection,
+    context: &ServiceContext,
+    setup: Latency,
+    hard_stop: &tokio_util::sync::CancellationToken,
+) -> Option<Effect> {
+    let wait = tokio::time::sleep(setup.sample(rand::random()));
+    tokio::pin!(wait);
+    let mut watching = true;
+    loop {
+        tokio::select! {
+            () = hard_stop.cancelled() => return None,
+            () = &mut wait => break,
+            changed = connection.changes.changed(), if watching => {
+                // An error means the rules can no longer change.
+                watching = changed.is_ok();
+                let effect = connection.evaluate(context);
+                if effect.cut != Cut::None || effect.setup.is_zero() {
+                    return Some(effect);
+                }
+            }
+        }
+    }
+    // The rules may have changed while we waited.
+    Some(connection.evaluate(context))
 }
 
 /// Closes with RST instead of FIN, so the peer sees the connection cut.

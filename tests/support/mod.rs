@@ -36,7 +36,11 @@ pub async fn within<F: Future>(limit: Duration, future: F) -> F::Output {
 /// A name no other test in this process uses (metrics are process-wide).
 pub fn unique(prefix: &str) -> String {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
-    format!("{prefix}-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// Parses a plan and starts firedrill on it.
@@ -115,7 +119,10 @@ async fn answer(name: &str, request: Request<Incoming>) -> Response<UpstreamBody
         *response.status_mut() = StatusCode::from_u16(code.parse().unwrap_or(500)).unwrap();
         return response;
     }
-    Response::new(text(format!("{name} answered {} {path}\n", request.method())))
+    Response::new(text(format!(
+        "{name} answered {} {path}\n",
+        request.method()
+    )))
 }
 
 /// An HTTP/1.1 keep-alive client (pooled) for talking to the proxy.
@@ -153,10 +160,18 @@ pub async fn get(addr: SocketAddr, path: &str) -> (StatusCode, String) {
 }
 
 /// Calls the admin API and parses the JSON answer.
-pub async fn admin(running: &Running, method: Method, path: &str, body: &str) -> (StatusCode, serde_json::Value) {
+pub async fn admin(
+    running: &Running,
+    method: Method,
+    path: &str,
+    body: &str,
+) -> (StatusCode, serde_json::Value) {
     let url = format!("http://{}{path}", running.admin_addr());
-    let (status, text) = send(&client(), method, &url, body).await.expect("admin API answers");
-    let json = serde_json::from_str(&text).unwrap_or_else(|e| panic!("admin answer is not JSON ({e}): {text}"));
+    let (status, text) = send(&client(), method, &url, body)
+        .await
+        .expect("admin API answers");
+    let json = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("admin answer is not JSON ({e}): {text}"));
     (status, json)
 }
 
@@ -173,7 +188,11 @@ pub fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     text.lines()
         .filter(|line| !line.starts_with('#'))
         .filter(|line| line.starts_with(name) && line[name.len()..].starts_with(['{', ' ']))
-        .filter(|line| labels.iter().all(|(k, v)| line.contains(&format!("{k}=\"{v}\""))))
+        .filter(|line| {
+            labels
+                .iter()
+                .all(|(k, v)| line.contains(&format!("{k}=\"{v}\"")))
+        })
         .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
@@ -187,7 +206,12 @@ pub async fn echo_round_trip(stream: &mut TcpStream, data: &[u8]) -> std::io::Re
 }
 
 /// Whether the peer has reset or closed the connection, waiting up to `limit`.
-pub async fn closed_within(stream: &mut TcpStream, limit: Duration) -> Option<std::io::Result<usize>> {
+pub async fn closed_within(
+    stream: &mut TcpStream,
+    limit: Duration,
+) -> Option<std::io::Result<usize>> {
     let mut buf = [0u8; 64];
-    tokio::time::timeout(limit, stream.read(&mut buf)).await.ok()
+    tokio::time::timeout(limit, stream.read(&mut buf))
+        .await
+        .ok()
 }

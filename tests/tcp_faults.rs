@@ -1,0 +1,614 @@
+//! The TCP data plane against real loopback servers: blackhole, drop and
+//! delay on new and open connections, selectors, probability, staged timing,
+//! expiry, half-close, and the metrics all of these move. Timing checks are
+//! lower bounds; upper bounds are only generous "did not hang" limits.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use http::{Method, StatusCode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+
+use firedrill::Running;
+use support::*;
+
+/// How long a blackholed connection must stay silent to count as frozen.
+const SILENCE: Duration = Duration::from_millis(300);
+/// How long a rule change may take to reach an open connection. The spec
+/// says 50 ms; this is generous because the test machine is shared.
+const REACH: Duration = Duration::from_secs(2);
+
+#[tokio::test]
+async fn blackhole_accepts_new_connections_and_answers_nothing() {
+    let drill = Drill::echo("action = 'blackhole'").await;
+    drill.activate().await;
+    assert_eq!(probe(drill.addr(0), SILENCE).await, Fate::Silent);
+}
+
+#[tokio::test]
+async fn blackhole_freezes_an_open_tcp_connection() {
+    let (drill, mut tap) = Drill::tapped("action = 'blackhole'").await;
+    let mut client = drill.connect().await;
+    let (_, mut server) = tap.next().await;
+    carry(&mut client, &mut server, b"before").await;
+    carry(&mut server, &mut client, b"before").await;
+
+    drill.activate().await;
+    drill.injected("blackhole").await;
+    write(&mut client, b"to the service").await;
+    assert_silent(&mut server, "the service while blackholed").await;
+    write(&mut server, b"to the client").await;
+    assert_silent(&mut client, "the client while blackholed").await;
+}
+
+#[tokio::test]
+async fn lifting_a_blackhole_closes_the_connections_it_held_and_lets_new_ones_pass() {
+    let (drill, mut tap) = Drill::tapped("action = 'blackhole'").await;
+    let mut open = drill.connect().await;
+    let (_, mut server) = tap.next().await;
+    carry(&mut open, &mut server, b"hello").await;
+    drill.activate().await;
+    drill.injected("blackhole").await;
+    let mut fresh = drill.connect().await;
+    write(&mut fresh, b"anyone?").await;
+    assert_silent(&mut fresh, "a new connection while blackholed").await;
+
+    drill.lift().await;
+    assert_closed(&mut open, "the connection open before the blackhole").await;
+    assert_closed(&mut server, "its upstream connection").await;
+    assert_closed(&mut fresh, "the connection made during the blackhole").await;
+    let mut after = drill.connect().await;
+    let (_, mut server) = tap.next().await;
+    carry(&mut after, &mut server, b"up").await;
+    carry(&mut server, &mut after, b"down").await;
+}
+
+#[tokio::test]
+async fn drop_resets_new_connections_at_once() {
+    let drill = Drill::echo("action = 'drop'").await;
+    drill.activate().await;
+    let mut client = drill.connect().await;
+    assert_closed(&mut client, "a new connection under drop").await;
+    assert_eq!(probe(drill.addr(0), REACH).await, Fate::Cut);
+}
+
+#[tokio::test]
+async fn drop_resets_open_connections_when_it_starts() {
+    let drill = Drill::echo("action = 'drop'").await;
+    let mut client = drill.connect().await;
+    carry_echo(&mut client, b"before").await;
+    drill.activate().await;
+    assert_closed(&mut client, "a connection open when drop started").await;
+}
+
+#[tokio::test]
+async fn a_delay_holds_back_connection_setup() {
+    let fault = "action = 'delay'; latency = '300ms'; direction = 'upstream'";
+    let (drill, mut tap) = Drill::tapped(fault).await;
+    drill.activate().await;
+    let connected = Instant::now();
+    let mut client = drill.connect().await;
+    let (dialled, mut server) = tap.next().await;
+    let setup = dialled - connected;
+    assert!(setup >= ms(300), "the upstream was dialled after {setup:?}");
+    carry(&mut server, &mut client, b"still works").await;
+}
+
+#[tokio::test]
+async fn lifting_a_delay_releases_connections_waiting_to_be_set_up() {
+    let drill = Drill::echo("action = 'delay'; latency = '30s'").await;
+    drill.activate().await;
+    let mut client = drill.connect().await;
+    write(&mut client, b"waiting").await;
+    drill.injected("delay").await;
+    drill.lift().await;
+    let mut back = [0u8; 7];
+    let echoed = tokio::time::timeout(REACH, client.read_exact(&mut back)).await;
+    assert!(echoed.is_ok(), "held {REACH:?} after the delay was lifted");
+    assert_eq!(&back, b"waiting");
+}
+
+#[tokio::test]
+async fn an_open_connection_picks_up_a_delay_when_it_starts() {
+    let drill = Drill::echo("action = 'delay'; latency = '300ms'; direction = 'both'").await;
+    let mut client = drill.connect().await;
+    carry_echo(&mut client, b"before").await;
+    drill.activate().await;
+    drill.injected("delay").await;
+    let round_trip = carry_echo(&mut client, b"after").await;
+    assert!(round_trip >= ms(600), "round trip took {round_trip:?}");
+}
+
+#[tokio::test]
+async fn an_upstream_delay_holds_back_bytes_sent_to_the_service() {
+    let (up, _) = one_way_delays("upstream").await;
+    assert!(up >= ms(300), "client to service took {up:?}");
+}
+
+#[tokio::test]
+async fn a_downstream_delay_holds_back_bytes_sent_to_the_client() {
+    let (_, down) = one_way_delays("downstream").await;
+    assert!(down >= ms(300), "service to client took {down:?}");
+}
+
+#[tokio::test]
+async fn a_delay_in_both_directions_holds_back_each_of_them() {
+    let (up, down) = one_way_delays("both").await;
+    assert!(up >= ms(300), "client to service took {up:?}");
+    assert!(down >= ms(300), "service to client took {down:?}");
+}
+
+#[tokio::test]
+async fn jittered_delays_keep_every_chunk_intact_and_in_order() {
+    let fault = "action = 'delay'; latency = '20ms'; jitter = '80ms'; direction = 'both'";
+    let drill = Drill::echo(fault).await;
+    drill.activate().await;
+    let chunks: Vec<Vec<u8>> = (0..200).map(numbered_chunk).collect();
+    let expected = chunks.concat();
+    let (mut read, mut write) = drill.connect().await.into_split();
+    let writer = tokio::spawn(async move {
+        for chunk in chunks {
+            within(STEP, write.write_all(&chunk)).await.unwrap();
+            // Separate writes, so the proxy reads separate chunks.
+            tokio::time::sleep(ms(1)).await;
+        }
+        // Half-close: what is still queued in the proxy must follow.
+        within(STEP, write.shutdown()).await.unwrap();
+    });
+    let mut echoed = Vec::new();
+    within(STEP, read.read_to_end(&mut echoed)).await.unwrap();
+    within(STEP, writer).await.unwrap();
+    assert_eq!(echoed.len(), expected.len());
+    assert!(echoed == expected, "echoed bytes differ from what was sent");
+}
+
+#[tokio::test]
+async fn a_client_that_half_closes_still_receives_every_echoed_byte() {
+    let drill = Drill::passthrough().await;
+    let mut client = drill.connect().await;
+    let sent: Vec<u8> = (0..256 * 1024).map(|i| (i % 251) as u8).collect();
+    let (mut read, mut write) = client.split();
+    let send = async {
+        within(STEP, write.write_all(&sent)).await.unwrap();
+        within(STEP, write.shutdown()).await.unwrap();
+    };
+    let mut echoed = Vec::new();
+    let receive = within(STEP, read.read_to_end(&mut echoed));
+    let ((), received) = tokio::join!(send, receive);
+    received.unwrap();
+    let (got, want) = (echoed.len(), sent.len());
+    assert!(
+        echoed == sent,
+        "got {got} of {want} bytes back, or wrong ones"
+    );
+}
+
+#[tokio::test]
+async fn a_datacenter_fault_leaves_other_datacenters_untouched() {
+    let upstream = echo_upstream().await;
+    let services = [("dc-a", upstream), ("dc-b", upstream)];
+    let drill = Drill::start(&services, &["datacenter = 'dc-a'; action = 'blackhole'"]).await;
+    let connect = within(STEP, TcpStream::connect(drill.addr(1))).await;
+    let mut open_in_b = connect.expect("the proxy accepts connections");
+    carry_echo(&mut open_in_b, b"before").await;
+    drill.activate().await;
+    assert_eq!(probe(drill.addr(0), SILENCE).await, Fate::Silent);
+    assert_eq!(probe(drill.addr(1), REACH).await, Fate::Echoed);
+    carry_echo(&mut open_in_b, b"after").await;
+}
+
+#[tokio::test]
+async fn a_service_fault_leaves_other_services_in_its_datacenter_untouched() {
+    let upstream = echo_upstream().await;
+    let services = [("dc-a", upstream), ("dc-a", upstream)];
+    let drill = Drill::start(&services, &["service = '$SERVICE'; action = 'drop'"]).await;
+    drill.activate().await;
+    assert_eq!(probe(drill.addr(0), REACH).await, Fate::Cut);
+    assert_eq!(probe(drill.addr(1), REACH).await, Fate::Echoed);
+}
+
+#[tokio::test]
+async fn drop_with_probability_one_half_cuts_about_half_the_connections() {
+    let drill = Drill::echo("action = 'drop'; probability = 0.5").await;
+    drill.activate().await;
+    let mut cut = 0;
+    for _ in 0..200 {
+        match probe(drill.addr(0), REACH).await {
+            Fate::Cut => cut += 1,
+            Fate::Echoed => {}
+            Fate::Silent => panic!("a connection was neither cut nor echoed"),
+        }
+    }
+    assert!((40..=160).contains(&cut), "{cut} of 200 connections cut");
+    assert_eq!(drill.connections("dropped").await, f64::from(cut));
+    assert_eq!(drill.connections("forwarded").await, f64::from(200 - cut));
+}
+
+#[tokio::test]
+async fn a_staged_fault_waits_for_its_offset_and_ends_after_its_duration() {
+    let drill = Drill::echo("action = 'drop'; after = '500ms'; duration = '500ms'").await;
+    let activated = Instant::now();
+    drill.activate().await;
+    assert_eq!(probe(drill.addr(0), REACH).await, Fate::Echoed);
+    let started = until_fate(drill.addr(0), Fate::Cut).await - activated;
+    assert!(started >= ms(500), "the fault started after {started:?}");
+    let ended = until_fate(drill.addr(0), Fate::Echoed).await - activated;
+    assert!(ended >= ms(1000), "the fault ended after {ended:?}");
+    tokio::time::sleep(ms(200)).await;
+    assert_eq!(probe(drill.addr(0), REACH).await, Fate::Echoed);
+}
+
+#[tokio::test]
+async fn an_activation_with_a_duration_ends_by_itself() {
+    let drill = Drill::echo("action = 'drop'").await;
+    let activated = Instant::now();
+    let path = format!("/faults/{}", drill.scenarios[0]);
+    let body = r#"{"duration": "600ms"}"#;
+    let (status, answer) = admin(&drill.running, Method::POST, &path, body).await;
+    assert_eq!(status, StatusCode::CREATED, "{answer}");
+    assert_eq!(probe(drill.addr(0), REACH).await, Fate::Cut);
+    let ended = until_fate(drill.addr(0), Fate::Echoed).await - activated;
+    assert!(ended >= ms(600), "the activation ended after {ended:?}");
+    let (status, faults) = admin(&drill.running, Method::GET, "/faults", "").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(faults["active"], serde_json::json!([]), "{faults}");
+}
+
+#[tokio::test]
+async fn connections_are_counted_by_outcome_and_faults_by_action_and_scenario() {
+    let upstream = echo_upstream().await;
+    let faults = [
+        "service = '$SERVICE'; action = 'drop'",
+        "service = '$SERVICE'; action = 'blackhole'",
+    ];
+    let drill = Drill::start(&[("dc-a", upstream)], &faults).await;
+    let (drop, blackhole) = (&drill.scenarios[0], &drill.scenarios[1]);
+    assert_eq!(probe(drill.addr(0), REACH).await, Fate::Echoed);
+    // Otherwise the drop could also count against the probe's connection.
+    drill.settled().await;
+    drill.post(drop).await;
+    assert_eq!(probe(drill.addr(0), REACH).await, Fate::Cut);
+    assert_eq!(probe(drill.addr(0), REACH).await, Fate::Cut);
+    drill.delete(drop).await;
+    drill.post(blackhole).await;
+    assert_eq!(probe(drill.addr(0), SILENCE).await, Fate::Silent);
+
+    assert_eq!(drill.connections("forwarded").await, 1.0);
+    assert_eq!(drill.connections("dropped").await, 2.0);
+    assert_eq!(drill.connections("blackholed").await, 1.0);
+    let text = metrics(&drill.running).await;
+    let injected = |action, scenario| {
+        let labels = [
+            ("service", drill.service()),
+            ("action", action),
+            ("scenario", scenario),
+        ];
+        sample(&text, "firedrill_faults_injected_total", &labels)
+    };
+    assert_eq!(injected("drop", drop), 2.0);
+    assert_eq!(injected("blackhole", blackhole), 1.0);
+    assert_eq!(injected("drop", blackhole), 0.0);
+}
+
+#[tokio::test]
+async fn forwarded_bytes_are_counted_in_each_direction() {
+    let drill = Drill::passthrough().await;
+    let mut client = drill.connect().await;
+    carry_echo(&mut client, &[7u8; 1000]).await;
+    carry_echo(&mut client, &[8u8; 234]).await;
+    for direction in ["upstream", "downstream"] {
+        let labels = [("direction", direction)];
+        let bytes = drill
+            .metric_at_least("firedrill_bytes_total", &labels, 1234.0)
+            .await;
+        assert_eq!(bytes, 1234.0, "{direction} bytes");
+    }
+}
+
+#[tokio::test]
+async fn open_connections_are_counted_while_they_last() {
+    let drill = Drill::passthrough().await;
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        let mut client = drill.connect().await;
+        carry_echo(&mut client, b"hi").await;
+        clients.push(client);
+    }
+    let active = drill
+        .metric_at_least("firedrill_connections_active", &[], 3.0)
+        .await;
+    assert_eq!(active, 3.0);
+    drop(clients);
+    drill.settled().await;
+}
+
+#[tokio::test]
+async fn an_unreachable_upstream_closes_the_client_connection_quickly() {
+    let nothing = {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        listener.local_addr().unwrap()
+    };
+    let drill = Drill::start(&[("dc-a", nothing)], &[]).await;
+    let mut client = drill.connect().await;
+    assert_closed(&mut client, "a connection to an unreachable upstream").await;
+    assert_eq!(drill.connections("upstream_error").await, 1.0);
+    assert_eq!(drill.connections("forwarded").await, 0.0);
+}
+
+// --- Helpers ------------------------------------------------------------------
+
+/// A started firedrill with tcp services and one scenario per fault.
+struct Drill {
+    running: Running,
+    /// Service names in plan order; `$SERVICE` in a fault means the first.
+    services: Vec<String>,
+    /// Scenario names, one per fault given to [`Drill::start`].
+    scenarios: Vec<String>,
+}
+
+impl Drill {
+    /// Starts one tcp service per `(datacenter, upstream)` (datacenters
+    /// `dc-a` and `dc-b` exist) and one scenario per fault. A fault is its
+    /// table's lines joined with "; ", like `service = '$SERVICE'; action = 'drop'`.
+    async fn start(services: &[(&str, SocketAddr)], faults: &[&str]) -> Drill {
+        let names: Vec<String> = services.iter().map(|_| unique("tcp")).collect();
+        let scenarios: Vec<String> = faults.iter().map(|_| unique("scenario")).collect();
+        let mut plan = String::from(
+            "[admin]\nlisten = '127.0.0.1:0'\n[datacenters.dc-a]\n[datacenters.dc-b]\n",
+        );
+        for (name, (datacenter, upstream)) in names.iter().zip(services) {
+            plan += &format!(
+                "[services.{name}]\ndatacenter = '{datacenter}'\nprotocol = 'tcp'\n\
+                 listen = '127.0.0.1:0'\nupstream = '{upstream}'\n"
+            );
+        }
+        for (scenario, fault) in scenarios.iter().zip(faults) {
+            let fault = fault.replace("; ", "\n").replace("$SERVICE", &names[0]);
+            plan += &format!("[scenarios.{scenario}]\n[[scenarios.{scenario}.faults]]\n{fault}\n");
+        }
+        Drill {
+            running: start(&plan).await,
+            services: names,
+            scenarios,
+        }
+    }
+
+    /// One service in front of an echo server, and one scenario whose fault
+    /// selects that service and does `action` (with its parameters).
+    async fn echo(action: &str) -> Drill {
+        let fault = format!("service = '$SERVICE'; {action}");
+        Drill::start(&[("dc-a", echo_upstream().await)], &[&fault]).await
+    }
+
+    /// Like [`Drill::echo`], but the test plays the upstream through a [`Tap`].
+    async fn tapped(action: &str) -> (Drill, Tap) {
+        let (upstream, tap) = Tap::new().await;
+        let fault = format!("service = '$SERVICE'; {action}");
+        (Drill::start(&[("dc-a", upstream)], &[&fault]).await, tap)
+    }
+
+    /// One service in front of an echo server, and no scenario.
+    async fn passthrough() -> Drill {
+        Drill::start(&[("dc-a", echo_upstream().await)], &[]).await
+    }
+
+    fn service(&self) -> &str {
+        &self.services[0]
+    }
+
+    fn addr(&self, index: usize) -> SocketAddr {
+        let addr = self.running.service_addr(&self.services[index]);
+        addr.expect("the service listens")
+    }
+
+    /// A connection to the first service.
+    async fn connect(&self) -> TcpStream {
+        let stream = within(STEP, TcpStream::connect(self.addr(0))).await;
+        stream.expect("the proxy accepts connections")
+    }
+
+    /// Activates the first scenario.
+    async fn activate(&self) {
+        self.post(&self.scenarios[0]).await;
+    }
+
+    /// Lifts the first scenario.
+    async fn lift(&self) {
+        self.delete(&self.scenarios[0]).await;
+    }
+
+    async fn post(&self, scenario: &str) {
+        let path = format!("/faults/{scenario}");
+        let (status, body) = admin(&self.running, Method::POST, &path, "").await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+
+    async fn delete(&self, scenario: &str) {
+        let path = format!("/faults/{scenario}");
+        let (status, body) = admin(&self.running, Method::DELETE, &path, "").await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["lifted"], true, "{body}");
+    }
+
+    /// A metric of the first service, summed over samples matching `labels`.
+    async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let mut labels = labels.to_vec();
+        labels.push(("service", self.service()));
+        sample(&metrics(&self.running).await, name, &labels)
+    }
+
+    /// `firedrill_connections_total` of the first service for `outcome`.
+    async fn connections(&self, outcome: &str) -> f64 {
+        let labels = [("outcome", outcome)];
+        self.metric("firedrill_connections_total", &labels).await
+    }
+
+    /// Waits up to [`REACH`] for a metric to reach `floor`; returns its value.
+    async fn metric_at_least(&self, name: &str, labels: &[(&str, &str)], floor: f64) -> f64 {
+        let deadline = Instant::now() + REACH;
+        loop {
+            let value = self.metric(name, labels).await;
+            if value >= floor || Instant::now() > deadline {
+                return value;
+            }
+            tokio::time::sleep(ms(20)).await;
+        }
+    }
+
+    /// Waits up to [`REACH`] until the first service has no open connection.
+    async fn settled(&self) {
+        let deadline = Instant::now() + REACH;
+        while self.metric("firedrill_connections_active", &[]).await > 0.0 {
+            assert!(
+                Instant::now() < deadline,
+                "connections open after {REACH:?}"
+            );
+            tokio::time::sleep(ms(20)).await;
+        }
+    }
+
+    /// Waits up to [`REACH`] until the first scenario's `action` has hit a
+    /// connection: the sign that a rule change reached an open connection.
+    async fn injected(&self, action: &str) {
+        let labels = [("action", action), ("scenario", &*self.scenarios[0])];
+        let name = "firedrill_faults_injected_total";
+        let value = self.metric_at_least(name, &labels, 1.0).await;
+        assert!(value >= 1.0, "{action} hit no connection within {REACH:?}");
+    }
+}
+
+/// An upstream played by the test: each connection the proxy opens to it
+/// comes out of [`Tap::next`], with when it was accepted.
+struct Tap(mpsc::UnboundedReceiver<(Instant, TcpStream)>);
+
+impl Tap {
+    async fn new() -> (SocketAddr, Tap) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (accepted, receiver) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                if accepted.send((Instant::now(), stream)).is_err() {
+                    return;
+                }
+            }
+        });
+        (addr, Tap(receiver))
+    }
+
+    async fn next(&mut self) -> (Instant, TcpStream) {
+        let next = within(STEP, self.0.recv()).await;
+        next.expect("the proxy connects upstream")
+    }
+}
+
+/// What a fresh connection experienced.
+#[derive(Debug, PartialEq, Eq)]
+enum Fate {
+    Echoed,
+    /// Reset or closed.
+    Cut,
+    /// Open, but nothing came back in time.
+    Silent,
+}
+
+/// Opens a connection to `addr`, sends a line and waits up to `patience`
+/// for its echo.
+async fn probe(addr: SocketAddr, patience: Duration) -> Fate {
+    let connect = within(STEP, TcpStream::connect(addr)).await;
+    let mut stream = connect.expect("the proxy accepts connections");
+    if within(STEP, stream.write_all(b"ping\n")).await.is_err() {
+        return Fate::Cut;
+    }
+    let mut back = [0u8; 5];
+    match tokio::time::timeout(patience, stream.read_exact(&mut back)).await {
+        Err(_) => Fate::Silent,
+        Ok(Err(_)) => Fate::Cut,
+        Ok(Ok(_)) => {
+            assert_eq!(&back, b"ping\n");
+            Fate::Echoed
+        }
+    }
+}
+
+/// Probes `addr` every 20 ms until one probe has `fate`; returns when that
+/// probe finished. Gives up after 5 s.
+async fn until_fate(addr: SocketAddr, fate: Fate) -> Instant {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if probe(addr, REACH).await == fate {
+            return Instant::now();
+        }
+        assert!(Instant::now() < deadline, "no probe {fate:?} within 5 s");
+        tokio::time::sleep(ms(20)).await;
+    }
+}
+
+/// Opens a connection, starts a 300 ms delay in `direction` while it is
+/// open, and returns how long one message then took each way.
+async fn one_way_delays(direction: &str) -> (Duration, Duration) {
+    let fault = format!("action = 'delay'; latency = '300ms'; direction = '{direction}'");
+    let (drill, mut tap) = Drill::tapped(&fault).await;
+    let mut client = drill.connect().await;
+    let (_, mut server) = tap.next().await;
+    carry(&mut client, &mut server, b"before").await;
+    drill.activate().await;
+    drill.injected("delay").await;
+    let up = carry(&mut client, &mut server, b"up").await;
+    let down = carry(&mut server, &mut client, b"down").await;
+    (up, down)
+}
+
+async fn write(stream: &mut TcpStream, data: &[u8]) {
+    within(STEP, stream.write_all(data)).await.expect("write");
+}
+
+/// Writes `data` on `from`, reads it on `to` and returns how long that took.
+async fn carry(from: &mut TcpStream, to: &mut TcpStream, data: &[u8]) -> Duration {
+    let sent = Instant::now();
+    write(from, data).await;
+    let mut got = vec![0u8; data.len()];
+    within(STEP, to.read_exact(&mut got)).await.expect("read");
+    assert_eq!(got, data);
+    sent.elapsed()
+}
+
+/// A round trip through an echo upstream; returns how long it took.
+async fn carry_echo(stream: &mut TcpStream, data: &[u8]) -> Duration {
+    let sent = Instant::now();
+    let back = within(STEP, echo_round_trip(stream, data)).await;
+    assert_eq!(back.expect("echo round trip"), data);
+    sent.elapsed()
+}
+
+/// Asserts that nothing arrives on `stream`, not even a close, for [`SILENCE`].
+async fn assert_silent(stream: &mut TcpStream, what: &str) {
+    let mut buf = [0u8; 64];
+    if let Ok(read) = tokio::time::timeout(SILENCE, stream.read(&mut buf)).await {
+        panic!("{what}: expected silence, got {read:?}");
+    }
+}
+
+/// Asserts that the peer closes or resets `stream` within [`REACH`].
+async fn assert_closed(stream: &mut TcpStream, what: &str) {
+    match closed_within(stream, REACH).await {
+        None => panic!("{what}: still open after {REACH:?}"),
+        Some(Ok(0) | Err(_)) => {}
+        Some(Ok(n)) => panic!("{what}: got {n} bytes instead of a close"),
+    }
+}
+
+/// Chunk `i`: its number, then a run of bytes whose length varies with `i`.
+fn numbered_chunk(i: usize) -> Vec<u8> {
+    let mut chunk = format!("<{i:04}>").into_bytes();
+    chunk.extend((0..(i * 37) % 3000).map(|j| (i + j) as u8));
+    chunk
+}
+
+fn ms(millis: u64) -> Duration {
+    Duration::from_millis(millis)
+}
