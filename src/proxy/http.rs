@@ -137,6 +137,36 @@ enum Step {
     Blackhole,
 }
 
+impl Step {
+    /// The outcome a request gets for this step, unless forwarding it fails.
+    fn outcome(&self, delay: Duration) -> Outcome {
+        match self {
+            Step::Forward if delay.is_zero() => Outcome::Forwarded,
+            Step::Forward => Outcome::Delayed,
+            Step::Respond(_) => Outcome::Error,
+            Step::Drop => Outcome::Dropped,
+            Step::Blackhole => Outcome::Blackholed,
+        }
+    }
+}
+
+/// Counts one request when it ends, however it ends. hyper drops a
+/// request's future when its client goes away, as clients of a blackhole or
+/// a long delay do, and those requests must be counted too.
+struct Tally<'a> {
+    context: &'a ServiceContext,
+    started: Instant,
+    outcome: Outcome,
+}
+
+impl Drop for Tally<'_> {
+    fn drop(&mut self) {
+        self.context
+            .metrics
+            .request(self.outcome, self.started.elapsed());
+    }
+}
+
 impl Proxy {
     async fn handle(
         &self,
@@ -146,23 +176,30 @@ impl Proxy {
         let started = Instant::now();
         let seed: u64 = rand::random();
         let (step, delay) = self.decide(&request, seed);
+        let mut tally = Tally {
+            context: &self.context,
+            started,
+            outcome: step.outcome(delay),
+        };
         if !delay.is_zero() {
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}
                 () = self.shutdown.hard_stop.cancelled() => return Err(Refused::ShuttingDown),
             }
         }
-        let (outcome, result) = match step {
-            Step::Forward => self.forward(request, forwarded_for, delay).await,
-            Step::Respond(response) => (Outcome::Error, Ok(response)),
-            Step::Drop => (Outcome::Dropped, Err(Refused::Dropped)),
+        match step {
+            Step::Forward => {
+                let (outcome, result) = self.forward(request, forwarded_for, delay).await;
+                tally.outcome = outcome;
+                result
+            }
+            Step::Respond(response) => Ok(response),
+            Step::Drop => Err(Refused::Dropped),
             Step::Blackhole => {
                 self.blackhole(&request, seed).await;
-                (Outcome::Blackholed, Err(Refused::Blackholed))
+                Err(Refused::Blackholed)
             }
-        };
-        self.context.metrics.request(outcome, started.elapsed());
-        result
+        }
     }
 
     /// Reads the live rules once; never blocks and never awaits.
@@ -239,7 +276,12 @@ impl Proxy {
         delay: Duration,
     ) -> (Outcome, Result<Response<ProxyBody>, Refused>) {
         if is_upgrade(request.headers()) {
-            return self.upgrade(request, forwarded_for).await;
+            let (outcome, result) = self.upgrade(request, forwarded_for).await;
+            let outcome = match outcome {
+                Outcome::Forwarded if !delay.is_zero() => Outcome::Delayed,
+                outcome => outcome,
+            };
+            return (outcome, result);
         }
         self.prepare(&mut request, forwarded_for, false);
         let request =
@@ -381,7 +423,8 @@ impl Proxy {
                     )
                 }
             };
-        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let switched = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+        if switched {
             let upstream_upgrade = hyper::upgrade::on(&mut response);
             let context = Arc::clone(&self.context);
             let hard_stop = self.shutdown.hard_stop.clone();
@@ -393,6 +436,9 @@ impl Proxy {
                         return;
                     }
                 };
+                // hyper counts the client connection as closed once it hands
+                // it over; it stays open here until the relay ends.
+                let _active = context.metrics.connection_opened();
                 let (client_read, client_write) = tokio::io::split(TokioIo::new(client));
                 let (upstream_read, upstream_write) = tokio::io::split(TokioIo::new(upstream));
                 let mut connection = Connection::new(&context);
@@ -410,7 +456,9 @@ impl Proxy {
                 .await;
             });
         }
-        (Outcome::Forwarded, Ok(self.downstream(response, true)))
+        // An upstream that declines the upgrade answers an ordinary
+        // response, whose hop-by-hop fields go like any other's.
+        (Outcome::Forwarded, Ok(self.downstream(response, switched)))
     }
 
     /// Maps an upstream client error to 502, or 504 for a connect timeout.
@@ -475,17 +523,18 @@ fn is_upgrade(headers: &HeaderMap) -> bool {
 }
 
 /// Removes the hop-by-hop fields, including any that `Connection` names.
+/// `Connection` is a list and may be split over several lines (RFC 9110
+/// section 5.3), so every line counts.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    if let Some(connection) = headers.get(header::CONNECTION) {
-        let named: Vec<HeaderName> = connection
-            .to_str()
-            .unwrap_or("")
-            .split(',')
-            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-            .collect();
-        for name in named {
-            headers.remove(name);
-        }
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|line| line.to_str().ok())
+        .flat_map(|line| line.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
     }
     for name in &HOP_BY_HOP {
         headers.remove(name);

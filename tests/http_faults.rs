@@ -1,0 +1,1259 @@
+//! The HTTP data plane against real servers on loopback: pass-through,
+//! hop-by-hop fields, every fault action, selectors, probability, how
+//! faults of several scenarios combine, upstream failures, upgraded
+//! connections and the request metrics. Each test writes its own plan and
+//! drives the admin API over real HTTP.
+
+mod support;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{header, Method, Request, Response, StatusCode, Version};
+use http_body::{Body, Frame};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::mpsc;
+
+use firedrill::Running;
+use support::*;
+
+/// How long a request must go unanswered to count as held by a blackhole.
+const HOLD: Duration = Duration::from_millis(300);
+
+// --- Pass-through -----------------------------------------------------------
+
+#[tokio::test]
+async fn get_and_post_pass_through_with_status_and_body_intact() {
+    let talk = unique("talk");
+    let upstream = http_upstream("talk-upstream").await;
+    let running = start(&plan(&[http_service(&talk, "pangyo", upstream)], "")).await;
+
+    let (status, body) = get(addr(&running, &talk), "/chats?room=7").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, "talk-upstream answered GET /chats\n");
+
+    let client = client();
+    let (status, body) = send(
+        &client,
+        Method::POST,
+        &url(&running, &talk, "/echo"),
+        r#"{"text":"hello"}"#,
+    )
+    .await
+    .expect("POST is answered");
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, r#"{"text":"hello"}"#);
+
+    let (status, body) = get(addr(&running, &talk), "/status/418").await;
+    assert_eq!(status, StatusCode::IM_A_TEAPOT);
+    assert_eq!(body, "talk-upstream status 418\n");
+}
+
+#[tokio::test]
+async fn a_large_body_comes_back_byte_identical() {
+    let files = unique("files");
+    let upstream = http_upstream("files-upstream").await;
+    let running = start(&plan(&[http_service(&files, "pangyo", upstream)], "")).await;
+    let payload: Bytes = (0..8 * 1024 * 1024)
+        .map(|i: usize| (i % 251) as u8)
+        .collect::<Vec<u8>>()
+        .into();
+
+    let request = Request::post(url(&running, &files, "/echo"))
+        .body(Full::new(payload.clone()))
+        .unwrap();
+    let response = fetch(&client(), request).await.expect("POST is answered");
+
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.body().len(), payload.len());
+    assert!(
+        *response.body() == payload,
+        "the echoed body differs from the one sent"
+    );
+    let text = metrics(&running).await;
+    for direction in ["upstream", "downstream"] {
+        let bytes = sample(
+            &text,
+            "firedrill_bytes_total",
+            &[("service", &files), ("direction", direction)],
+        );
+        assert!(
+            bytes >= payload.len() as f64,
+            "{direction} bytes counted: {bytes}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn bodies_stream_both_ways_before_the_request_body_ends() {
+    let stream = unique("stream");
+    let upstream = http_upstream("stream-upstream").await;
+    let running = start(&plan(&[http_service(&stream, "pangyo", upstream)], "")).await;
+    let client = Client::builder(TokioExecutor::new()).build_http::<ChannelBody>();
+    let (chunks, body) = channel_body();
+
+    chunks
+        .send(Bytes::from_static(b"first chunk;"))
+        .await
+        .unwrap();
+    let request = Request::post(url(&running, &stream, "/echo"))
+        .body(body)
+        .unwrap();
+    // A proxy that buffered either body would answer only after the
+    // request body ends, which is not before the echo of the first chunk.
+    let response = within(STEP, client.request(request))
+        .await
+        .expect("response head arrives while the request body is open");
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut body = response.into_body();
+    let first = read_at_least(&mut body, b"first chunk;".len()).await;
+    assert_eq!(first, b"first chunk;");
+
+    chunks
+        .send(Bytes::from_static(b"second chunk"))
+        .await
+        .unwrap();
+    drop(chunks);
+    let rest = within(STEP, body.collect()).await.unwrap().to_bytes();
+    assert_eq!(rest, Bytes::from_static(b"second chunk"));
+}
+
+#[tokio::test]
+async fn many_requests_share_one_kept_alive_client_connection() {
+    let search = unique("search");
+    let upstream = http_upstream("search-upstream").await;
+    let running = start(&plan(&[http_service(&search, "pangyo", upstream)], "")).await;
+    let client = client();
+
+    for i in 0..50 {
+        let (status, body) = send(
+            &client,
+            Method::GET,
+            &url(&running, &search, &format!("/q/{i}")),
+            "",
+        )
+        .await
+        .expect("request is answered");
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body, format!("search-upstream answered GET /q/{i}\n"));
+    }
+
+    let text = metrics(&running).await;
+    let accepted = sample(
+        &text,
+        "firedrill_connections_total",
+        &[("service", &search), ("outcome", "accepted")],
+    );
+    assert_eq!(
+        accepted, 1.0,
+        "50 requests on a pooled client use one connection"
+    );
+    let forwarded = sample(
+        &text,
+        "firedrill_requests_total",
+        &[("service", &search), ("outcome", "forwarded")],
+    );
+    assert_eq!(forwarded, 50.0);
+}
+
+#[tokio::test]
+async fn h2c_clients_with_prior_knowledge_are_proxied() {
+    let maps = unique("maps");
+    let upstream = http_upstream("maps-upstream").await;
+    let running = start(&plan(&[http_service(&maps, "ansan", upstream)], "")).await;
+    let client = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<Full<Bytes>>();
+
+    let request = Request::get(url(&running, &maps, "/route?from=a"))
+        .body(Full::default())
+        .unwrap();
+    let response = fetch(&client, request).await.expect("h2 GET is answered");
+    assert_eq!(response.version(), Version::HTTP_2);
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.body(), "maps-upstream answered GET /route\n");
+
+    let request = Request::post(url(&running, &maps, "/echo"))
+        .body(Full::new(Bytes::from_static(b"over h2")))
+        .unwrap();
+    let response = fetch(&client, request).await.expect("h2 POST is answered");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.body(), "over h2");
+
+    // The upstream speaks HTTP/1.1 and needs Host, which h2 sends as :authority.
+    let request = Request::get(url(&running, &maps, "/headers"))
+        .body(Full::default())
+        .unwrap();
+    let response = fetch(&client, request).await.expect("h2 GET is answered");
+    let seen = header_lines(response.body());
+    let host = format!("host: {}", addr(&running, &maps));
+    assert!(seen.contains(&host), "upstream saw: {seen:?}");
+}
+
+// --- Hop-by-hop fields --------------------------------------------------------
+
+#[tokio::test]
+async fn hop_by_hop_request_fields_do_not_reach_the_upstream() {
+    let mail = unique("mail");
+    let upstream = http_upstream("mail-upstream").await;
+    let running = start(&plan(&[http_service(&mail, "pangyo", upstream)], "")).await;
+
+    let request = Request::get(url(&running, &mail, "/headers"))
+        .header(header::CONNECTION, "x-custom")
+        .header("x-custom", "1")
+        .header("keep-alive", "timeout=5")
+        .header("proxy-connection", "keep-alive")
+        .header("x-kept", "yes")
+        .body(Full::default())
+        .unwrap();
+    let response = fetch(&client(), request)
+        .await
+        .expect("request is answered");
+    assert_eq!(response.status(), StatusCode::OK);
+
+    let seen = header_lines(response.body());
+    for gone in ["connection", "x-custom", "keep-alive", "proxy-connection"] {
+        assert!(
+            !seen
+                .iter()
+                .any(|line| line.starts_with(&format!("{gone}:"))),
+            "upstream saw `{gone}`: {seen:?}"
+        );
+    }
+    assert!(seen.contains(&"x-kept: yes".to_owned()), "{seen:?}");
+    assert!(
+        seen.contains(&"x-forwarded-for: 127.0.0.1".to_owned()),
+        "{seen:?}"
+    );
+}
+
+#[tokio::test]
+async fn fields_named_by_every_connection_header_line_are_removed() {
+    let mail = unique("mail");
+    let upstream = http_upstream("mail-upstream").await;
+    let running = start(&plan(&[http_service(&mail, "pangyo", upstream)], "")).await;
+
+    // RFC 9110 section 5.3: a list field may be split over several lines.
+    let request = Request::get(url(&running, &mail, "/headers"))
+        .header(header::CONNECTION, "x-first")
+        .header(header::CONNECTION, "x-second, x-third")
+        .header("x-first", "1")
+        .header("x-second", "2")
+        .header("x-third", "3")
+        .header("x-kept", "yes")
+        .body(Full::default())
+        .unwrap();
+    let response = fetch(&client(), request)
+        .await
+        .expect("request is answered");
+
+    let seen = header_lines(response.body());
+    for gone in ["connection", "x-first", "x-second", "x-third"] {
+        assert!(
+            !seen
+                .iter()
+                .any(|line| line.starts_with(&format!("{gone}:"))),
+            "upstream saw `{gone}`: {seen:?}"
+        );
+    }
+    assert!(seen.contains(&"x-kept: yes".to_owned()), "{seen:?}");
+}
+
+#[tokio::test]
+async fn hop_by_hop_response_fields_do_not_reach_the_client() {
+    let mail = unique("mail");
+    let upstream = upgrade_upstream().await;
+    let running = start(&plan(&[http_service(&mail, "pangyo", upstream)], "")).await;
+
+    let request = Request::get(url(&running, &mail, "/plain"))
+        .body(Full::default())
+        .unwrap();
+    let response = fetch(&client(), request)
+        .await
+        .expect("request is answered");
+
+    assert_eq!(response.status(), StatusCode::OK);
+    let headers = response.headers();
+    for gone in ["x-hop", "keep-alive"] {
+        assert!(
+            !headers.contains_key(gone),
+            "client saw `{gone}`: {headers:?}"
+        );
+    }
+    assert_eq!(headers["x-kept"], "yes");
+}
+
+// --- Fault actions ----------------------------------------------------------
+
+#[tokio::test]
+async fn error_fault_answers_without_contacting_the_upstream() {
+    let login = unique("login");
+    let outage = unique("login-outage");
+    // Nothing listens there: contacting it would answer 502.
+    let (upstream, _reserved) = unreachable_upstream();
+    let running = start(&plan(
+        &[http_service(&login, "pangyo", upstream)],
+        &format!(
+            r#"
+[scenarios.{outage}]
+[[scenarios.{outage}.faults]]
+service = "{login}"
+action = "error"
+status = 503
+body = '{{"error":"login temporarily unavailable"}}'
+headers = {{ "content-type" = "application/json", "retry-after" = "60" }}
+"#
+        ),
+    ))
+    .await;
+    let (status, _) = get(addr(&running, &login), "/oauth/token").await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "the upstream is down");
+
+    activate(&running, &outage).await;
+    let request = Request::get(url(&running, &login, "/oauth/token"))
+        .body(Full::default())
+        .unwrap();
+    let response = fetch(&client(), request)
+        .await
+        .expect("request is answered");
+
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        response.body(),
+        r#"{"error":"login temporarily unavailable"}"#
+    );
+    assert_eq!(response.headers()["content-type"], "application/json");
+    assert_eq!(response.headers()["retry-after"], "60");
+}
+
+#[tokio::test]
+async fn drop_fault_closes_the_connection_without_a_response() {
+    let pay = unique("pay");
+    let cut = unique("cut");
+    let upstream = http_upstream("pay-upstream").await;
+    let running = start(&plan(
+        &[http_service(&pay, "pangyo", upstream)],
+        &fault(&cut, &[&on(&pay), "action = 'drop'"]),
+    ))
+    .await;
+    activate(&running, &cut).await;
+
+    assert_dropped(&client(), &url(&running, &pay, "/charge")).await;
+
+    let mut stream = raw_request(
+        addr(&running, &pay),
+        "GET /charge HTTP/1.1\r\nHost: pay\r\n\r\n",
+    )
+    .await;
+    assert_closed_without_answer(&mut stream).await;
+}
+
+#[tokio::test]
+async fn blackhole_fault_leaves_requests_unanswered() {
+    let taxi = unique("taxi");
+    let hole = unique("hole");
+    let upstream = http_upstream("taxi-upstream").await;
+    let running = start(&plan(
+        &[http_service(&taxi, "pangyo", upstream)],
+        &fault(&hole, &[&on(&taxi), "action = 'blackhole'"]),
+    ))
+    .await;
+    activate(&running, &hole).await;
+
+    assert_unanswered(&client(), &url(&running, &taxi, "/ride")).await;
+
+    let mut stream = raw_request(
+        addr(&running, &taxi),
+        "GET /ride HTTP/1.1\r\nHost: taxi\r\n\r\n",
+    )
+    .await;
+    let read = closed_within(&mut stream, HOLD).await;
+    assert!(read.is_none(), "a blackholed connection answered: {read:?}");
+}
+
+#[tokio::test]
+async fn blackhole_reaches_kept_alive_connections_on_their_next_request() {
+    let gift = unique("gift");
+    let hole = unique("hole");
+    let upstream = http_upstream("gift-upstream").await;
+    let running = start(&plan(
+        &[http_service(&gift, "pangyo", upstream)],
+        &fault(&hole, &[&on(&gift), "action = 'blackhole'"]),
+    ))
+    .await;
+    let client = client();
+    let (status, _) = send(&client, Method::GET, &url(&running, &gift, "/a"), "")
+        .await
+        .expect("request before the fault is answered");
+    assert_eq!(status, StatusCode::OK);
+
+    activate(&running, &hole).await;
+    assert_unanswered(&client, &url(&running, &gift, "/b")).await;
+
+    let text = metrics(&running).await;
+    let accepted = sample(
+        &text,
+        "firedrill_connections_total",
+        &[("service", &gift), ("outcome", "accepted")],
+    );
+    assert_eq!(
+        accepted, 1.0,
+        "the held request used the kept-alive connection"
+    );
+}
+
+#[tokio::test]
+async fn when_a_blackhole_ends_held_connections_close_and_new_requests_pass() {
+    let search = unique("search");
+    let hole = unique("hole");
+    let upstream = http_upstream("search-upstream").await;
+    let running = start(&plan(
+        &[http_service(&search, "pangyo", upstream)],
+        &fault(&hole, &[&on(&search), "action = 'blackhole'"]),
+    ))
+    .await;
+    activate(&running, &hole).await;
+    let mut held = raw_request(
+        addr(&running, &search),
+        "GET /q HTTP/1.1\r\nHost: search\r\n\r\n",
+    )
+    .await;
+    let read = closed_within(&mut held, HOLD).await;
+    assert!(read.is_none(), "a blackholed connection answered: {read:?}");
+
+    lift(&running, &hole).await;
+
+    assert_closed_without_answer(&mut held).await;
+    let (status, body) = get(addr(&running, &search), "/q").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, "search-upstream answered GET /q\n");
+}
+
+#[tokio::test]
+async fn delay_fault_adds_latency_before_forwarding() {
+    let maps = unique("maps");
+    let slow = unique("slow");
+    let upstream = http_upstream("maps-upstream").await;
+    let running = start(&plan(
+        &[http_service(&maps, "ansan", upstream)],
+        &fault(
+            &slow,
+            &[&on(&maps), "action = 'delay'", "latency = '200ms'"],
+        ),
+    ))
+    .await;
+    activate(&running, &slow).await;
+
+    let started = Instant::now();
+    let (status, body) = get(addr(&running, &maps), "/tiles").await;
+
+    assert!(started.elapsed() >= Duration::from_millis(200));
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, "maps-upstream answered GET /tiles\n");
+}
+
+// --- Selectors ----------------------------------------------------------------
+
+#[tokio::test]
+async fn datacenter_selector_hits_only_services_in_that_datacenter() {
+    let talk = unique("talk");
+    let standby = unique("talk-standby");
+    let fire = unique("pangyo-fire");
+    let upstream = http_upstream("talk-upstream").await;
+    let running = start(&plan(
+        &[
+            http_service(&talk, "pangyo", upstream),
+            http_service(&standby, "ansan", upstream),
+        ],
+        &fault(
+            &fire,
+            &["datacenter = 'pangyo'", "action = 'error'", "status = 503"],
+        ),
+    ))
+    .await;
+    activate(&running, &fire).await;
+
+    let (status, _) = get(addr(&running, &talk), "/send").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    let (status, body) = get(addr(&running, &standby), "/send").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, "talk-upstream answered GET /send\n");
+}
+
+#[tokio::test]
+async fn service_selector_hits_only_that_service() {
+    let pay = unique("pay");
+    let gift = unique("gift");
+    let outage = unique("pay-outage");
+    let upstream = http_upstream("shop-upstream").await;
+    let running = start(&plan(
+        &[
+            http_service(&pay, "pangyo", upstream),
+            http_service(&gift, "pangyo", upstream),
+        ],
+        &fault(&outage, &[&on(&pay), "action = 'error'", "status = 500"]),
+    ))
+    .await;
+    activate(&running, &outage).await;
+
+    let (status, _) = get(addr(&running, &pay), "/charge").await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    let (status, body) = get(addr(&running, &gift), "/charge").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, "shop-upstream answered GET /charge\n");
+}
+
+#[tokio::test]
+async fn method_and_path_prefix_hit_only_matching_requests() {
+    let pay = unique("pay");
+    let writes = unique("no-writes");
+    let upstream = http_upstream("pay-upstream").await;
+    let running = start(&plan(
+        &[http_service(&pay, "pangyo", upstream)],
+        &fault(
+            &writes,
+            &[
+                &on(&pay),
+                "method = 'POST'",
+                "path_prefix = '/v1/charges'",
+                "action = 'error'",
+                "status = 503",
+            ],
+        ),
+    ))
+    .await;
+    activate(&running, &writes).await;
+    let client = client();
+    let status_of = |method: Method, path: &str| {
+        let url = url(&running, &pay, path);
+        let client = &client;
+        async move {
+            send(client, method, &url, "{}")
+                .await
+                .expect("request is answered")
+                .0
+        }
+    };
+
+    assert_eq!(
+        status_of(Method::POST, "/v1/charges").await,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert_eq!(
+        status_of(Method::POST, "/v1/charges/42/refund").await,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert_eq!(status_of(Method::GET, "/v1/charges").await, StatusCode::OK);
+    assert_eq!(status_of(Method::PUT, "/v1/charges").await, StatusCode::OK);
+    assert_eq!(status_of(Method::POST, "/v1/refunds").await, StatusCode::OK);
+    assert_eq!(status_of(Method::POST, "/v2/charges").await, StatusCode::OK);
+}
+
+// --- Probability --------------------------------------------------------------
+
+#[tokio::test]
+async fn probability_hits_about_that_share_of_requests() {
+    let maps = unique("maps");
+    let flaky = unique("flaky");
+    let upstream = http_upstream("maps-upstream").await;
+    let running = start(&plan(
+        &[http_service(&maps, "ansan", upstream)],
+        &fault(
+            &flaky,
+            &[
+                &on(&maps),
+                "action = 'error'",
+                "status = 503",
+                "probability = 0.5",
+            ],
+        ),
+    ))
+    .await;
+    activate(&running, &flaky).await;
+    let client = client();
+
+    let mut hit = 0;
+    for _ in 0..200 {
+        let (status, _) = send(&client, Method::GET, &url(&running, &maps, "/tiles"), "")
+            .await
+            .expect("request is answered");
+        match status {
+            StatusCode::SERVICE_UNAVAILABLE => hit += 1,
+            StatusCode::OK => {}
+            other => panic!("unexpected status {other}"),
+        }
+    }
+
+    // Binomial(200, 0.5): 50..=150 is more than 7 standard deviations wide.
+    assert!((50..=150).contains(&hit), "{hit} of 200 requests were hit");
+    let text = metrics(&running).await;
+    let injected = sample(
+        &text,
+        "firedrill_faults_injected_total",
+        &[
+            ("service", &maps),
+            ("scenario", &flaky),
+            ("action", "error"),
+        ],
+    );
+    assert_eq!(injected, f64::from(hit));
+}
+
+// --- Several scenarios at once ------------------------------------------------
+
+#[tokio::test]
+async fn stronger_faults_win_blackhole_then_drop_then_error_then_delay() {
+    let talk = unique("talk");
+    let (slow, fail, cut, hole) = (
+        unique("slow"),
+        unique("fail"),
+        unique("cut"),
+        unique("hole"),
+    );
+    let upstream = http_upstream("talk-upstream").await;
+    let on_talk = on(&talk);
+    let scenarios = [
+        fault(&slow, &[&on_talk, "action = 'delay'", "latency = '100ms'"]),
+        fault(&fail, &[&on_talk, "action = 'error'", "status = 503"]),
+        fault(&cut, &[&on_talk, "action = 'drop'"]),
+        fault(&hole, &[&on_talk, "action = 'blackhole'"]),
+    ]
+    .concat();
+    let running = start(&plan(
+        &[http_service(&talk, "pangyo", upstream)],
+        &scenarios,
+    ))
+    .await;
+    let talk_url = url(&running, &talk, "/send");
+    for scenario in [&slow, &fail, &cut, &hole] {
+        activate(&running, scenario).await;
+    }
+
+    // Blackhole beats the rest.
+    assert_unanswered(&client(), &talk_url).await;
+
+    lift(&running, &hole).await;
+    // Drop beats error and delay.
+    assert_dropped(&client(), &talk_url).await;
+
+    lift(&running, &cut).await;
+    let started = Instant::now();
+    let (status, _) = get(addr(&running, &talk), "/send").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "error beats delay");
+    assert!(
+        started.elapsed() >= Duration::from_millis(100),
+        "the delay still applies before the error"
+    );
+
+    lift(&running, &fail).await;
+    let started = Instant::now();
+    let (status, _) = get(addr(&running, &talk), "/send").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(started.elapsed() >= Duration::from_millis(100));
+}
+
+#[tokio::test]
+async fn delays_from_two_scenarios_add_up() {
+    let maps = unique("maps");
+    let (link, disk) = (unique("slow-link"), unique("slow-disk"));
+    let upstream = http_upstream("maps-upstream").await;
+    let delay = [&on(&maps), "action = 'delay'", "latency = '150ms'"];
+    let running = start(&plan(
+        &[http_service(&maps, "ansan", upstream)],
+        &[fault(&link, &delay), fault(&disk, &delay)].concat(),
+    ))
+    .await;
+    activate(&running, &link).await;
+    activate(&running, &disk).await;
+
+    let started = Instant::now();
+    let (status, _) = get(addr(&running, &maps), "/tiles").await;
+
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
+// --- Upstream failures --------------------------------------------------------
+
+#[tokio::test]
+async fn unreachable_upstream_answers_502_naming_the_service() {
+    let archive = unique("archive");
+    let (upstream, _reserved) = unreachable_upstream();
+    let running = start(&plan(&[http_service(&archive, "ansan", upstream)], "")).await;
+
+    let (status, body) = get(addr(&running, &archive), "/mail/1").await;
+
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert!(body.contains(&format!("service `{archive}`")), "{body}");
+    assert!(body.contains(&upstream.to_string()), "{body}");
+    assert!(body.contains("unreachable"), "{body}");
+}
+
+#[tokio::test]
+async fn upstream_slower_than_the_service_timeout_answers_504() {
+    let search = unique("search");
+    let upstream = http_upstream("search-upstream").await;
+    let service = format!(
+        "{}timeout = '200ms'\n",
+        http_service(&search, "pangyo", upstream)
+    );
+    let running = start(&plan(&[service], "")).await;
+
+    let started = Instant::now();
+    let (status, body) = get(addr(&running, &search), "/sleep/2000").await;
+
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+    assert!(started.elapsed() >= Duration::from_millis(200));
+    assert!(body.contains(&format!("service `{search}`")), "{body}");
+    assert!(body.contains("200ms"), "{body}");
+}
+
+// --- Upgraded connections -----------------------------------------------------
+
+#[tokio::test]
+async fn upgraded_connection_echoes_until_a_blackhole_stops_its_bytes() {
+    let chat = unique("chat");
+    let hole = unique("hole");
+    let upstream = upgrade_upstream().await;
+    let running = start(&plan(
+        &[http_service(&chat, "pangyo", upstream)],
+        &fault(&hole, &[&on(&chat), "action = 'blackhole'"]),
+    ))
+    .await;
+    let mut stream = upgrade(addr(&running, &chat)).await;
+    let back = within(STEP, echo_round_trip(&mut stream, b"ping"))
+        .await
+        .unwrap();
+    assert_eq!(back, b"ping");
+
+    activate(&running, &hole).await;
+    // The open connection counts the fault when it re-reads the rules.
+    let labels = [
+        ("service", chat.as_str()),
+        ("scenario", &hole),
+        ("action", "blackhole"),
+    ];
+    wait_for_sample(&running, "firedrill_faults_injected_total", &labels, 1.0).await;
+    within(STEP, stream.write_all(b"lost")).await.unwrap();
+    let read = closed_within(&mut stream, HOLD).await;
+    assert!(read.is_none(), "bytes flowed through a blackhole: {read:?}");
+
+    lift(&running, &hole).await;
+    assert_closed_without_answer(&mut stream).await;
+}
+
+#[tokio::test]
+async fn drop_fault_cuts_an_open_upgraded_connection() {
+    let chat = unique("chat");
+    let cut = unique("cut");
+    let upstream = upgrade_upstream().await;
+    let running = start(&plan(
+        &[http_service(&chat, "pangyo", upstream)],
+        &fault(&cut, &[&on(&chat), "action = 'drop'"]),
+    ))
+    .await;
+    let mut stream = upgrade(addr(&running, &chat)).await;
+    let back = within(STEP, echo_round_trip(&mut stream, b"ping"))
+        .await
+        .unwrap();
+    assert_eq!(back, b"ping");
+
+    activate(&running, &cut).await;
+
+    assert_closed_without_answer(&mut stream).await;
+}
+
+#[tokio::test]
+async fn delay_fault_delays_an_upgrade_and_the_bytes_on_it() {
+    let chat = unique("chat");
+    let slow = unique("slow");
+    let upstream = upgrade_upstream().await;
+    let running = start(&plan(
+        &[http_service(&chat, "pangyo", upstream)],
+        &fault(
+            &slow,
+            &[&on(&chat), "action = 'delay'", "latency = '100ms'"],
+        ),
+    ))
+    .await;
+    activate(&running, &slow).await;
+
+    let started = Instant::now();
+    let mut stream = upgrade(addr(&running, &chat)).await;
+    assert!(started.elapsed() >= Duration::from_millis(100));
+    let started = Instant::now();
+    let back = within(STEP, echo_round_trip(&mut stream, b"ping"))
+        .await
+        .unwrap();
+    assert_eq!(back, b"ping");
+    // Both directions are delayed, like a tcp stream's.
+    assert!(started.elapsed() >= Duration::from_millis(200));
+
+    let text = metrics(&running).await;
+    let labels = [("service", chat.as_str()), ("outcome", "delayed")];
+    assert_eq!(sample(&text, "firedrill_requests_total", &labels), 1.0);
+}
+
+#[tokio::test]
+async fn an_upgrade_the_upstream_declines_gets_an_ordinary_response() {
+    let chat = unique("chat");
+    let upstream = upgrade_upstream().await;
+    let running = start(&plan(&[http_service(&chat, "pangyo", upstream)], "")).await;
+
+    let mut stream = raw_request(
+        addr(&running, &chat),
+        "GET /chat HTTP/1.1\r\nHost: chat\r\nConnection: Upgrade\r\nUpgrade: other\r\n\r\n",
+    )
+    .await;
+    let head = read_head(&mut stream).await.to_ascii_lowercase();
+
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(head.contains("x-kept: yes"), "{head}");
+    for gone in ["x-hop:", "keep-alive:", "upgrade:"] {
+        assert!(!head.contains(gone), "client saw `{gone}`: {head}");
+    }
+}
+
+#[tokio::test]
+async fn an_upgraded_connection_counts_as_active_while_it_is_open() {
+    let chat = unique("chat");
+    let upstream = upgrade_upstream().await;
+    let running = start(&plan(&[http_service(&chat, "pangyo", upstream)], "")).await;
+    let active = |text: &str| sample(text, "firedrill_connections_active", &[("service", &chat)]);
+
+    let mut stream = upgrade(addr(&running, &chat)).await;
+    let back = within(STEP, echo_round_trip(&mut stream, b"ping"))
+        .await
+        .unwrap();
+    assert_eq!(back, b"ping");
+    assert_eq!(active(&metrics(&running).await), 1.0);
+
+    drop(stream);
+    within(STEP, async {
+        while active(&metrics(&running).await) != 0.0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+}
+
+// --- Metrics ------------------------------------------------------------------
+
+#[tokio::test]
+async fn request_metrics_count_every_outcome_and_injected_fault() {
+    let talk = unique("talk");
+    let dead = unique("dead");
+    let (slow, fail, cut, hole) = (
+        unique("slow"),
+        unique("fail"),
+        unique("cut"),
+        unique("hole"),
+    );
+    let upstream = http_upstream("talk-upstream").await;
+    let on_talk = on(&talk);
+    let scenarios = [
+        fault(&slow, &[&on_talk, "action = 'delay'", "latency = '50ms'"]),
+        fault(&fail, &[&on_talk, "action = 'error'", "status = 503"]),
+        fault(&cut, &[&on_talk, "action = 'drop'"]),
+        fault(&hole, &[&on_talk, "action = 'blackhole'"]),
+    ]
+    .concat();
+    let (dead_upstream, _reserved) = unreachable_upstream();
+    let running = start(&plan(
+        &[
+            http_service(&talk, "pangyo", upstream),
+            http_service(&dead, "pangyo", dead_upstream),
+        ],
+        &scenarios,
+    ))
+    .await;
+    let talk_addr = addr(&running, &talk);
+
+    assert_eq!(get(talk_addr, "/a").await.0, StatusCode::OK);
+    activate(&running, &slow).await;
+    assert_eq!(get(talk_addr, "/b").await.0, StatusCode::OK);
+    lift(&running, &slow).await;
+    activate(&running, &fail).await;
+    assert_eq!(
+        get(talk_addr, "/c").await.0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    lift(&running, &fail).await;
+    activate(&running, &cut).await;
+    assert_dropped(&client(), &url(&running, &talk, "/d")).await;
+    lift(&running, &cut).await;
+    activate(&running, &hole).await;
+    let mut held = raw_request(talk_addr, "GET /e HTTP/1.1\r\nHost: talk\r\n\r\n").await;
+    assert!(closed_within(&mut held, HOLD).await.is_none(), "held");
+    lift(&running, &hole).await;
+    assert_closed_without_answer(&mut held).await;
+    assert_eq!(
+        get(addr(&running, &dead), "/f").await.0,
+        StatusCode::BAD_GATEWAY
+    );
+
+    let text = metrics(&running).await;
+    for outcome in ["forwarded", "delayed", "error", "dropped", "blackholed"] {
+        let labels = [("service", talk.as_str()), ("outcome", outcome)];
+        let count = sample(&text, "firedrill_requests_total", &labels);
+        assert_eq!(count, 1.0, "{outcome} requests of {talk}");
+    }
+    let labels = [("service", dead.as_str()), ("outcome", "upstream_error")];
+    assert_eq!(sample(&text, "firedrill_requests_total", &labels), 1.0);
+    let durations = sample(
+        &text,
+        "firedrill_request_duration_seconds_count",
+        &[("service", &talk)],
+    );
+    assert_eq!(durations, 5.0);
+    for (scenario, action) in [
+        (&slow, "delay"),
+        (&fail, "error"),
+        (&cut, "drop"),
+        (&hole, "blackhole"),
+    ] {
+        let labels = [
+            ("service", talk.as_str()),
+            ("scenario", scenario.as_str()),
+            ("action", action),
+        ];
+        let count = sample(&text, "firedrill_faults_injected_total", &labels);
+        assert_eq!(count, 1.0, "{action} faults injected by {scenario}");
+    }
+}
+
+#[tokio::test]
+async fn requests_whose_clients_give_up_while_held_are_still_counted() {
+    let taxi = unique("taxi");
+    let (hole, slow) = (unique("hole"), unique("slow"));
+    let upstream = http_upstream("taxi-upstream").await;
+    let on_taxi = on(&taxi);
+    let running = start(&plan(
+        &[http_service(&taxi, "pangyo", upstream)],
+        &[
+            fault(&hole, &[&on_taxi, "action = 'blackhole'"]),
+            fault(&slow, &[&on_taxi, "action = 'delay'", "latency = '1m'"]),
+        ]
+        .concat(),
+    ))
+    .await;
+    let taxi_url = url(&running, &taxi, "/ride");
+
+    activate(&running, &hole).await;
+    assert_unanswered(&client(), &taxi_url).await;
+    // Counted while the blackhole still holds: clients rarely wait it out.
+    let labels = [("service", taxi.as_str()), ("outcome", "blackholed")];
+    wait_for_sample(&running, "firedrill_requests_total", &labels, 1.0).await;
+    lift(&running, &hole).await;
+
+    activate(&running, &slow).await;
+    assert_unanswered(&client(), &taxi_url).await;
+    let labels = [("service", taxi.as_str()), ("outcome", "delayed")];
+    wait_for_sample(&running, "firedrill_requests_total", &labels, 1.0).await;
+
+    let text = metrics(&running).await;
+    let durations = sample(
+        &text,
+        "firedrill_request_duration_seconds_count",
+        &[("service", &taxi)],
+    );
+    assert_eq!(durations, 2.0);
+}
+
+// --- Helpers ------------------------------------------------------------------
+
+/// A plan with an admin API, data centers `pangyo` and `ansan`, the given
+/// `[services.*]` tables and scenario tables; every listener on port 0.
+fn plan(services: &[String], scenarios: &str) -> String {
+    format!(
+        "[admin]\nlisten = '127.0.0.1:0'\n\n[datacenters.pangyo]\n[datacenters.ansan]\n\n{}\n{scenarios}",
+        services.join("\n")
+    )
+}
+
+/// A `[services.NAME]` table for an http service in front of `upstream`.
+fn http_service(name: &str, datacenter: &str, upstream: SocketAddr) -> String {
+    format!(
+        "[services.{name}]\ndatacenter = '{datacenter}'\nprotocol = 'http'\nlisten = '127.0.0.1:0'\nupstream = '{upstream}'\n"
+    )
+}
+
+/// A scenario with one fault, given as the lines of its `faults` table.
+fn fault(scenario: &str, lines: &[&str]) -> String {
+    format!(
+        "\n[scenarios.{scenario}]\n[[scenarios.{scenario}.faults]]\n{}\n",
+        lines.join("\n")
+    )
+}
+
+/// A selector line for one service.
+fn on(service: &str) -> String {
+    format!("service = '{service}'")
+}
+
+fn addr(running: &Running, service: &str) -> SocketAddr {
+    running
+        .service_addr(service)
+        .unwrap_or_else(|| panic!("service `{service}` is in the plan"))
+}
+
+fn url(running: &Running, service: &str, path: &str) -> String {
+    format!("http://{}{path}", addr(running, service))
+}
+
+async fn activate(running: &Running, scenario: &str) {
+    let (status, body) = admin(running, Method::POST, &format!("/faults/{scenario}"), "").await;
+    assert_eq!(status, StatusCode::CREATED, "activating {scenario}: {body}");
+}
+
+async fn lift(running: &Running, scenario: &str) {
+    let (status, body) = admin(running, Method::DELETE, &format!("/faults/{scenario}"), "").await;
+    assert_eq!(status, StatusCode::OK, "lifting {scenario}: {body}");
+    assert_eq!(body["lifted"], true, "lifting {scenario}: {body}");
+}
+
+/// Waits until the sample of `name` with `labels` in `/metrics` is `value`.
+async fn wait_for_sample(running: &Running, name: &str, labels: &[(&str, &str)], value: f64) {
+    let mut last = f64::NAN;
+    let waited = tokio::time::timeout(STEP, async {
+        loop {
+            last = sample(&metrics(running).await, name, labels);
+            if last == value {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(
+        waited.is_ok(),
+        "{name} {labels:?} stayed at {last}, expected {value}"
+    );
+}
+
+/// Sends a GET to `url` and asserts that no response arrives within [`HOLD`].
+async fn assert_unanswered(client: &Client<HttpConnector, Full<Bytes>>, url: &str) {
+    let request = Request::get(url).body(Full::default()).unwrap();
+    let started = Instant::now();
+    let answer = tokio::time::timeout(HOLD, client.request(request)).await;
+    assert!(answer.is_err(), "GET {url} was answered: {answer:?}");
+    assert!(started.elapsed() >= HOLD);
+}
+
+/// A loopback address that refuses connections: a socket bound there
+/// without listening. No other test can take the port while it lives.
+fn unreachable_upstream() -> (SocketAddr, TcpSocket) {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    (socket.local_addr().unwrap(), socket)
+}
+
+/// Sends a request and collects the whole response body.
+async fn fetch(
+    client: &Client<HttpConnector, Full<Bytes>>,
+    request: Request<Full<Bytes>>,
+) -> Result<Response<Bytes>, hyper_util::client::legacy::Error> {
+    let response = within(STEP, client.request(request)).await?;
+    let (parts, body) = response.into_parts();
+    let body = within(STEP, body.collect())
+        .await
+        .expect("response body")
+        .to_bytes();
+    Ok(Response::from_parts(parts, body))
+}
+
+/// The `name: value` lines of the upstream's `/headers` answer.
+fn header_lines(body: &Bytes) -> Vec<String> {
+    String::from_utf8_lossy(body)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Whether a client error says the connection closed before a response.
+fn closed_before_response(error: &hyper_util::client::legacy::Error) -> bool {
+    let mut source = std::error::Error::source(error);
+    while let Some(e) = source {
+        if e.downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_incomplete_message)
+        {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
+/// Sends a GET to `url` and asserts that its connection closes without a response.
+async fn assert_dropped(client: &Client<HttpConnector, Full<Bytes>>, url: &str) {
+    let request = Request::get(url).body(Full::default()).unwrap();
+    let error = fetch(client, request)
+        .await
+        .expect_err("a dropped request gets no response");
+    assert!(
+        closed_before_response(&error),
+        "GET {url} failed otherwise: {error:?}"
+    );
+}
+
+/// Connects to `addr` and writes `request`, an HTTP/1.1 request written out.
+async fn raw_request(addr: SocketAddr, request: &str) -> TcpStream {
+    let mut stream = within(STEP, TcpStream::connect(addr)).await.unwrap();
+    within(STEP, stream.write_all(request.as_bytes()))
+        .await
+        .unwrap();
+    stream
+}
+
+/// Reads a response head up to its blank line, one byte at a time so that
+/// nothing after it is consumed.
+async fn read_head(stream: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = within(STEP, stream.read(&mut byte)).await.unwrap();
+        assert_eq!(
+            n,
+            1,
+            "connection closed inside the response head: {:?}",
+            String::from_utf8_lossy(&head)
+        );
+        head.push(byte[0]);
+    }
+    String::from_utf8_lossy(&head).into_owned()
+}
+
+/// Asserts that the peer closes or resets `stream` without sending anything.
+async fn assert_closed_without_answer(stream: &mut TcpStream) {
+    let mut buf = [0u8; 256];
+    match within(STEP, stream.read(&mut buf)).await {
+        Ok(0) | Err(_) => {}
+        Ok(n) => panic!(
+            "expected the connection closed, got {:?}",
+            String::from_utf8_lossy(&buf[..n])
+        ),
+    }
+}
+
+/// Opens a connection to `addr` upgraded to the `echo` protocol.
+async fn upgrade(addr: SocketAddr) -> TcpStream {
+    let mut stream = raw_request(
+        addr,
+        "GET /chat HTTP/1.1\r\nHost: chat\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n",
+    )
+    .await;
+    let head = read_head(&mut stream).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "not upgraded: {head}");
+    assert!(
+        head.to_ascii_lowercase().contains("upgrade: echo"),
+        "{head}"
+    );
+    stream
+}
+
+/// An HTTP/1.1 upstream that answers `Upgrade: echo` requests with 101 and
+/// then echoes bytes on the upgraded stream. Other requests get 200 with
+/// hop-by-hop response fields (`Connection: x-hop`, `X-Hop`, `Keep-Alive`)
+/// and `X-Kept: yes`.
+async fn upgrade_upstream() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let builder = auto::Builder::new(TokioExecutor::new());
+        while let Ok((stream, _)) = listener.accept().await {
+            let builder = builder.clone();
+            tokio::spawn(async move {
+                let service = service_fn(|request: Request<Incoming>| async move {
+                    Ok::<_, Infallible>(upgrade_answer(request))
+                });
+                let _ = builder
+                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+fn upgrade_answer(mut request: Request<Incoming>) -> Response<Full<Bytes>> {
+    let wants_echo = request
+        .headers()
+        .get(header::UPGRADE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"echo"));
+    if !wants_echo {
+        return Response::builder()
+            .header(header::CONNECTION, "x-hop")
+            .header("x-hop", "1")
+            .header("keep-alive", "timeout=5")
+            .header("x-kept", "yes")
+            .body(Full::new(Bytes::from_static(b"no upgrade\n")))
+            .unwrap();
+    }
+    let upgrade = hyper::upgrade::on(&mut request);
+    tokio::spawn(async move {
+        if let Ok(upgraded) = upgrade.await {
+            let (mut read, mut write) = tokio::io::split(TokioIo::new(upgraded));
+            let _ = tokio::io::copy(&mut read, &mut write).await;
+            let _ = write.shutdown().await;
+        }
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, "upgrade")
+        .header(header::UPGRADE, "echo")
+        .body(Full::default())
+        .unwrap()
+}
+
+/// A request body whose chunks the test sends one at a time.
+struct ChannelBody(mpsc::Receiver<Bytes>);
+
+fn channel_body() -> (mpsc::Sender<Bytes>, ChannelBody) {
+    let (sender, receiver) = mpsc::channel(4);
+    (sender, ChannelBody(receiver))
+}
+
+impl Body for ChannelBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|chunk| chunk.map(|data| Ok(Frame::data(data))))
+    }
+}
+
+/// Reads data frames until at least `n` bytes have arrived.
+async fn read_at_least(body: &mut Incoming, n: usize) -> Vec<u8> {
+    let mut data = Vec::new();
+    while data.len() < n {
+        let frame = within(STEP, body.frame())
+            .await
+            .expect("the body ended early")
+            .expect("the body failed");
+        if let Some(chunk) = frame.data_ref() {
+            data.extend_from_slice(chunk);
+        }
+    }
+    data
+}
