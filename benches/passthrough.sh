@@ -91,7 +91,7 @@ ticks_per_sec=$(getconf CLK_TCK)
 http_run() { # label port
   local before after out
   before=$(cpu_ticks)
-  out=$(wrk -t2 -c"$conns" -d"${secs}s" --latency "http://127.0.0.1:$2/")
+  out=$(timeout $((secs + 30)) wrk -t2 -c"$conns" -d"${secs}s" --latency "http://127.0.0.1:$2/")
   after=$(cpu_ticks)
   local rps p50 p99
   rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
@@ -104,10 +104,18 @@ http_run() { # label port
   printf '%-28s %10s req/s  p50 %8s  p99 %8s  proxy CPU/req %6s us\n' "$1" "$rps" "$p50" "$p99" "$cpu"
 }
 
-redis_run() { # label port
-  local out
-  out=$(redis-benchmark -h 127.0.0.1 -p "$2" -c 50 -n 200000 -t get,set -P "${3:-1}" -q 2>/dev/null | tr '\r' '\n' | grep -E '^(SET|GET):' | tail -2 | tr '\n' ' ')
-  printf '%-28s %s\n' "$1" "$out"
+redis_run() { # label port [pipeline]
+  local before after out
+  before=$(cpu_ticks)
+  out=$(timeout 120 redis-benchmark -h 127.0.0.1 -p "$2" -c 50 -n 200000 -t get,set -P "${3:-1}" --csv 2>/dev/null)
+  after=$(cpu_ticks)
+  local set get cpu="-"
+  set=$(awk -F'"' '$2=="SET" {print $4}' <<<"$out")
+  get=$(awk -F'"' '$2=="GET" {print $4}' <<<"$out")
+  if [ "$2" != "$redis_port" ]; then
+    cpu=$(awk -v t=$((after - before)) -v hz="$ticks_per_sec" 'BEGIN { printf "%.1f", t / hz / 400000 * 1e6 }')
+  fi
+  printf '%-28s SET %10s ops/s  GET %10s ops/s  proxy CPU/op %6s us\n' "$1" "$set" "$get" "$cpu"
 }
 
 echo "firedrill pass-through, $(nproc) cores, $rounds rounds of ${secs}s, $conns connections ($(date -u +%F))"
