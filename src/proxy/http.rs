@@ -1,6 +1,9 @@
 //! HTTP services: HTTP/1.1 and h2c from clients, pooled keep-alive HTTP/1.1
 //! upstream, bodies streamed both ways. The rules are read once per
 //! request, so kept-alive connections see new faults on their next request.
+//! `Upgrade` requests (WebSocket) are passed on by `http/upgrade.rs`.
+
+mod upgrade;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,10 +20,9 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::time::Instant;
 
-use super::relay::{self, Connection};
 use super::{Counted, Flow, ServiceContext};
 use crate::fault::{connection_roll, decide, RequestInfo, Verdict};
 use crate::metrics::Outcome;
@@ -275,13 +277,13 @@ impl Proxy {
         forwarded_for: HeaderValue,
         delay: Duration,
     ) -> (Outcome, Result<Response<ProxyBody>, Refused>) {
-        if is_upgrade(request.headers()) {
-            let (outcome, result) = self.upgrade(request, forwarded_for).await;
+        if upgrade::is_upgrade(request.headers()) {
+            let (outcome, response) = self.upgrade(request, forwarded_for).await;
             let outcome = match outcome {
                 Outcome::Forwarded if !delay.is_zero() => Outcome::Delayed,
                 outcome => outcome,
             };
-            return (outcome, result);
+            return (outcome, Ok(response));
         }
         self.prepare(&mut request, forwarded_for, false);
         let request =
@@ -362,105 +364,6 @@ impl Proxy {
         response
     }
 
-    /// Passes an `Upgrade` (WebSocket) request through on a connection of
-    /// its own, then relays the upgraded streams under the same faults as TCP.
-    async fn upgrade(
-        &self,
-        mut request: Request<Incoming>,
-        forwarded_for: HeaderValue,
-    ) -> (Outcome, Result<Response<ProxyBody>, Refused>) {
-        let service = &self.context.service;
-        let client_upgrade = hyper::upgrade::on(&mut request);
-        self.prepare(&mut request, forwarded_for, true);
-        let connect = tokio::time::timeout(
-            service.connect_timeout,
-            TcpStream::connect(service.upstream.authority.as_str()),
-        );
-        let stream = match connect.await {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(e)) => {
-                return (
-                    Outcome::UpstreamError,
-                    Ok(self.failure(StatusCode::BAD_GATEWAY, format!("is unreachable: {e}"))),
-                )
-            }
-            Err(_) => return (Outcome::UpstreamError, Ok(self.connect_timed_out())),
-        };
-        let _ = stream.set_nodelay(true);
-        let (mut sender, connection) =
-            match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await {
-                Ok(handshake) => handshake,
-                Err(e) => {
-                    return (
-                        Outcome::UpstreamError,
-                        Ok(self.failure(StatusCode::BAD_GATEWAY, format!("failed: {e}"))),
-                    )
-                }
-            };
-        self.shutdown.tracker.spawn(async move {
-            if let Err(e) = connection.with_upgrades().await {
-                tracing::debug!("upstream upgrade connection ended: {e}");
-            }
-        });
-        let request =
-            request.map(|body| Counted::new(body, Arc::clone(&self.context), Flow::Upstream));
-        let mut response =
-            match tokio::time::timeout(service.timeout, sender.send_request(request)).await {
-                Ok(Ok(response)) => response,
-                Ok(Err(e)) => {
-                    return (
-                        Outcome::UpstreamError,
-                        Ok(self.failure(StatusCode::BAD_GATEWAY, format!("failed: {e}"))),
-                    )
-                }
-                Err(_) => {
-                    return (
-                        Outcome::UpstreamError,
-                        Ok(self.failure(
-                            StatusCode::GATEWAY_TIMEOUT,
-                            "did not answer the upgrade in time".to_owned(),
-                        )),
-                    )
-                }
-            };
-        let switched = response.status() == StatusCode::SWITCHING_PROTOCOLS;
-        if switched {
-            let upstream_upgrade = hyper::upgrade::on(&mut response);
-            let context = Arc::clone(&self.context);
-            let hard_stop = self.shutdown.hard_stop.clone();
-            self.shutdown.tracker.spawn(async move {
-                let (client, upstream) = match tokio::try_join!(client_upgrade, upstream_upgrade) {
-                    Ok(pair) => pair,
-                    Err(e) => {
-                        tracing::debug!("upgrade failed: {e}");
-                        return;
-                    }
-                };
-                // hyper counts the client connection as closed once it hands
-                // it over; it stays open here until the relay ends.
-                let _active = context.metrics.connection_opened();
-                let (client_read, client_write) = tokio::io::split(TokioIo::new(client));
-                let (upstream_read, upstream_write) = tokio::io::split(TokioIo::new(upstream));
-                let mut connection = Connection::new(&context);
-                let effect = connection.evaluate(&context);
-                relay::relay(
-                    client_read,
-                    client_write,
-                    upstream_read,
-                    upstream_write,
-                    &context,
-                    &mut connection,
-                    effect,
-                    &hard_stop,
-                )
-                .await;
-            });
-        }
-        // An upstream that declines the upgrade answers an ordinary
-        // response, whose hop-by-hop fields go like any other's.
-        (Outcome::Forwarded, Ok(self.downstream(response, switched)))
-    }
-
     /// Maps an upstream client error to 502, or 504 for a connect timeout.
     fn upstream_failed(&self, error: &hyper_util::client::legacy::Error) -> Response<ProxyBody> {
         let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
@@ -510,16 +413,6 @@ impl Proxy {
         );
         response
     }
-}
-
-fn is_upgrade(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE)
-        && headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|token| token.trim().eq_ignore_ascii_case("upgrade"))
 }
 
 /// Removes the hop-by-hop fields, including any that `Connection` names.

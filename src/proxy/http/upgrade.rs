@@ -1,0 +1,114 @@
+//! `Upgrade` (WebSocket) requests: passed to the upstream on a connection of
+//! their own; after `101 Switching Protocols` both streams are relayed like a
+//! TCP connection, under the same live rules.
+
+use std::sync::Arc;
+
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use super::{Proxy, ProxyBody};
+use crate::metrics::Outcome;
+use crate::proxy::relay::{self, Connection};
+use crate::proxy::{Counted, Flow};
+
+/// Whether a request asks to switch protocols (`Connection: upgrade`).
+pub(super) fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|token| token.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+impl Proxy {
+    /// Passes an upgrade request on; an upstream failure becomes a 502/504
+    /// answer counted as `upstream_error`.
+    pub(super) async fn upgrade(
+        &self,
+        request: Request<Incoming>,
+        forwarded_for: HeaderValue,
+    ) -> (Outcome, Response<ProxyBody>) {
+        match self.try_upgrade(request, forwarded_for).await {
+            Ok(response) => (Outcome::Forwarded, response),
+            Err(failure) => (Outcome::UpstreamError, failure),
+        }
+    }
+
+    async fn try_upgrade(
+        &self,
+        mut request: Request<Incoming>,
+        forwarded_for: HeaderValue,
+    ) -> Result<Response<ProxyBody>, Response<ProxyBody>> {
+        let service = &self.context.service;
+        let client_upgrade = hyper::upgrade::on(&mut request);
+        self.prepare(&mut request, forwarded_for, true);
+        let connect = tokio::time::timeout(
+            service.connect_timeout,
+            TcpStream::connect(service.upstream.authority.as_str()),
+        );
+        let stream = connect
+            .await
+            .map_err(|_| self.connect_timed_out())?
+            .map_err(|e| self.failure(StatusCode::BAD_GATEWAY, format!("is unreachable: {e}")))?;
+        let _ = stream.set_nodelay(true);
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| self.failure(StatusCode::BAD_GATEWAY, format!("failed: {e}")))?;
+        self.shutdown.tracker.spawn(async move {
+            if let Err(e) = connection.with_upgrades().await {
+                tracing::debug!("upstream upgrade connection ended: {e}");
+            }
+        });
+        let request =
+            request.map(|body| Counted::new(body, Arc::clone(&self.context), Flow::Upstream));
+        let mut response = tokio::time::timeout(service.timeout, sender.send_request(request))
+            .await
+            .map_err(|_| {
+                let what = "did not answer the upgrade in time".to_owned();
+                self.failure(StatusCode::GATEWAY_TIMEOUT, what)
+            })?
+            .map_err(|e| self.failure(StatusCode::BAD_GATEWAY, format!("failed: {e}")))?;
+        let switched = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+        if switched {
+            let upstream_upgrade = hyper::upgrade::on(&mut response);
+            let context = Arc::clone(&self.context);
+            let hard_stop = self.shutdown.hard_stop.clone();
+            self.shutdown.tracker.spawn(async move {
+                let (client, upstream) = match tokio::try_join!(client_upgrade, upstream_upgrade) {
+                    Ok(pair) => pair,
+                    Err(e) => {
+                        tracing::debug!("upgrade failed: {e}");
+                        return;
+                    }
+                };
+                // hyper counts the client connection as closed once it hands
+                // it over; it stays open here until the relay ends.
+                let _active = context.metrics.connection_opened();
+                let (client_read, client_write) = tokio::io::split(TokioIo::new(client));
+                let (upstream_read, upstream_write) = tokio::io::split(TokioIo::new(upstream));
+                let mut connection = Connection::new(&context);
+                let effect = connection.evaluate(&context);
+                relay::relay(
+                    client_read,
+                    client_write,
+                    upstream_read,
+                    upstream_write,
+                    &context,
+                    &mut connection,
+                    effect,
+                    &hard_stop,
+                )
+                .await;
+            });
+        }
+        // An upstream that declines the upgrade answers an ordinary
+        // response, whose hop-by-hop fields go like any other's.
+        Ok(self.downstream(response, switched))
+    }
+}
