@@ -125,6 +125,9 @@ pub async fn serve(listener: TcpListener, context: Arc<ServiceContext>, shutdown
             }
         });
     }
+    // Stop accepting at once: new clients are refused while in-flight
+    // requests finish.
+    drop(listener);
     tokio::select! {
         () = graceful.shutdown() => {}
         () = shutdown.hard_stop.cancelled() => {}
