@@ -8,80 +8,48 @@ use support::*;
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
 
+use firedrill::Running;
 use http::{Method, StatusCode};
 use serde_json::{json, Value};
-use tokio::net::TcpStream;
+use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
 
 /// A small stack: `web` (http) and `cache` (tcp) in pangyo, `maps` (http)
 /// in ansan, and three scenarios: `fire` blacks out pangyo, `maps-slow`
 /// delays maps now and errors it later, `short` caps its length at 5m.
-fn plan(web: SocketAddr, cache: SocketAddr, maps: SocketAddr, fire: &str) -> String {
-    format!(
-        r#"
-[admin]
-listen = "127.0.0.1:0"
-
-[datacenters.pangyo]
-description = "most of the fleet"
-[datacenters.ansan]
-description = "the standby"
-
-[services.web]
-datacenter = "pangyo"
-protocol = "http"
-listen = "127.0.0.1:0"
-upstream = "{web}"
-
-[services.cache]
-datacenter = "pangyo"
-protocol = "tcp"
-listen = "127.0.0.1:0"
-upstream = "{cache}"
-
-[services.maps]
-datacenter = "ansan"
-protocol = "http"
-listen = "127.0.0.1:0"
-upstream = "{maps}"
-
-[scenarios.{fire}]
-description = "pangyo goes dark"
-max_duration = "30m"
-[[scenarios.{fire}.faults]]
-datacenter = "pangyo"
-action = "blackhole"
-
-[scenarios.maps-slow]
-description = "maps slows down, then fails"
-max_duration = "10m"
-[[scenarios.maps-slow.faults]]
-service = "maps"
-action = "delay"
-latency = "200ms"
-[[scenarios.maps-slow.faults]]
-service = "maps"
-action = "error"
-status = 503
-after = "1m"
-duration = "2m"
-
-[scenarios.short]
-max_duration = "5m"
-[[scenarios.short.faults]]
-service = "web"
-action = "error"
-status = 500
-"#
-    )
+fn plan(web: SocketAddr, cache: SocketAddr, maps: SocketAddr, fire: &str) -> PlanText {
+    PlanText::new(&[])
+        .datacenter("pangyo", "description = 'most of the fleet'")
+        .datacenter("ansan", "description = 'the standby'")
+        .http("web", "pangyo", web)
+        .tcp("cache", "pangyo", cache)
+        .http("maps", "ansan", maps)
+        .scenario_with(
+            fire,
+            "description = 'pangyo goes dark'; max_duration = '30m'",
+            &["datacenter = 'pangyo'; action = 'blackhole'"],
+        )
+        .scenario_with(
+            "maps-slow",
+            "description = 'maps slows down, then fails'; max_duration = '10m'",
+            &[
+                "service = 'maps'; action = 'delay'; latency = '200ms'",
+                "service = 'maps'; action = 'error'; status = 503; after = '1m'; duration = '2m'",
+            ],
+        )
+        .scenario_with(
+            "short",
+            "max_duration = '5m'",
+            &["service = 'web'; action = 'error'; status = 500"],
+        )
 }
 
 /// Starts the stack of [`plan`] with real upstreams.
-async fn stack(fire: &str) -> firedrill::Running {
+async fn stack(fire: &str) -> Running {
     let web = http_upstream("web").await;
     let cache = echo_upstream().await;
     let maps = http_upstream("maps").await;
-    start(&plan(web, cache, maps, fire)).await
+    plan(web, cache, maps, fire).start().await
 }
 
 fn time(value: &Value) -> SystemTime {
@@ -111,6 +79,7 @@ fn faults_of(topology: &Value, service: &str) -> Vec<Value> {
         .clone()
 }
 
+/// The scenario names in a `GET /faults` answer.
 fn active_names(faults: &Value) -> Vec<String> {
     faults["active"]
         .as_array()
@@ -118,6 +87,24 @@ fn active_names(faults: &Value) -> Vec<String> {
         .iter()
         .map(|a| a["scenario"].as_str().expect("a scenario name").to_owned())
         .collect()
+}
+
+/// The scenarios `GET /faults` lists as active.
+async fn active_scenarios(running: &Running) -> Vec<String> {
+    let (status, faults) = admin(running, Method::GET, "/faults", "").await;
+    assert_eq!(status, StatusCode::OK, "{faults}");
+    active_names(&faults)
+}
+
+/// Asserts that each `(method, path)` is answered `status` with a JSON
+/// error that names the path.
+async fn assert_json_errors(running: &Running, status: StatusCode, requests: &[(Method, &str)]) {
+    for (method, path) in requests {
+        let (got, body) = admin(running, method.clone(), path, "").await;
+        assert_eq!(got, status, "{method} {path}");
+        let error = body["error"].as_str().unwrap();
+        assert!(error.contains(path), "{error}");
+    }
 }
 
 #[tokio::test]
@@ -186,8 +173,7 @@ async fn topology_shows_where_each_service_really_listens() {
 #[tokio::test]
 async fn topology_shows_a_fault_on_a_service_only_while_it_is_in_effect() {
     let running = stack("pangyo-fire").await;
-    let (status, _) = admin(&running, Method::POST, "/faults/pangyo-fire", "").await;
-    assert_eq!(status, StatusCode::CREATED);
+    activate(&running, "pangyo-fire").await;
     let (_, topology) = admin(&running, Method::GET, "/topology", "").await;
     for service in ["web", "cache"] {
         let faults = faults_of(&topology, service);
@@ -200,16 +186,14 @@ async fn topology_shows_a_fault_on_a_service_only_while_it_is_in_effect() {
     assert!(faults_of(&topology, "maps").is_empty());
 
     // maps-slow's delay is in effect now, its error only after a minute.
-    let (status, _) = admin(&running, Method::POST, "/faults/maps-slow", "").await;
-    assert_eq!(status, StatusCode::CREATED);
+    activate(&running, "maps-slow").await;
     let (_, topology) = admin(&running, Method::GET, "/topology", "").await;
     let faults = faults_of(&topology, "maps");
     assert_eq!(faults.len(), 1, "only the delay is in effect: {faults:?}");
     assert_eq!(faults[0]["action"], "delay");
     assert_eq!(faults[0]["latency"], "200ms");
 
-    let (status, _) = admin(&running, Method::DELETE, "/faults/pangyo-fire", "").await;
-    assert_eq!(status, StatusCode::OK);
+    lift(&running, "pangyo-fire").await;
     let (_, topology) = admin(&running, Method::GET, "/topology", "").await;
     assert!(faults_of(&topology, "web").is_empty());
     assert!(faults_of(&topology, "cache").is_empty());
@@ -241,7 +225,7 @@ async fn scenarios_lists_the_catalogue_with_each_fault_and_its_targets() {
     assert_eq!(slow["faults"][1]["duration"], "2m");
     assert_eq!(slow["faults"][1]["services"], json!(["maps"]));
 
-    admin(&running, Method::POST, "/faults/short", "").await;
+    activate(&running, "short").await;
     let (_, body) = admin(&running, Method::GET, "/scenarios", "").await;
     let active: Vec<bool> = body["scenarios"]
         .as_array()
@@ -255,8 +239,7 @@ async fn scenarios_lists_the_catalogue_with_each_fault_and_its_targets() {
 #[tokio::test]
 async fn activating_a_scenario_answers_201_with_its_window_and_each_fault_state() {
     let running = stack("pangyo-fire").await;
-    let (status, body) = admin(&running, Method::POST, "/faults/maps-slow", "").await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let body = activate_with(&running, "maps-slow", "").await;
     assert_eq!(body["scenario"], "maps-slow");
     assert_eq!(body["already_active"], false);
     let started = &body["started_at"];
@@ -287,14 +270,7 @@ async fn activating_a_scenario_answers_201_with_its_window_and_each_fault_state(
 #[tokio::test]
 async fn a_fault_that_would_start_after_the_activation_ends_is_reported_as_never() {
     let running = stack("pangyo-fire").await;
-    let (status, body) = admin(
-        &running,
-        Method::POST,
-        "/faults/maps-slow",
-        r#"{"duration":"30s"}"#,
-    )
-    .await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let body = activate_with(&running, "maps-slow", r#"{"duration":"30s"}"#).await;
     assert_eq!(
         span(&body["started_at"], &body["expires_at"]),
         Duration::from_secs(30)
@@ -308,8 +284,7 @@ async fn a_fault_that_would_start_after_the_activation_ends_is_reported_as_never
 #[tokio::test]
 async fn activating_an_active_scenario_changes_nothing_and_answers_200() {
     let running = stack("pangyo-fire").await;
-    let (status, first) = admin(&running, Method::POST, "/faults/pangyo-fire", "").await;
-    assert_eq!(status, StatusCode::CREATED);
+    let first = activate_with(&running, "pangyo-fire", "").await;
     assert_eq!(first["already_active"], false);
     let (status, again) = admin(
         &running,
@@ -325,34 +300,19 @@ async fn activating_an_active_scenario_changes_nothing_and_answers_200() {
         again["expires_at"], first["expires_at"],
         "a second activation must not change the window"
     );
-    let (_, faults) = admin(&running, Method::GET, "/faults", "").await;
-    assert_eq!(active_names(&faults), ["pangyo-fire"]);
+    assert_eq!(active_scenarios(&running).await, ["pangyo-fire"]);
 }
 
 #[tokio::test]
 async fn a_requested_duration_is_capped_at_the_scenario_max_duration() {
     let running = stack("pangyo-fire").await;
-    let (status, body) = admin(
-        &running,
-        Method::POST,
-        "/faults/short",
-        r#"{"duration":"10m"}"#,
-    )
-    .await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let body = activate_with(&running, "short", r#"{"duration":"10m"}"#).await;
     let length = span(&body["started_at"], &body["expires_at"]);
     assert!(length <= Duration::from_secs(300), "{length:?} > max 5m");
     assert_eq!(length, Duration::from_secs(300));
 
     // A shorter duration is taken as asked.
-    let (status, body) = admin(
-        &running,
-        Method::POST,
-        "/faults/pangyo-fire",
-        r#"{"duration":"2m 30s"}"#,
-    )
-    .await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let body = activate_with(&running, "pangyo-fire", r#"{"duration":"2m 30s"}"#).await;
     assert_eq!(
         span(&body["started_at"], &body["expires_at"]),
         Duration::from_secs(150)
@@ -369,8 +329,7 @@ async fn an_unknown_scenario_is_404_and_names_the_known_ones() {
         let error = body["error"].as_str().unwrap();
         assert!(error.contains("ansan-fire"), "{error}");
     }
-    let (_, faults) = admin(&running, Method::GET, "/faults", "").await;
-    assert!(active_names(&faults).is_empty());
+    assert!(active_scenarios(&running).await.is_empty());
 }
 
 #[tokio::test]
@@ -398,11 +357,10 @@ async fn a_bad_activation_body_is_400_with_an_error_and_activates_nothing() {
             "{body}: `{error}` lacks `{expected}`"
         );
     }
-    let (_, faults) = admin(&running, Method::GET, "/faults", "").await;
-    assert!(active_names(&faults).is_empty(), "{faults}");
+    let active = active_scenarios(&running).await;
+    assert!(active.is_empty(), "{active:?}");
     // Whitespace is no body at all.
-    let (status, _) = admin(&running, Method::POST, "/faults/pangyo-fire", " \n").await;
-    assert_eq!(status, StatusCode::CREATED);
+    activate_with(&running, "pangyo-fire", " \n").await;
 }
 
 #[tokio::test]
@@ -411,8 +369,8 @@ async fn get_faults_lists_the_active_scenarios_in_plan_order() {
     let (status, faults) = admin(&running, Method::GET, "/faults", "").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(faults, json!({ "active": [] }));
-    admin(&running, Method::POST, "/faults/short", "").await;
-    admin(&running, Method::POST, "/faults/pangyo-fire", "").await;
+    activate(&running, "short").await;
+    activate(&running, "pangyo-fire").await;
     let (_, faults) = admin(&running, Method::GET, "/faults", "").await;
     assert_eq!(active_names(&faults), ["pangyo-fire", "short"]);
     let fire = &faults["active"][0];
@@ -427,13 +385,12 @@ async fn get_faults_lists_the_active_scenarios_in_plan_order() {
 #[tokio::test]
 async fn lifting_one_scenario_leaves_the_others_active() {
     let running = stack("pangyo-fire").await;
-    admin(&running, Method::POST, "/faults/pangyo-fire", "").await;
-    admin(&running, Method::POST, "/faults/maps-slow", "").await;
+    activate(&running, "pangyo-fire").await;
+    activate(&running, "maps-slow").await;
     let (status, body) = admin(&running, Method::DELETE, "/faults/pangyo-fire", "").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body, json!({ "scenario": "pangyo-fire", "lifted": true }));
-    let (_, faults) = admin(&running, Method::GET, "/faults", "").await;
-    assert_eq!(active_names(&faults), ["maps-slow"]);
+    assert_eq!(active_scenarios(&running).await, ["maps-slow"]);
 
     // Lifting it again is harmless and says nothing was lifted.
     let (status, body) = admin(&running, Method::DELETE, "/faults/pangyo-fire", "").await;
@@ -444,9 +401,9 @@ async fn lifting_one_scenario_leaves_the_others_active() {
 #[tokio::test]
 async fn lifting_all_faults_clears_every_scenario_and_traffic_flows_again() {
     let running = stack("pangyo-fire").await;
-    admin(&running, Method::POST, "/faults/short", "").await;
-    admin(&running, Method::POST, "/faults/maps-slow", "").await;
-    let web = running.service_addr("web").unwrap();
+    activate(&running, "short").await;
+    activate(&running, "maps-slow").await;
+    let web = addr(&running, "web");
     let (status, _) = get(web, "/x").await;
     assert_eq!(
         status,
@@ -457,8 +414,7 @@ async fn lifting_all_faults_clears_every_scenario_and_traffic_flows_again() {
     let (status, body) = admin(&running, Method::DELETE, "/faults", "").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body, json!({ "lifted": ["maps-slow", "short"] }));
-    let (_, faults) = admin(&running, Method::GET, "/faults", "").await;
-    assert!(active_names(&faults).is_empty());
+    assert!(active_scenarios(&running).await.is_empty());
     let (status, text) = get(web, "/x").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(text, "web answered GET /x\n");
@@ -471,31 +427,23 @@ async fn lifting_all_faults_clears_every_scenario_and_traffic_flows_again() {
 #[tokio::test]
 async fn an_unknown_endpoint_is_404_with_a_json_error() {
     let running = stack("pangyo-fire").await;
-    for (method, path) in [
+    let requests = [
         (Method::GET, "/nope"),
         (Method::POST, "/fault/pangyo-fire"),
         (Method::GET, "/faults/pangyo-fire/extra"),
-    ] {
-        let (status, body) = admin(&running, method.clone(), path, "").await;
-        assert_eq!(status, StatusCode::NOT_FOUND, "{method} {path}");
-        let error = body["error"].as_str().unwrap();
-        assert!(error.contains(path), "{error}");
-    }
+    ];
+    assert_json_errors(&running, StatusCode::NOT_FOUND, &requests).await;
 }
 
 #[tokio::test]
 async fn a_wrong_method_on_a_known_path_is_405_with_a_json_error() {
     let running = stack("pangyo-fire").await;
-    for (method, path) in [
+    let requests = [
         (Method::PUT, "/faults"),
         (Method::GET, "/faults/pangyo-fire"),
         (Method::POST, "/healthz"),
-    ] {
-        let (status, body) = admin(&running, method.clone(), path, "").await;
-        assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
-        let error = body["error"].as_str().unwrap();
-        assert!(error.contains(path), "{error}");
-    }
+    ];
+    assert_json_errors(&running, StatusCode::METHOD_NOT_ALLOWED, &requests).await;
 }
 
 #[tokio::test]
@@ -510,11 +458,11 @@ async fn the_scenario_active_gauge_goes_to_1_on_activation_and_back_to_0() {
         )),
         "every scenario is exported as 0 from the start"
     );
-    admin(&running, Method::POST, &format!("/faults/{fire}"), "").await;
+    activate(&running, &fire).await;
     assert_eq!(gauge(&metrics(&running).await), 1.0);
-    admin(&running, Method::DELETE, &format!("/faults/{fire}"), "").await;
+    lift(&running, &fire).await;
     assert_eq!(gauge(&metrics(&running).await), 0.0);
-    admin(&running, Method::POST, &format!("/faults/{fire}"), "").await;
+    activate(&running, &fire).await;
     assert_eq!(gauge(&metrics(&running).await), 1.0);
     admin(&running, Method::DELETE, "/faults", "").await;
     assert_eq!(gauge(&metrics(&running).await), 0.0);
@@ -525,14 +473,7 @@ async fn an_activation_expires_by_itself_after_its_duration() {
     let fire = unique("fire");
     let running = stack(&fire).await;
     let asked = Instant::now();
-    let (status, body) = admin(
-        &running,
-        Method::POST,
-        &format!("/faults/{fire}"),
-        r#"{"duration":"300ms"}"#,
-    )
-    .await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let body = activate_with(&running, &fire, r#"{"duration":"300ms"}"#).await;
     assert_eq!(
         span(&body["started_at"], &body["expires_at"]),
         Duration::from_millis(300)
@@ -542,8 +483,7 @@ async fn an_activation_expires_by_itself_after_its_duration() {
 
     within(Duration::from_secs(10), async {
         loop {
-            let (_, faults) = admin(&running, Method::GET, "/faults", "").await;
-            if active_names(&faults).is_empty() {
+            if active_scenarios(&running).await.is_empty() {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
@@ -559,7 +499,7 @@ async fn an_activation_expires_by_itself_after_its_duration() {
     assert_eq!(gauge(&metrics(&running).await), 0.0);
     let (_, topology) = admin(&running, Method::GET, "/topology", "").await;
     assert!(faults_of(&topology, "web").is_empty());
-    let (status, _) = get(running.service_addr("web").unwrap(), "/after").await;
+    let (status, _) = get(addr(&running, "web"), "/after").await;
     assert_eq!(status, StatusCode::OK);
 }
 
@@ -568,57 +508,36 @@ async fn the_admin_api_answers_while_lifting_faults_from_200_held_connections() 
     const HELD: usize = 200;
     let cache = unique("cache");
     let echo = echo_upstream().await;
-    let running = start(&format!(
-        r#"
-[admin]
-listen = "127.0.0.1:0"
-[datacenters.pangyo]
-[services.{cache}]
-datacenter = "pangyo"
-protocol = "tcp"
-listen = "127.0.0.1:0"
-upstream = "{echo}"
-[scenarios.pangyo-fire]
-[[scenarios.pangyo-fire.faults]]
-datacenter = "pangyo"
-action = "blackhole"
-"#
-    ))
-    .await;
-    let addr = running.service_addr(&cache).unwrap();
-    let mut before = within(STEP, TcpStream::connect(addr)).await.unwrap();
-    let echoed = within(STEP, echo_round_trip(&mut before, b"ping"))
-        .await
-        .unwrap();
-    assert_eq!(echoed, b"ping");
+    let running = PlanText::new(&["pangyo"])
+        .tcp(&cache, "pangyo", echo)
+        .scenario(
+            "pangyo-fire",
+            &["datacenter = 'pangyo'; action = 'blackhole'"],
+        )
+        .start()
+        .await;
+    let cache_addr = addr(&running, &cache);
+    let mut before = connect(cache_addr).await;
+    carry_echo(&mut before, b"ping").await;
 
-    let (status, _) = admin(&running, Method::POST, "/faults/pangyo-fire", "").await;
-    assert_eq!(status, StatusCode::CREATED);
+    activate(&running, "pangyo-fire").await;
     let mut held = vec![before];
     for _ in 0..HELD {
-        let mut stream = within(STEP, TcpStream::connect(addr)).await.unwrap();
-        within(
-            STEP,
-            tokio::io::AsyncWriteExt::write_all(&mut stream, b"hello"),
-        )
-        .await
-        .unwrap();
+        let mut stream = connect(cache_addr).await;
+        within(STEP, stream.write_all(b"hello")).await.unwrap();
         held.push(stream);
     }
-    within(Duration::from_secs(20), async {
-        loop {
-            let open = sample(
-                &metrics(&running).await,
-                "firedrill_connections_active",
-                &[("service", &cache)],
-            );
-            if open as usize >= held.len() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
+    let labels = [("service", cache.as_str())];
+    let all_held = |open: f64| open as usize >= held.len();
+    let open = poll_sample(
+        &running,
+        "firedrill_connections_active",
+        &labels,
+        Duration::from_secs(20),
+        all_held,
+    )
     .await;
+    assert!(all_held(open), "{open} of {} connections held", held.len());
     // Held, not answered: nothing comes back while the blackhole stands.
     assert!(
         closed_within(&mut held[HELD], Duration::from_millis(300))
@@ -664,9 +583,6 @@ action = "blackhole"
         }
     }
     // New connections pass again.
-    let mut after = within(STEP, TcpStream::connect(addr)).await.unwrap();
-    let echoed = within(STEP, echo_round_trip(&mut after, b"back"))
-        .await
-        .unwrap();
-    assert_eq!(echoed, b"back");
+    let mut after = connect(cache_addr).await;
+    carry_echo(&mut after, b"back").await;
 }

@@ -8,7 +8,7 @@ use support::*;
 
 use std::io::Read;
 use std::net::SocketAddr;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use http::{Method, StatusCode};
@@ -35,21 +35,9 @@ fn programs_present() -> bool {
     false
 }
 
-/// A child process killed by its PID when dropped, whichever way the test ends.
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-}
-
 /// A real redis-server on a loopback port, stopped on drop.
 struct Redis {
-    _process: Guard,
+    _process: Process,
     addr: SocketAddr,
 }
 
@@ -71,7 +59,7 @@ impl Redis {
                 .stderr(Stdio::null())
                 .spawn()
                 .expect("starting redis-server");
-            let mut process = Guard(child);
+            let mut process = Process(child);
             let addr = SocketAddr::from(([127, 0, 0, 1], port));
             let deadline = Instant::now() + Duration::from_secs(10);
             while Instant::now() < deadline {
@@ -110,66 +98,10 @@ fn redis_answers(addr: SocketAddr) -> bool {
         && &reply == b"+PONG\r\n"
 }
 
-/// How a command-line program run ended.
-#[derive(Debug)]
-struct Ran {
-    /// `None` when it hung and was killed at the limit.
-    status: Option<ExitStatus>,
-    stdout: String,
-    stderr: String,
-    elapsed: Duration,
-}
-
-impl Ran {
-    fn succeeded(&self) -> bool {
-        self.status.is_some_and(|s| s.success())
-    }
-}
-
-/// Runs a program to its end, killing it by PID if it outlives `limit`.
-fn run_blocking(program: &str, args: &[String], limit: Duration) -> Ran {
-    fn collect(mut pipe: impl Read + Send + 'static) -> std::thread::JoinHandle<String> {
-        std::thread::spawn(move || {
-            let mut text = String::new();
-            let _ = pipe.read_to_string(&mut text);
-            text
-        })
-    }
-    let started = Instant::now();
-    let mut child = Guard(
-        Command::new(program)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {program}: {e}")),
-    );
-    let stdout = collect(child.0.stdout.take().unwrap());
-    let stderr = collect(child.0.stderr.take().unwrap());
-    let status = loop {
-        if let Some(status) = child.0.try_wait().expect("polling a child") {
-            break Some(status);
-        }
-        if started.elapsed() >= limit {
-            let _ = child.0.kill();
-            let _ = child.0.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let elapsed = started.elapsed();
-    Ran {
-        status,
-        stdout: stdout.join().unwrap(),
-        stderr: stderr.join().unwrap(),
-        elapsed,
-    }
-}
-
-/// [`run_blocking`] off the async runtime, so the in-process proxy keeps running.
+/// Runs a program to its end off the async runtime, so the in-process proxy
+/// keeps running; kills it by PID if it outlives `limit`.
 async fn run(program: &'static str, args: Vec<String>, limit: Duration) -> Ran {
-    tokio::task::spawn_blocking(move || run_blocking(program, &args, limit))
+    tokio::task::spawn_blocking(move || run_captured(Command::new(program).args(args), limit))
         .await
         .expect("the command runner does not panic")
 }
@@ -213,41 +145,17 @@ async fn stack(redis: &Redis) -> firedrill::Running {
     let talk = http_upstream("talk").await;
     let maps = http_upstream("maps").await;
     let redis = redis.addr;
-    start(&format!(
-        r#"
-[admin]
-listen = "127.0.0.1:0"
-[datacenters.pangyo]
-[datacenters.ansan]
-
-[services.session-cache]
-datacenter = "pangyo"
-protocol = "tcp"
-listen = "127.0.0.1:0"
-upstream = "{redis}"
-[services.talk]
-datacenter = "pangyo"
-protocol = "http"
-listen = "127.0.0.1:0"
-upstream = "{talk}"
-[services.maps]
-datacenter = "ansan"
-protocol = "http"
-listen = "127.0.0.1:0"
-upstream = "{maps}"
-
-[scenarios.pangyo-fire]
-[[scenarios.pangyo-fire.faults]]
-datacenter = "pangyo"
-action = "blackhole"
-
-[scenarios.cache-flap]
-[[scenarios.cache-flap.faults]]
-service = "session-cache"
-action = "drop"
-"#
-    ))
-    .await
+    PlanText::new(&["pangyo", "ansan"])
+        .tcp("session-cache", "pangyo", redis)
+        .http("talk", "pangyo", talk)
+        .http("maps", "ansan", maps)
+        .scenario(
+            "pangyo-fire",
+            &["datacenter = 'pangyo'; action = 'blackhole'"],
+        )
+        .fault("cache-flap", "session-cache", "action = 'drop'")
+        .start()
+        .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -257,9 +165,9 @@ async fn a_pangyo_fire_silences_redis_and_http_there_and_lifting_it_brings_them_
     }
     let redis = Redis::start();
     let running = stack(&redis).await;
-    let cache = running.service_addr("session-cache").unwrap();
-    let talk = running.service_addr("talk").unwrap();
-    let maps = running.service_addr("maps").unwrap();
+    let cache = addr(&running, "session-cache");
+    let talk = addr(&running, "talk");
+    let maps = addr(&running, "maps");
 
     assert_redis(cache, &["PING"], "PONG").await;
     assert_redis(cache, &["SET", "k", "v"], "OK").await;
@@ -267,8 +175,7 @@ async fn a_pangyo_fire_silences_redis_and_http_there_and_lifting_it_brings_them_
     assert_curl(talk, "talk").await;
     assert_curl(maps, "maps").await;
 
-    let (status, body) = admin(&running, Method::POST, "/faults/pangyo-fire", "").await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
+    activate(&running, "pangyo-fire").await;
     let (ping, talk_down, maps_up) = tokio::join!(
         redis_cli(cache, &["PING"], Duration::from_secs(3)),
         curl(format!("http://{talk}/x")),
@@ -307,11 +214,10 @@ async fn a_drop_fault_makes_redis_cli_fail_at_once_instead_of_hanging() {
     }
     let redis = Redis::start();
     let running = stack(&redis).await;
-    let cache = running.service_addr("session-cache").unwrap();
+    let cache = addr(&running, "session-cache");
     assert_redis(cache, &["PING"], "PONG").await;
 
-    let (status, _) = admin(&running, Method::POST, "/faults/cache-flap", "").await;
-    assert_eq!(status, StatusCode::CREATED);
+    activate(&running, "cache-flap").await;
     let ran = redis_cli(cache, &["PING"], Duration::from_secs(15)).await;
     assert!(
         ran.status.is_some(),
@@ -322,7 +228,6 @@ async fn a_drop_fault_makes_redis_cli_fail_at_once_instead_of_hanging() {
     assert_eq!(ran.status.and_then(|s| s.code()), Some(1), "{ran:?}");
     assert!(ran.stderr.contains("Connection reset"), "{ran:?}");
 
-    let (status, _) = admin(&running, Method::DELETE, "/faults/cache-flap", "").await;
-    assert_eq!(status, StatusCode::OK);
+    lift(&running, "cache-flap").await;
     assert_redis(cache, &["PING"], "PONG").await;
 }

@@ -23,7 +23,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
 use firedrill::Running;
@@ -38,21 +38,16 @@ const HOLD: Duration = Duration::from_millis(300);
 async fn get_and_post_pass_through_with_status_and_body_intact() {
     let talk = unique("talk");
     let upstream = http_upstream("talk-upstream").await;
-    let running = start(&plan(&[http_service(&talk, "pangyo", upstream)], "")).await;
+    let running = serve(&talk, upstream, &[]).await;
 
     let (status, body) = get(addr(&running, &talk), "/chats?room=7").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body, "talk-upstream answered GET /chats\n");
 
-    let client = client();
-    let (status, body) = send(
-        &client,
-        Method::POST,
-        &url(&running, &talk, "/echo"),
-        r#"{"text":"hello"}"#,
-    )
-    .await
-    .expect("POST is answered");
+    let echo = url(&running, &talk, "/echo");
+    let (status, body) = send(&client(), Method::POST, &echo, r#"{"text":"hello"}"#)
+        .await
+        .expect("POST is answered");
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body, r#"{"text":"hello"}"#);
 
@@ -65,7 +60,7 @@ async fn get_and_post_pass_through_with_status_and_body_intact() {
 async fn a_large_body_comes_back_byte_identical() {
     let files = unique("files");
     let upstream = http_upstream("files-upstream").await;
-    let running = start(&plan(&[http_service(&files, "pangyo", upstream)], "")).await;
+    let running = serve(&files, upstream, &[]).await;
     let payload: Bytes = (0..8 * 1024 * 1024)
         .map(|i: usize| (i % 251) as u8)
         .collect::<Vec<u8>>()
@@ -84,11 +79,8 @@ async fn a_large_body_comes_back_byte_identical() {
     );
     let text = metrics(&running).await;
     for direction in ["upstream", "downstream"] {
-        let bytes = sample(
-            &text,
-            "firedrill_bytes_total",
-            &[("service", &files), ("direction", direction)],
-        );
+        let labels = [("service", files.as_str()), ("direction", direction)];
+        let bytes = sample(&text, "firedrill_bytes_total", &labels);
         assert!(
             bytes >= payload.len() as f64,
             "{direction} bytes counted: {bytes}"
@@ -100,7 +92,7 @@ async fn a_large_body_comes_back_byte_identical() {
 async fn bodies_stream_both_ways_before_the_request_body_ends() {
     let stream = unique("stream");
     let upstream = http_upstream("stream-upstream").await;
-    let running = start(&plan(&[http_service(&stream, "pangyo", upstream)], "")).await;
+    let running = serve(&stream, upstream, &[]).await;
     let client = Client::builder(TokioExecutor::new()).build_http::<ChannelBody>();
     let (chunks, body) = channel_body();
 
@@ -134,53 +126,39 @@ async fn bodies_stream_both_ways_before_the_request_body_ends() {
 async fn many_requests_share_one_kept_alive_client_connection() {
     let search = unique("search");
     let upstream = http_upstream("search-upstream").await;
-    let running = start(&plan(&[http_service(&search, "pangyo", upstream)], "")).await;
+    let running = serve(&search, upstream, &[]).await;
     let client = client();
 
     for i in 0..50 {
-        let (status, body) = send(
-            &client,
-            Method::GET,
-            &url(&running, &search, &format!("/q/{i}")),
-            "",
-        )
-        .await
-        .expect("request is answered");
+        let url = url(&running, &search, &format!("/q/{i}"));
+        let (status, body) = send(&client, Method::GET, &url, "")
+            .await
+            .expect("request is answered");
         assert_eq!(status, StatusCode::OK);
         assert_eq!(body, format!("search-upstream answered GET /q/{i}\n"));
     }
 
     let text = metrics(&running).await;
-    let accepted = sample(
-        &text,
-        "firedrill_connections_total",
-        &[("service", &search), ("outcome", "accepted")],
-    );
+    let accepted = by_outcome(&search, "accepted");
     assert_eq!(
-        accepted, 1.0,
+        sample(&text, "firedrill_connections_total", &accepted),
+        1.0,
         "50 requests on a pooled client use one connection"
     );
-    let forwarded = sample(
-        &text,
-        "firedrill_requests_total",
-        &[("service", &search), ("outcome", "forwarded")],
-    );
-    assert_eq!(forwarded, 50.0);
+    let forwarded = by_outcome(&search, "forwarded");
+    assert_eq!(sample(&text, "firedrill_requests_total", &forwarded), 50.0);
 }
 
 #[tokio::test]
 async fn h2c_clients_with_prior_knowledge_are_proxied() {
     let maps = unique("maps");
     let upstream = http_upstream("maps-upstream").await;
-    let running = start(&plan(&[http_service(&maps, "ansan", upstream)], "")).await;
+    let running = serve(&maps, upstream, &[]).await;
     let client = Client::builder(TokioExecutor::new())
         .http2_only(true)
         .build_http::<Full<Bytes>>();
 
-    let request = Request::get(url(&running, &maps, "/route?from=a"))
-        .body(Full::default())
-        .unwrap();
-    let response = fetch(&client, request).await.expect("h2 GET is answered");
+    let response = fetch_get(&client, &url(&running, &maps, "/route?from=a")).await;
     assert_eq!(response.version(), Version::HTTP_2);
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(response.body(), "maps-upstream answered GET /route\n");
@@ -193,10 +171,7 @@ async fn h2c_clients_with_prior_knowledge_are_proxied() {
     assert_eq!(response.body(), "over h2");
 
     // The upstream speaks HTTP/1.1 and needs Host, which h2 sends as :authority.
-    let request = Request::get(url(&running, &maps, "/headers"))
-        .body(Full::default())
-        .unwrap();
-    let response = fetch(&client, request).await.expect("h2 GET is answered");
+    let response = fetch_get(&client, &url(&running, &maps, "/headers")).await;
     let seen = header_lines(response.body());
     let host = format!("host: {}", addr(&running, &maps));
     assert!(seen.contains(&host), "upstream saw: {seen:?}");
@@ -206,32 +181,20 @@ async fn h2c_clients_with_prior_knowledge_are_proxied() {
 
 #[tokio::test]
 async fn hop_by_hop_request_fields_do_not_reach_the_upstream() {
-    let mail = unique("mail");
-    let upstream = http_upstream("mail-upstream").await;
-    let running = start(&plan(&[http_service(&mail, "pangyo", upstream)], "")).await;
+    let (status, seen) = fields_seen_upstream(&[
+        ("connection", "x-custom"),
+        ("x-custom", "1"),
+        ("keep-alive", "timeout=5"),
+        ("proxy-connection", "keep-alive"),
+        ("x-kept", "yes"),
+    ])
+    .await;
+    assert_eq!(status, StatusCode::OK);
 
-    let request = Request::get(url(&running, &mail, "/headers"))
-        .header(header::CONNECTION, "x-custom")
-        .header("x-custom", "1")
-        .header("keep-alive", "timeout=5")
-        .header("proxy-connection", "keep-alive")
-        .header("x-kept", "yes")
-        .body(Full::default())
-        .unwrap();
-    let response = fetch(&client(), request)
-        .await
-        .expect("request is answered");
-    assert_eq!(response.status(), StatusCode::OK);
-
-    let seen = header_lines(response.body());
-    for gone in ["connection", "x-custom", "keep-alive", "proxy-connection"] {
-        assert!(
-            !seen
-                .iter()
-                .any(|line| line.starts_with(&format!("{gone}:"))),
-            "upstream saw `{gone}`: {seen:?}"
-        );
-    }
+    assert_not_seen(
+        &seen,
+        &["connection", "x-custom", "keep-alive", "proxy-connection"],
+    );
     assert!(seen.contains(&"x-kept: yes".to_owned()), "{seen:?}");
     assert!(
         seen.contains(&"x-forwarded-for: 127.0.0.1".to_owned()),
@@ -241,33 +204,18 @@ async fn hop_by_hop_request_fields_do_not_reach_the_upstream() {
 
 #[tokio::test]
 async fn fields_named_by_every_connection_header_line_are_removed() {
-    let mail = unique("mail");
-    let upstream = http_upstream("mail-upstream").await;
-    let running = start(&plan(&[http_service(&mail, "pangyo", upstream)], "")).await;
-
     // RFC 9110 section 5.3: a list field may be split over several lines.
-    let request = Request::get(url(&running, &mail, "/headers"))
-        .header(header::CONNECTION, "x-first")
-        .header(header::CONNECTION, "x-second, x-third")
-        .header("x-first", "1")
-        .header("x-second", "2")
-        .header("x-third", "3")
-        .header("x-kept", "yes")
-        .body(Full::default())
-        .unwrap();
-    let response = fetch(&client(), request)
-        .await
-        .expect("request is answered");
+    let (_, seen) = fields_seen_upstream(&[
+        ("connection", "x-first"),
+        ("connection", "x-second, x-third"),
+        ("x-first", "1"),
+        ("x-second", "2"),
+        ("x-third", "3"),
+        ("x-kept", "yes"),
+    ])
+    .await;
 
-    let seen = header_lines(response.body());
-    for gone in ["connection", "x-first", "x-second", "x-third"] {
-        assert!(
-            !seen
-                .iter()
-                .any(|line| line.starts_with(&format!("{gone}:"))),
-            "upstream saw `{gone}`: {seen:?}"
-        );
-    }
+    assert_not_seen(&seen, &["connection", "x-first", "x-second", "x-third"]);
     assert!(seen.contains(&"x-kept: yes".to_owned()), "{seen:?}");
 }
 
@@ -275,14 +223,9 @@ async fn fields_named_by_every_connection_header_line_are_removed() {
 async fn hop_by_hop_response_fields_do_not_reach_the_client() {
     let mail = unique("mail");
     let upstream = upgrade_upstream().await;
-    let running = start(&plan(&[http_service(&mail, "pangyo", upstream)], "")).await;
+    let running = serve(&mail, upstream, &[]).await;
 
-    let request = Request::get(url(&running, &mail, "/plain"))
-        .body(Full::default())
-        .unwrap();
-    let response = fetch(&client(), request)
-        .await
-        .expect("request is answered");
+    let response = fetch_get(&client(), &url(&running, &mail, "/plain")).await;
 
     assert_eq!(response.status(), StatusCode::OK);
     let headers = response.headers();
@@ -299,35 +242,20 @@ async fn hop_by_hop_response_fields_do_not_reach_the_client() {
 
 #[tokio::test]
 async fn error_fault_answers_without_contacting_the_upstream() {
-    let login = unique("login");
-    let outage = unique("login-outage");
+    let (login, outage) = (unique("login"), unique("login-outage"));
     // Nothing listens there: contacting it would answer 502.
     let (upstream, _reserved) = unreachable_upstream();
-    let running = start(&plan(
-        &[http_service(&login, "pangyo", upstream)],
-        &format!(
-            r#"
-[scenarios.{outage}]
-[[scenarios.{outage}.faults]]
-service = "{login}"
-action = "error"
-status = 503
-body = '{{"error":"login temporarily unavailable"}}'
-headers = {{ "content-type" = "application/json", "retry-after" = "60" }}
-"#
-        ),
-    ))
-    .await;
+    let error = concat!(
+        "action = 'error'; status = 503; ",
+        r#"body = '{"error":"login temporarily unavailable"}'; "#,
+        r#"headers = { "content-type" = "application/json", "retry-after" = "60" }"#,
+    );
+    let running = serve(&login, upstream, &[(&outage, error)]).await;
     let (status, _) = get(addr(&running, &login), "/oauth/token").await;
     assert_eq!(status, StatusCode::BAD_GATEWAY, "the upstream is down");
 
     activate(&running, &outage).await;
-    let request = Request::get(url(&running, &login, "/oauth/token"))
-        .body(Full::default())
-        .unwrap();
-    let response = fetch(&client(), request)
-        .await
-        .expect("request is answered");
+    let response = fetch_get(&client(), &url(&running, &login, "/oauth/token")).await;
 
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(
@@ -340,59 +268,35 @@ headers = {{ "content-type" = "application/json", "retry-after" = "60" }}
 
 #[tokio::test]
 async fn drop_fault_closes_the_connection_without_a_response() {
-    let pay = unique("pay");
-    let cut = unique("cut");
+    let (pay, cut) = (unique("pay"), unique("cut"));
     let upstream = http_upstream("pay-upstream").await;
-    let running = start(&plan(
-        &[http_service(&pay, "pangyo", upstream)],
-        &fault(&cut, &[&on(&pay), "action = 'drop'"]),
-    ))
-    .await;
+    let running = serve(&pay, upstream, &[(&cut, "action = 'drop'")]).await;
     activate(&running, &cut).await;
 
     assert_dropped(&client(), &url(&running, &pay, "/charge")).await;
 
-    let mut stream = raw_request(
-        addr(&running, &pay),
-        "GET /charge HTTP/1.1\r\nHost: pay\r\n\r\n",
-    )
-    .await;
+    let mut stream = raw_get(addr(&running, &pay), "/charge").await;
     assert_closed_without_answer(&mut stream).await;
 }
 
 #[tokio::test]
 async fn blackhole_fault_leaves_requests_unanswered() {
-    let taxi = unique("taxi");
-    let hole = unique("hole");
+    let (taxi, hole) = (unique("taxi"), unique("hole"));
     let upstream = http_upstream("taxi-upstream").await;
-    let running = start(&plan(
-        &[http_service(&taxi, "pangyo", upstream)],
-        &fault(&hole, &[&on(&taxi), "action = 'blackhole'"]),
-    ))
-    .await;
+    let running = serve(&taxi, upstream, &[(&hole, "action = 'blackhole'")]).await;
     activate(&running, &hole).await;
 
     assert_unanswered(&client(), &url(&running, &taxi, "/ride")).await;
 
-    let mut stream = raw_request(
-        addr(&running, &taxi),
-        "GET /ride HTTP/1.1\r\nHost: taxi\r\n\r\n",
-    )
-    .await;
-    let read = closed_within(&mut stream, HOLD).await;
-    assert!(read.is_none(), "a blackholed connection answered: {read:?}");
+    let mut stream = raw_get(addr(&running, &taxi), "/ride").await;
+    assert_held(&mut stream, "a blackholed connection answered").await;
 }
 
 #[tokio::test]
 async fn blackhole_reaches_kept_alive_connections_on_their_next_request() {
-    let gift = unique("gift");
-    let hole = unique("hole");
+    let (gift, hole) = (unique("gift"), unique("hole"));
     let upstream = http_upstream("gift-upstream").await;
-    let running = start(&plan(
-        &[http_service(&gift, "pangyo", upstream)],
-        &fault(&hole, &[&on(&gift), "action = 'blackhole'"]),
-    ))
-    .await;
+    let running = serve(&gift, upstream, &[(&hole, "action = 'blackhole'")]).await;
     let client = client();
     let (status, _) = send(&client, Method::GET, &url(&running, &gift, "/a"), "")
         .await
@@ -403,35 +307,22 @@ async fn blackhole_reaches_kept_alive_connections_on_their_next_request() {
     assert_unanswered(&client, &url(&running, &gift, "/b")).await;
 
     let text = metrics(&running).await;
-    let accepted = sample(
-        &text,
-        "firedrill_connections_total",
-        &[("service", &gift), ("outcome", "accepted")],
-    );
+    let accepted = by_outcome(&gift, "accepted");
     assert_eq!(
-        accepted, 1.0,
+        sample(&text, "firedrill_connections_total", &accepted),
+        1.0,
         "the held request used the kept-alive connection"
     );
 }
 
 #[tokio::test]
 async fn when_a_blackhole_ends_held_connections_close_and_new_requests_pass() {
-    let search = unique("search");
-    let hole = unique("hole");
+    let (search, hole) = (unique("search"), unique("hole"));
     let upstream = http_upstream("search-upstream").await;
-    let running = start(&plan(
-        &[http_service(&search, "pangyo", upstream)],
-        &fault(&hole, &[&on(&search), "action = 'blackhole'"]),
-    ))
-    .await;
+    let running = serve(&search, upstream, &[(&hole, "action = 'blackhole'")]).await;
     activate(&running, &hole).await;
-    let mut held = raw_request(
-        addr(&running, &search),
-        "GET /q HTTP/1.1\r\nHost: search\r\n\r\n",
-    )
-    .await;
-    let read = closed_within(&mut held, HOLD).await;
-    assert!(read.is_none(), "a blackholed connection answered: {read:?}");
+    let mut held = raw_get(addr(&running, &search), "/q").await;
+    assert_held(&mut held, "a blackholed connection answered").await;
 
     lift(&running, &hole).await;
 
@@ -443,17 +334,10 @@ async fn when_a_blackhole_ends_held_connections_close_and_new_requests_pass() {
 
 #[tokio::test]
 async fn delay_fault_adds_latency_before_forwarding() {
-    let maps = unique("maps");
-    let slow = unique("slow");
+    let (maps, slow) = (unique("maps"), unique("slow"));
     let upstream = http_upstream("maps-upstream").await;
-    let running = start(&plan(
-        &[http_service(&maps, "ansan", upstream)],
-        &fault(
-            &slow,
-            &[&on(&maps), "action = 'delay'", "latency = '200ms'"],
-        ),
-    ))
-    .await;
+    let delay = "action = 'delay'; latency = '200ms'";
+    let running = serve(&maps, upstream, &[(&slow, delay)]).await;
     activate(&running, &slow).await;
 
     let started = Instant::now();
@@ -472,17 +356,15 @@ async fn datacenter_selector_hits_only_services_in_that_datacenter() {
     let standby = unique("talk-standby");
     let fire = unique("pangyo-fire");
     let upstream = http_upstream("talk-upstream").await;
-    let running = start(&plan(
-        &[
-            http_service(&talk, "pangyo", upstream),
-            http_service(&standby, "ansan", upstream),
-        ],
-        &fault(
+    let running = PlanText::new(&["pangyo", "ansan"])
+        .http(&talk, "pangyo", upstream)
+        .http(&standby, "ansan", upstream)
+        .scenario(
             &fire,
-            &["datacenter = 'pangyo'", "action = 'error'", "status = 503"],
-        ),
-    ))
-    .await;
+            &["datacenter = 'pangyo'; action = 'error'; status = 503"],
+        )
+        .start()
+        .await;
     activate(&running, &fire).await;
 
     let (status, _) = get(addr(&running, &talk), "/send").await;
@@ -498,14 +380,12 @@ async fn service_selector_hits_only_that_service() {
     let gift = unique("gift");
     let outage = unique("pay-outage");
     let upstream = http_upstream("shop-upstream").await;
-    let running = start(&plan(
-        &[
-            http_service(&pay, "pangyo", upstream),
-            http_service(&gift, "pangyo", upstream),
-        ],
-        &fault(&outage, &[&on(&pay), "action = 'error'", "status = 500"]),
-    ))
-    .await;
+    let running = PlanText::new(&["pangyo"])
+        .http(&pay, "pangyo", upstream)
+        .http(&gift, "pangyo", upstream)
+        .fault(&outage, &pay, "action = 'error'; status = 500")
+        .start()
+        .await;
     activate(&running, &outage).await;
 
     let (status, _) = get(addr(&running, &pay), "/charge").await;
@@ -517,23 +397,10 @@ async fn service_selector_hits_only_that_service() {
 
 #[tokio::test]
 async fn method_and_path_prefix_hit_only_matching_requests() {
-    let pay = unique("pay");
-    let writes = unique("no-writes");
+    let (pay, writes) = (unique("pay"), unique("no-writes"));
     let upstream = http_upstream("pay-upstream").await;
-    let running = start(&plan(
-        &[http_service(&pay, "pangyo", upstream)],
-        &fault(
-            &writes,
-            &[
-                &on(&pay),
-                "method = 'POST'",
-                "path_prefix = '/v1/charges'",
-                "action = 'error'",
-                "status = 503",
-            ],
-        ),
-    ))
-    .await;
+    let error = "method = 'POST'; path_prefix = '/v1/charges'; action = 'error'; status = 503";
+    let running = serve(&pay, upstream, &[(&writes, error)]).await;
     activate(&running, &writes).await;
     let client = client();
     let status_of = |method: Method, path: &str| {
@@ -565,22 +432,10 @@ async fn method_and_path_prefix_hit_only_matching_requests() {
 
 #[tokio::test]
 async fn probability_hits_about_that_share_of_requests() {
-    let maps = unique("maps");
-    let flaky = unique("flaky");
+    let (maps, flaky) = (unique("maps"), unique("flaky"));
     let upstream = http_upstream("maps-upstream").await;
-    let running = start(&plan(
-        &[http_service(&maps, "ansan", upstream)],
-        &fault(
-            &flaky,
-            &[
-                &on(&maps),
-                "action = 'error'",
-                "status = 503",
-                "probability = 0.5",
-            ],
-        ),
-    ))
-    .await;
+    let error = "action = 'error'; status = 503; probability = 0.5";
+    let running = serve(&maps, upstream, &[(&flaky, error)]).await;
     activate(&running, &flaky).await;
     let client = client();
 
@@ -599,16 +454,9 @@ async fn probability_hits_about_that_share_of_requests() {
     // Binomial(200, 0.5): 50..=150 is more than 7 standard deviations wide.
     assert!((50..=150).contains(&hit), "{hit} of 200 requests were hit");
     let text = metrics(&running).await;
-    let injected = sample(
-        &text,
-        "firedrill_faults_injected_total",
-        &[
-            ("service", &maps),
-            ("scenario", &flaky),
-            ("action", "error"),
-        ],
-    );
-    assert_eq!(injected, f64::from(hit));
+    let labels = by_fault(&maps, &flaky, "error");
+    let count = sample(&text, "firedrill_faults_injected_total", &labels);
+    assert_eq!(count, f64::from(hit));
 }
 
 // --- Several scenarios at once ------------------------------------------------
@@ -616,26 +464,15 @@ async fn probability_hits_about_that_share_of_requests() {
 #[tokio::test]
 async fn stronger_faults_win_blackhole_then_drop_then_error_then_delay() {
     let talk = unique("talk");
-    let (slow, fail, cut, hole) = (
-        unique("slow"),
-        unique("fail"),
-        unique("cut"),
-        unique("hole"),
-    );
+    let [slow, fail, cut, hole] = ["slow", "fail", "cut", "hole"].map(unique);
     let upstream = http_upstream("talk-upstream").await;
-    let on_talk = on(&talk);
-    let scenarios = [
-        fault(&slow, &[&on_talk, "action = 'delay'", "latency = '100ms'"]),
-        fault(&fail, &[&on_talk, "action = 'error'", "status = 503"]),
-        fault(&cut, &[&on_talk, "action = 'drop'"]),
-        fault(&hole, &[&on_talk, "action = 'blackhole'"]),
-    ]
-    .concat();
-    let running = start(&plan(
-        &[http_service(&talk, "pangyo", upstream)],
-        &scenarios,
-    ))
-    .await;
+    let faults: [(&str, &str); 4] = [
+        (&slow, "action = 'delay'; latency = '100ms'"),
+        (&fail, "action = 'error'; status = 503"),
+        (&cut, "action = 'drop'"),
+        (&hole, "action = 'blackhole'"),
+    ];
+    let running = serve(&talk, upstream, &faults).await;
     let talk_url = url(&running, &talk, "/send");
     for scenario in [&slow, &fail, &cut, &hole] {
         activate(&running, scenario).await;
@@ -669,12 +506,8 @@ async fn delays_from_two_scenarios_add_up() {
     let maps = unique("maps");
     let (link, disk) = (unique("slow-link"), unique("slow-disk"));
     let upstream = http_upstream("maps-upstream").await;
-    let delay = [&on(&maps), "action = 'delay'", "latency = '150ms'"];
-    let running = start(&plan(
-        &[http_service(&maps, "ansan", upstream)],
-        &[fault(&link, &delay), fault(&disk, &delay)].concat(),
-    ))
-    .await;
+    let delay = "action = 'delay'; latency = '150ms'";
+    let running = serve(&maps, upstream, &[(&link, delay), (&disk, delay)]).await;
     activate(&running, &link).await;
     activate(&running, &disk).await;
 
@@ -695,7 +528,7 @@ async fn delays_from_two_scenarios_add_up() {
 async fn unreachable_upstream_answers_502_naming_the_service() {
     let archive = unique("archive");
     let (upstream, _reserved) = unreachable_upstream();
-    let running = start(&plan(&[http_service(&archive, "ansan", upstream)], "")).await;
+    let running = serve(&archive, upstream, &[]).await;
 
     let (status, body) = get(addr(&running, &archive), "/mail/1").await;
 
@@ -709,11 +542,10 @@ async fn unreachable_upstream_answers_502_naming_the_service() {
 async fn upstream_slower_than_the_service_timeout_answers_504() {
     let search = unique("search");
     let upstream = http_upstream("search-upstream").await;
-    let service = format!(
-        "{}timeout = '200ms'\n",
-        http_service(&search, "pangyo", upstream)
-    );
-    let running = start(&plan(&[service], "")).await;
+    let running = PlanText::new(&["pangyo"])
+        .service(&search, "pangyo", "http", upstream, "timeout = '200ms'")
+        .start()
+        .await;
 
     let started = Instant::now();
     let (status, body) = get(addr(&running, &search), "/sleep/2000").await;
@@ -728,31 +560,18 @@ async fn upstream_slower_than_the_service_timeout_answers_504() {
 
 #[tokio::test]
 async fn upgraded_connection_echoes_until_a_blackhole_stops_its_bytes() {
-    let chat = unique("chat");
-    let hole = unique("hole");
+    let (chat, hole) = (unique("chat"), unique("hole"));
     let upstream = upgrade_upstream().await;
-    let running = start(&plan(
-        &[http_service(&chat, "pangyo", upstream)],
-        &fault(&hole, &[&on(&chat), "action = 'blackhole'"]),
-    ))
-    .await;
+    let running = serve(&chat, upstream, &[(&hole, "action = 'blackhole'")]).await;
     let mut stream = upgrade(addr(&running, &chat)).await;
-    let back = within(STEP, echo_round_trip(&mut stream, b"ping"))
-        .await
-        .unwrap();
-    assert_eq!(back, b"ping");
+    carry_echo(&mut stream, b"ping").await;
 
     activate(&running, &hole).await;
     // The open connection counts the fault when it re-reads the rules.
-    let labels = [
-        ("service", chat.as_str()),
-        ("scenario", &hole),
-        ("action", "blackhole"),
-    ];
+    let labels = by_fault(&chat, &hole, "blackhole");
     wait_for_sample(&running, "firedrill_faults_injected_total", &labels, 1.0).await;
     within(STEP, stream.write_all(b"lost")).await.unwrap();
-    let read = closed_within(&mut stream, HOLD).await;
-    assert!(read.is_none(), "bytes flowed through a blackhole: {read:?}");
+    assert_held(&mut stream, "bytes flowed through a blackhole").await;
 
     lift(&running, &hole).await;
     assert_closed_without_answer(&mut stream).await;
@@ -760,19 +579,11 @@ async fn upgraded_connection_echoes_until_a_blackhole_stops_its_bytes() {
 
 #[tokio::test]
 async fn drop_fault_cuts_an_open_upgraded_connection() {
-    let chat = unique("chat");
-    let cut = unique("cut");
+    let (chat, cut) = (unique("chat"), unique("cut"));
     let upstream = upgrade_upstream().await;
-    let running = start(&plan(
-        &[http_service(&chat, "pangyo", upstream)],
-        &fault(&cut, &[&on(&chat), "action = 'drop'"]),
-    ))
-    .await;
+    let running = serve(&chat, upstream, &[(&cut, "action = 'drop'")]).await;
     let mut stream = upgrade(addr(&running, &chat)).await;
-    let back = within(STEP, echo_round_trip(&mut stream, b"ping"))
-        .await
-        .unwrap();
-    assert_eq!(back, b"ping");
+    carry_echo(&mut stream, b"ping").await;
 
     activate(&running, &cut).await;
 
@@ -781,40 +592,29 @@ async fn drop_fault_cuts_an_open_upgraded_connection() {
 
 #[tokio::test]
 async fn delay_fault_delays_an_upgrade_and_the_bytes_on_it() {
-    let chat = unique("chat");
-    let slow = unique("slow");
+    let (chat, slow) = (unique("chat"), unique("slow"));
     let upstream = upgrade_upstream().await;
-    let running = start(&plan(
-        &[http_service(&chat, "pangyo", upstream)],
-        &fault(
-            &slow,
-            &[&on(&chat), "action = 'delay'", "latency = '100ms'"],
-        ),
-    ))
-    .await;
+    let delay = "action = 'delay'; latency = '100ms'";
+    let running = serve(&chat, upstream, &[(&slow, delay)]).await;
     activate(&running, &slow).await;
 
     let started = Instant::now();
     let mut stream = upgrade(addr(&running, &chat)).await;
     assert!(started.elapsed() >= Duration::from_millis(100));
-    let started = Instant::now();
-    let back = within(STEP, echo_round_trip(&mut stream, b"ping"))
-        .await
-        .unwrap();
-    assert_eq!(back, b"ping");
+    let round_trip = carry_echo(&mut stream, b"ping").await;
     // Both directions are delayed, like a tcp stream's.
-    assert!(started.elapsed() >= Duration::from_millis(200));
+    assert!(round_trip >= Duration::from_millis(200));
 
     let text = metrics(&running).await;
-    let labels = [("service", chat.as_str()), ("outcome", "delayed")];
-    assert_eq!(sample(&text, "firedrill_requests_total", &labels), 1.0);
+    let delayed = by_outcome(&chat, "delayed");
+    assert_eq!(sample(&text, "firedrill_requests_total", &delayed), 1.0);
 }
 
 #[tokio::test]
 async fn an_upgrade_the_upstream_declines_gets_an_ordinary_response() {
     let chat = unique("chat");
     let upstream = upgrade_upstream().await;
-    let running = start(&plan(&[http_service(&chat, "pangyo", upstream)], "")).await;
+    let running = serve(&chat, upstream, &[]).await;
 
     let mut stream = raw_request(
         addr(&running, &chat),
@@ -834,23 +634,16 @@ async fn an_upgrade_the_upstream_declines_gets_an_ordinary_response() {
 async fn an_upgraded_connection_counts_as_active_while_it_is_open() {
     let chat = unique("chat");
     let upstream = upgrade_upstream().await;
-    let running = start(&plan(&[http_service(&chat, "pangyo", upstream)], "")).await;
-    let active = |text: &str| sample(text, "firedrill_connections_active", &[("service", &chat)]);
+    let running = serve(&chat, upstream, &[]).await;
+    let labels = [("service", chat.as_str())];
 
     let mut stream = upgrade(addr(&running, &chat)).await;
-    let back = within(STEP, echo_round_trip(&mut stream, b"ping"))
-        .await
-        .unwrap();
-    assert_eq!(back, b"ping");
-    assert_eq!(active(&metrics(&running).await), 1.0);
+    carry_echo(&mut stream, b"ping").await;
+    let text = metrics(&running).await;
+    assert_eq!(sample(&text, "firedrill_connections_active", &labels), 1.0);
 
     drop(stream);
-    within(STEP, async {
-        while active(&metrics(&running).await) != 0.0 {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await;
+    wait_for_sample(&running, "firedrill_connections_active", &labels, 0.0).await;
 }
 
 // --- Metrics ------------------------------------------------------------------
@@ -859,30 +652,18 @@ async fn an_upgraded_connection_counts_as_active_while_it_is_open() {
 async fn request_metrics_count_every_outcome_and_injected_fault() {
     let talk = unique("talk");
     let dead = unique("dead");
-    let (slow, fail, cut, hole) = (
-        unique("slow"),
-        unique("fail"),
-        unique("cut"),
-        unique("hole"),
-    );
+    let [slow, fail, cut, hole] = ["slow", "fail", "cut", "hole"].map(unique);
     let upstream = http_upstream("talk-upstream").await;
-    let on_talk = on(&talk);
-    let scenarios = [
-        fault(&slow, &[&on_talk, "action = 'delay'", "latency = '50ms'"]),
-        fault(&fail, &[&on_talk, "action = 'error'", "status = 503"]),
-        fault(&cut, &[&on_talk, "action = 'drop'"]),
-        fault(&hole, &[&on_talk, "action = 'blackhole'"]),
-    ]
-    .concat();
     let (dead_upstream, _reserved) = unreachable_upstream();
-    let running = start(&plan(
-        &[
-            http_service(&talk, "pangyo", upstream),
-            http_service(&dead, "pangyo", dead_upstream),
-        ],
-        &scenarios,
-    ))
-    .await;
+    let running = PlanText::new(&["pangyo"])
+        .http(&talk, "pangyo", upstream)
+        .http(&dead, "pangyo", dead_upstream)
+        .fault(&slow, &talk, "action = 'delay'; latency = '50ms'")
+        .fault(&fail, &talk, "action = 'error'; status = 503")
+        .fault(&cut, &talk, "action = 'drop'")
+        .fault(&hole, &talk, "action = 'blackhole'")
+        .start()
+        .await;
     let talk_addr = addr(&running, &talk);
 
     assert_eq!(get(talk_addr, "/a").await.0, StatusCode::OK);
@@ -899,8 +680,8 @@ async fn request_metrics_count_every_outcome_and_injected_fault() {
     assert_dropped(&client(), &url(&running, &talk, "/d")).await;
     lift(&running, &cut).await;
     activate(&running, &hole).await;
-    let mut held = raw_request(talk_addr, "GET /e HTTP/1.1\r\nHost: talk\r\n\r\n").await;
-    assert!(closed_within(&mut held, HOLD).await.is_none(), "held");
+    let mut held = raw_get(talk_addr, "/e").await;
+    assert_held(&mut held, "held").await;
     lift(&running, &hole).await;
     assert_closed_without_answer(&mut held).await;
     assert_eq!(
@@ -910,17 +691,17 @@ async fn request_metrics_count_every_outcome_and_injected_fault() {
 
     let text = metrics(&running).await;
     for outcome in ["forwarded", "delayed", "error", "dropped", "blackholed"] {
-        let labels = [("service", talk.as_str()), ("outcome", outcome)];
+        let labels = by_outcome(&talk, outcome);
         let count = sample(&text, "firedrill_requests_total", &labels);
         assert_eq!(count, 1.0, "{outcome} requests of {talk}");
     }
-    let labels = [("service", dead.as_str()), ("outcome", "upstream_error")];
-    assert_eq!(sample(&text, "firedrill_requests_total", &labels), 1.0);
-    let durations = sample(
-        &text,
-        "firedrill_request_duration_seconds_count",
-        &[("service", &talk)],
+    let upstream_error = by_outcome(&dead, "upstream_error");
+    assert_eq!(
+        sample(&text, "firedrill_requests_total", &upstream_error),
+        1.0
     );
+    let labels = [("service", talk.as_str())];
+    let durations = sample(&text, "firedrill_request_duration_seconds_count", &labels);
     assert_eq!(durations, 5.0);
     for (scenario, action) in [
         (&slow, "delay"),
@@ -928,11 +709,7 @@ async fn request_metrics_count_every_outcome_and_injected_fault() {
         (&cut, "drop"),
         (&hole, "blackhole"),
     ] {
-        let labels = [
-            ("service", talk.as_str()),
-            ("scenario", scenario.as_str()),
-            ("action", action),
-        ];
+        let labels = by_fault(&talk, scenario, action);
         let count = sample(&text, "firedrill_faults_injected_total", &labels);
         assert_eq!(count, 1.0, "{action} faults injected by {scenario}");
     }
@@ -943,108 +720,56 @@ async fn requests_whose_clients_give_up_while_held_are_still_counted() {
     let taxi = unique("taxi");
     let (hole, slow) = (unique("hole"), unique("slow"));
     let upstream = http_upstream("taxi-upstream").await;
-    let on_taxi = on(&taxi);
-    let running = start(&plan(
-        &[http_service(&taxi, "pangyo", upstream)],
-        &[
-            fault(&hole, &[&on_taxi, "action = 'blackhole'"]),
-            fault(&slow, &[&on_taxi, "action = 'delay'", "latency = '1m'"]),
-        ]
-        .concat(),
-    ))
-    .await;
+    let faults: [(&str, &str); 2] = [
+        (&hole, "action = 'blackhole'"),
+        (&slow, "action = 'delay'; latency = '1m'"),
+    ];
+    let running = serve(&taxi, upstream, &faults).await;
     let taxi_url = url(&running, &taxi, "/ride");
 
     activate(&running, &hole).await;
     assert_unanswered(&client(), &taxi_url).await;
     // Counted while the blackhole still holds: clients rarely wait it out.
-    let labels = [("service", taxi.as_str()), ("outcome", "blackholed")];
-    wait_for_sample(&running, "firedrill_requests_total", &labels, 1.0).await;
+    let blackholed = by_outcome(&taxi, "blackholed");
+    wait_for_sample(&running, "firedrill_requests_total", &blackholed, 1.0).await;
     lift(&running, &hole).await;
 
     activate(&running, &slow).await;
     assert_unanswered(&client(), &taxi_url).await;
-    let labels = [("service", taxi.as_str()), ("outcome", "delayed")];
-    wait_for_sample(&running, "firedrill_requests_total", &labels, 1.0).await;
+    let delayed = by_outcome(&taxi, "delayed");
+    wait_for_sample(&running, "firedrill_requests_total", &delayed, 1.0).await;
 
     let text = metrics(&running).await;
-    let durations = sample(
-        &text,
-        "firedrill_request_duration_seconds_count",
-        &[("service", &taxi)],
-    );
+    let labels = [("service", taxi.as_str())];
+    let durations = sample(&text, "firedrill_request_duration_seconds_count", &labels);
     assert_eq!(durations, 2.0);
 }
 
 // --- Helpers ------------------------------------------------------------------
 
-/// A plan with an admin API, data centers `pangyo` and `ansan`, the given
-/// `[services.*]` tables and scenario tables; every listener on port 0.
-fn plan(services: &[String], scenarios: &str) -> String {
-    format!(
-        "[admin]\nlisten = '127.0.0.1:0'\n\n[datacenters.pangyo]\n[datacenters.ansan]\n\n{}\n{scenarios}",
-        services.join("\n")
-    )
+/// Starts firedrill with one http service in `pangyo` in front of
+/// `upstream` and, per `(scenario, lines)`, a scenario with one fault that
+/// selects the service and has those lines (see [`PlanText`]).
+async fn serve(service: &str, upstream: SocketAddr, faults: &[(&str, &str)]) -> Running {
+    let mut plan = PlanText::new(&["pangyo"]).http(service, "pangyo", upstream);
+    for (scenario, lines) in faults {
+        plan = plan.fault(scenario, service, lines);
+    }
+    plan.start().await
 }
 
-/// A `[services.NAME]` table for an http service in front of `upstream`.
-fn http_service(name: &str, datacenter: &str, upstream: SocketAddr) -> String {
-    format!(
-        "[services.{name}]\ndatacenter = '{datacenter}'\nprotocol = 'http'\nlisten = '127.0.0.1:0'\nupstream = '{upstream}'\n"
-    )
+/// The labels of a request or connection count of `service` by `outcome`.
+fn by_outcome<'a>(service: &'a str, outcome: &'a str) -> [(&'a str, &'a str); 2] {
+    [("service", service), ("outcome", outcome)]
 }
 
-/// A scenario with one fault, given as the lines of its `faults` table.
-fn fault(scenario: &str, lines: &[&str]) -> String {
-    format!(
-        "\n[scenarios.{scenario}]\n[[scenarios.{scenario}.faults]]\n{}\n",
-        lines.join("\n")
-    )
-}
-
-/// A selector line for one service.
-fn on(service: &str) -> String {
-    format!("service = '{service}'")
-}
-
-fn addr(running: &Running, service: &str) -> SocketAddr {
-    running
-        .service_addr(service)
-        .unwrap_or_else(|| panic!("service `{service}` is in the plan"))
-}
-
-fn url(running: &Running, service: &str, path: &str) -> String {
-    format!("http://{}{path}", addr(running, service))
-}
-
-async fn activate(running: &Running, scenario: &str) {
-    let (status, body) = admin(running, Method::POST, &format!("/faults/{scenario}"), "").await;
-    assert_eq!(status, StatusCode::CREATED, "activating {scenario}: {body}");
-}
-
-async fn lift(running: &Running, scenario: &str) {
-    let (status, body) = admin(running, Method::DELETE, &format!("/faults/{scenario}"), "").await;
-    assert_eq!(status, StatusCode::OK, "lifting {scenario}: {body}");
-    assert_eq!(body["lifted"], true, "lifting {scenario}: {body}");
-}
-
-/// Waits until the sample of `name` with `labels` in `/metrics` is `value`.
-async fn wait_for_sample(running: &Running, name: &str, labels: &[(&str, &str)], value: f64) {
-    let mut last = f64::NAN;
-    let waited = tokio::time::timeout(STEP, async {
-        loop {
-            last = sample(&metrics(running).await, name, labels);
-            if last == value {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await;
-    assert!(
-        waited.is_ok(),
-        "{name} {labels:?} stayed at {last}, expected {value}"
-    );
+/// The labels of `firedrill_faults_injected_total` for one fault.
+fn by_fault<'a>(service: &'a str, scenario: &'a str, action: &'a str) -> [(&'a str, &'a str); 3] {
+    [
+        ("service", service),
+        ("scenario", scenario),
+        ("action", action),
+    ]
 }
 
 /// Sends a GET to `url` and asserts that no response arrives within [`HOLD`].
@@ -1056,12 +781,10 @@ async fn assert_unanswered(client: &Client<HttpConnector, Full<Bytes>>, url: &st
     assert!(started.elapsed() >= HOLD);
 }
 
-/// A loopback address that refuses connections: a socket bound there
-/// without listening. No other test can take the port while it lives.
-fn unreachable_upstream() -> (SocketAddr, TcpSocket) {
-    let socket = TcpSocket::new_v4().unwrap();
-    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
-    (socket.local_addr().unwrap(), socket)
+/// Asserts that nothing arrives on `stream`, not even a close, within [`HOLD`].
+async fn assert_held(stream: &mut TcpStream, what: &str) {
+    let read = closed_within(stream, HOLD).await;
+    assert!(read.is_none(), "{what}: {read:?}");
 }
 
 /// Sends a request and collects the whole response body.
@@ -1078,12 +801,49 @@ async fn fetch(
     Ok(Response::from_parts(parts, body))
 }
 
+/// Sends a GET to `url` and collects the whole response; panics on
+/// transport errors.
+async fn fetch_get(client: &Client<HttpConnector, Full<Bytes>>, url: &str) -> Response<Bytes> {
+    let request = Request::get(url).body(Full::default()).unwrap();
+    fetch(client, request).await.expect("GET is answered")
+}
+
 /// The `name: value` lines of the upstream's `/headers` answer.
 fn header_lines(body: &Bytes) -> Vec<String> {
     String::from_utf8_lossy(body)
         .lines()
         .map(str::to_owned)
         .collect()
+}
+
+/// Sends `GET /headers` with `fields` (each added, none replaced) through
+/// a fresh http service; returns the status and the `/headers` lines, the
+/// fields the upstream received.
+async fn fields_seen_upstream(fields: &[(&str, &str)]) -> (StatusCode, Vec<String>) {
+    let mail = unique("mail");
+    let upstream = http_upstream("mail-upstream").await;
+    let running = serve(&mail, upstream, &[]).await;
+    let mut request = Request::get(url(&running, &mail, "/headers"));
+    for (name, value) in fields {
+        request = request.header(*name, *value);
+    }
+    let request = request.body(Full::default()).unwrap();
+    let response = fetch(&client(), request)
+        .await
+        .expect("request is answered");
+    (response.status(), header_lines(response.body()))
+}
+
+/// Asserts that no field named in `gone` is among the `/headers` lines `seen`.
+fn assert_not_seen(seen: &[String], gone: &[&str]) {
+    for gone in gone {
+        assert!(
+            !seen
+                .iter()
+                .any(|line| line.starts_with(&format!("{gone}:"))),
+            "upstream saw `{gone}`: {seen:?}"
+        );
+    }
 }
 
 /// Whether a client error says the connection closed before a response.
@@ -1114,11 +874,20 @@ async fn assert_dropped(client: &Client<HttpConnector, Full<Bytes>>, url: &str) 
 
 /// Connects to `addr` and writes `request`, an HTTP/1.1 request written out.
 async fn raw_request(addr: SocketAddr, request: &str) -> TcpStream {
-    let mut stream = within(STEP, TcpStream::connect(addr)).await.unwrap();
+    let mut stream = connect(addr).await;
     within(STEP, stream.write_all(request.as_bytes()))
         .await
         .unwrap();
     stream
+}
+
+/// Connects to `addr` and writes an HTTP/1.1 GET of `path`.
+async fn raw_get(addr: SocketAddr, path: &str) -> TcpStream {
+    raw_request(
+        addr,
+        &format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n"),
+    )
+    .await
 }
 
 /// Reads a response head up to its blank line, one byte at a time so that

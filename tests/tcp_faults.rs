@@ -192,8 +192,7 @@ async fn a_datacenter_fault_leaves_other_datacenters_untouched() {
     let upstream = echo_upstream().await;
     let services = [("dc-a", upstream), ("dc-b", upstream)];
     let drill = Drill::start(&services, &["datacenter = 'dc-a'; action = 'blackhole'"]).await;
-    let connect = within(STEP, TcpStream::connect(drill.addr(1))).await;
-    let mut open_in_b = connect.expect("the proxy accepts connections");
+    let mut open_in_b = connect(drill.addr(1)).await;
     carry_echo(&mut open_in_b, b"before").await;
     drill.activate().await;
     assert_eq!(probe(drill.addr(0), SILENCE).await, Fate::Silent);
@@ -246,10 +245,12 @@ async fn a_staged_fault_waits_for_its_offset_and_ends_after_its_duration() {
 async fn an_activation_with_a_duration_ends_by_itself() {
     let drill = Drill::echo("action = 'drop'").await;
     let activated = Instant::now();
-    let path = format!("/faults/{}", drill.scenarios[0]);
-    let body = r#"{"duration": "600ms"}"#;
-    let (status, answer) = admin(&drill.running, Method::POST, &path, body).await;
-    assert_eq!(status, StatusCode::CREATED, "{answer}");
+    activate_with(
+        &drill.running,
+        &drill.scenarios[0],
+        r#"{"duration": "600ms"}"#,
+    )
+    .await;
     assert_eq!(probe(drill.addr(0), REACH).await, Fate::Cut);
     let ended = until_fate(drill.addr(0), Fate::Echoed).await - activated;
     assert!(ended >= ms(600), "the activation ended after {ended:?}");
@@ -270,11 +271,11 @@ async fn connections_are_counted_by_outcome_and_faults_by_action_and_scenario() 
     assert_eq!(probe(drill.addr(0), REACH).await, Fate::Echoed);
     // Otherwise the drop could also count against the probe's connection.
     drill.settled().await;
-    drill.post(drop).await;
+    activate(&drill.running, drop).await;
     assert_eq!(probe(drill.addr(0), REACH).await, Fate::Cut);
     assert_eq!(probe(drill.addr(0), REACH).await, Fate::Cut);
-    drill.delete(drop).await;
-    drill.post(blackhole).await;
+    lift(&drill.running, drop).await;
+    activate(&drill.running, blackhole).await;
     assert_eq!(probe(drill.addr(0), SILENCE).await, Fate::Silent);
 
     assert_eq!(drill.connections("forwarded").await, 1.0);
@@ -328,10 +329,7 @@ async fn open_connections_are_counted_while_they_last() {
 
 #[tokio::test]
 async fn an_unreachable_upstream_closes_the_client_connection_quickly() {
-    let nothing = {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        listener.local_addr().unwrap()
-    };
+    let (nothing, _reserved) = unreachable_upstream();
     let drill = Drill::start(&[("dc-a", nothing)], &[]).await;
     let mut client = drill.connect().await;
     assert_closed(&mut client, "a connection to an unreachable upstream").await;
@@ -357,21 +355,15 @@ impl Drill {
     async fn start(services: &[(&str, SocketAddr)], faults: &[&str]) -> Drill {
         let names: Vec<String> = services.iter().map(|_| unique("tcp")).collect();
         let scenarios: Vec<String> = faults.iter().map(|_| unique("scenario")).collect();
-        let mut plan = String::from(
-            "[admin]\nlisten = '127.0.0.1:0'\n[datacenters.dc-a]\n[datacenters.dc-b]\n",
-        );
+        let mut plan = PlanText::new(&["dc-a", "dc-b"]);
         for (name, (datacenter, upstream)) in names.iter().zip(services) {
-            plan += &format!(
-                "[services.{name}]\ndatacenter = '{datacenter}'\nprotocol = 'tcp'\n\
-                 listen = '127.0.0.1:0'\nupstream = '{upstream}'\n"
-            );
+            plan = plan.tcp(name, datacenter, *upstream);
         }
         for (scenario, fault) in scenarios.iter().zip(faults) {
-            let fault = fault.replace("; ", "\n").replace("$SERVICE", &names[0]);
-            plan += &format!("[scenarios.{scenario}]\n[[scenarios.{scenario}.faults]]\n{fault}\n");
+            plan = plan.scenario(scenario, &[&fault.replace("$SERVICE", &names[0])]);
         }
         Drill {
-            running: start(&plan).await,
+            running: plan.start().await,
             services: names,
             scenarios,
         }
@@ -401,74 +393,51 @@ impl Drill {
     }
 
     fn addr(&self, index: usize) -> SocketAddr {
-        let addr = self.running.service_addr(&self.services[index]);
-        addr.expect("the service listens")
+        addr(&self.running, &self.services[index])
     }
 
     /// A connection to the first service.
     async fn connect(&self) -> TcpStream {
-        let stream = within(STEP, TcpStream::connect(self.addr(0))).await;
-        stream.expect("the proxy accepts connections")
+        connect(self.addr(0)).await
     }
 
     /// Activates the first scenario.
     async fn activate(&self) {
-        self.post(&self.scenarios[0]).await;
+        activate(&self.running, &self.scenarios[0]).await;
     }
 
     /// Lifts the first scenario.
     async fn lift(&self) {
-        self.delete(&self.scenarios[0]).await;
-    }
-
-    async fn post(&self, scenario: &str) {
-        let path = format!("/faults/{scenario}");
-        let (status, body) = admin(&self.running, Method::POST, &path, "").await;
-        assert_eq!(status, StatusCode::CREATED, "{body}");
-    }
-
-    async fn delete(&self, scenario: &str) {
-        let path = format!("/faults/{scenario}");
-        let (status, body) = admin(&self.running, Method::DELETE, &path, "").await;
-        assert_eq!(status, StatusCode::OK, "{body}");
-        assert_eq!(body["lifted"], true, "{body}");
-    }
-
-    /// A metric of the first service, summed over samples matching `labels`.
-    async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        let mut labels = labels.to_vec();
-        labels.push(("service", self.service()));
-        sample(&metrics(&self.running).await, name, &labels)
+        lift(&self.running, &self.scenarios[0]).await;
     }
 
     /// `firedrill_connections_total` of the first service for `outcome`.
     async fn connections(&self, outcome: &str) -> f64 {
-        let labels = [("outcome", outcome)];
-        self.metric("firedrill_connections_total", &labels).await
+        let labels = [("service", self.service()), ("outcome", outcome)];
+        let text = metrics(&self.running).await;
+        sample(&text, "firedrill_connections_total", &labels)
     }
 
-    /// Waits up to [`REACH`] for a metric to reach `floor`; returns its value.
+    /// Waits up to [`REACH`] for a metric of the first service, summed over
+    /// samples matching `labels`, to reach `floor`; returns its value.
     async fn metric_at_least(&self, name: &str, labels: &[(&str, &str)], floor: f64) -> f64 {
-        let deadline = Instant::now() + REACH;
-        loop {
-            let value = self.metric(name, labels).await;
-            if value >= floor || Instant::now() > deadline {
-                return value;
-            }
-            tokio::time::sleep(ms(20)).await;
-        }
+        let mut labels = labels.to_vec();
+        labels.push(("service", self.service()));
+        poll_sample(&self.running, name, &labels, REACH, |v| v >= floor).await
     }
 
     /// Waits up to [`REACH`] until the first service has no open connection.
     async fn settled(&self) {
-        let deadline = Instant::now() + REACH;
-        while self.metric("firedrill_connections_active", &[]).await > 0.0 {
-            assert!(
-                Instant::now() < deadline,
-                "connections open after {REACH:?}"
-            );
-            tokio::time::sleep(ms(20)).await;
-        }
+        let labels = [("service", self.service())];
+        let open = poll_sample(
+            &self.running,
+            "firedrill_connections_active",
+            &labels,
+            REACH,
+            |v| v <= 0.0,
+        )
+        .await;
+        assert!(open <= 0.0, "{open} connections open after {REACH:?}");
     }
 
     /// Waits up to [`REACH`] until the first scenario's `action` has hit a
@@ -519,8 +488,7 @@ enum Fate {
 /// Opens a connection to `addr`, sends a line and waits up to `patience`
 /// for its echo.
 async fn probe(addr: SocketAddr, patience: Duration) -> Fate {
-    let connect = within(STEP, TcpStream::connect(addr)).await;
-    let mut stream = connect.expect("the proxy accepts connections");
+    let mut stream = connect(addr).await;
     if within(STEP, stream.write_all(b"ping\n")).await.is_err() {
         return Fate::Cut;
     }
@@ -574,14 +542,6 @@ async fn carry(from: &mut TcpStream, to: &mut TcpStream, data: &[u8]) -> Duratio
     let mut got = vec![0u8; data.len()];
     within(STEP, to.read_exact(&mut got)).await.expect("read");
     assert_eq!(got, data);
-    sent.elapsed()
-}
-
-/// A round trip through an echo upstream; returns how long it took.
-async fn carry_echo(stream: &mut TcpStream, data: &[u8]) -> Duration {
-    let sent = Instant::now();
-    let back = within(STEP, echo_round_trip(stream, data)).await;
-    assert_eq!(back.expect("echo round trip"), data);
     sent.elapsed()
 }
 

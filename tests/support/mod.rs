@@ -1,13 +1,18 @@
-//! Shared helpers for the integration tests: real upstream servers on
-//! 127.0.0.1:0, a started firedrill, and small clients. Every network wait
-//! goes through [`within`] so no test can hang.
+//! Shared helpers for the integration tests: plans written from short
+//! specs, real upstream servers on 127.0.0.1:0, a started firedrill, small
+//! clients, the admin calls and metric waits tests repeat, and child
+//! processes that cannot outlive a test. Every network wait is bounded
+//! (mostly through [`within`]) so no test can hang.
 #![allow(dead_code)]
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::io::Read;
 use std::net::SocketAddr;
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
@@ -18,7 +23,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 use firedrill::Running;
 
@@ -47,6 +52,114 @@ pub fn unique(prefix: &str) -> String {
 pub async fn start(plan: &str) -> Running {
     let plan = firedrill::config::parse(plan, "test.toml").unwrap_or_else(|e| panic!("{e}"));
     firedrill::start(plan).await.expect("firedrill starts")
+}
+
+// --- Plans --------------------------------------------------------------------
+
+/// The TOML text of a plan, written from short specs: an admin API and every
+/// service listen on 127.0.0.1:0. Where a method takes `lines`, they are the
+/// `key = value` lines of one table joined with "; ", like
+/// `"service = 'talk'; action = 'delay'; latency = '50ms'"`.
+pub struct PlanText(String);
+
+impl PlanText {
+    /// An admin API and one datacenter, without settings, per name.
+    pub fn new(datacenters: &[&str]) -> PlanText {
+        let mut plan = PlanText("[admin]\nlisten = '127.0.0.1:0'\n".to_owned());
+        for name in datacenters {
+            plan = plan.datacenter(name, "");
+        }
+        plan
+    }
+
+    /// Adds `[datacenters.NAME]` with the given `lines` (may be empty).
+    pub fn datacenter(self, name: &str, lines: &str) -> PlanText {
+        self.table(&format!("[datacenters.{name}]"), lines)
+    }
+
+    /// Adds `[services.NAME]` for a `protocol` service in front of
+    /// `upstream`, plus any further `lines` (may be empty).
+    pub fn service(
+        self,
+        name: &str,
+        datacenter: &str,
+        protocol: &str,
+        upstream: SocketAddr,
+        lines: &str,
+    ) -> PlanText {
+        let required = format!(
+            "datacenter = '{datacenter}'; protocol = '{protocol}'; \
+             listen = '127.0.0.1:0'; upstream = '{upstream}'"
+        );
+        self.table(&format!("[services.{name}]"), &required)
+            .lines(lines)
+    }
+
+    /// Adds an http service in front of `upstream`.
+    pub fn http(self, name: &str, datacenter: &str, upstream: SocketAddr) -> PlanText {
+        self.service(name, datacenter, "http", upstream, "")
+    }
+
+    /// Adds a tcp service in front of `upstream`.
+    pub fn tcp(self, name: &str, datacenter: &str, upstream: SocketAddr) -> PlanText {
+        self.service(name, datacenter, "tcp", upstream, "")
+    }
+
+    /// Adds a scenario with one `[[faults]]` table per entry of `faults`,
+    /// each written as its `lines`.
+    pub fn scenario(self, name: &str, faults: &[&str]) -> PlanText {
+        self.scenario_with(name, "", faults)
+    }
+
+    /// Like [`PlanText::scenario`], with the scenario's own `lines` first
+    /// (like `"description = '...'; max_duration = '5m'"`).
+    pub fn scenario_with(self, name: &str, lines: &str, faults: &[&str]) -> PlanText {
+        let mut plan = self.table(&format!("[scenarios.{name}]"), lines);
+        for fault in faults {
+            plan = plan.table(&format!("[[scenarios.{name}.faults]]"), fault);
+        }
+        plan
+    }
+
+    /// Adds a scenario with one fault that selects `service` and has the
+    /// further `lines` (like `"action = 'drop'"`).
+    pub fn fault(self, scenario: &str, service: &str, lines: &str) -> PlanText {
+        self.scenario(scenario, &[&format!("service = '{service}'; {lines}")])
+    }
+
+    /// The plan as TOML.
+    pub fn toml(&self) -> &str {
+        &self.0
+    }
+
+    /// Parses the plan and starts firedrill on it.
+    pub async fn start(&self) -> Running {
+        start(&self.0).await
+    }
+
+    fn table(mut self, header: &str, lines: &str) -> PlanText {
+        self.0 += &format!("\n{header}\n");
+        self.lines(lines)
+    }
+
+    fn lines(mut self, lines: &str) -> PlanText {
+        for line in lines.split("; ").filter(|line| !line.is_empty()) {
+            self.0 += &format!("{line}\n");
+        }
+        self
+    }
+}
+
+/// Where `service` of a running firedrill listens.
+pub fn addr(running: &Running, service: &str) -> SocketAddr {
+    running
+        .service_addr(service)
+        .unwrap_or_else(|| panic!("service `{service}` is in the plan"))
+}
+
+/// An `http://` URL for `path` on `service`.
+pub fn url(running: &Running, service: &str, path: &str) -> String {
+    format!("http://{}{path}", addr(running, service))
 }
 
 /// A TCP echo server on an ephemeral loopback port.
@@ -175,6 +288,32 @@ pub async fn admin(
     (status, json)
 }
 
+/// Activates `scenario` with the JSON `body` (empty for none), asserts that
+/// the admin API answers 201, and returns its answer.
+pub async fn activate_with(running: &Running, scenario: &str, body: &str) -> serde_json::Value {
+    let path = format!("/faults/{scenario}");
+    let (status, answer) = admin(running, Method::POST, &path, body).await;
+    assert_eq!(
+        status,
+        StatusCode::CREATED,
+        "activating {scenario}: {answer}"
+    );
+    answer
+}
+
+/// Activates `scenario` and asserts that the admin API answers 201.
+pub async fn activate(running: &Running, scenario: &str) {
+    activate_with(running, scenario, "").await;
+}
+
+/// Lifts `scenario` and asserts that the admin API says it lifted it.
+pub async fn lift(running: &Running, scenario: &str) {
+    let path = format!("/faults/{scenario}");
+    let (status, body) = admin(running, Method::DELETE, &path, "").await;
+    assert_eq!(status, StatusCode::OK, "lifting {scenario}: {body}");
+    assert_eq!(body["lifted"], true, "lifting {scenario}: {body}");
+}
+
 /// The Prometheus text from `/metrics`.
 pub async fn metrics(running: &Running) -> String {
     let (status, text) = get(running.admin_addr(), "/metrics").await;
@@ -197,6 +336,51 @@ pub fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
         .sum()
 }
 
+/// Polls `/metrics` until the sample of `name` with `labels` makes `done`
+/// true, for at most `limit`. Returns the last value read (NaN if none),
+/// whether or not it got there.
+pub async fn poll_sample(
+    running: &Running,
+    name: &str,
+    labels: &[(&str, &str)],
+    limit: Duration,
+    done: impl Fn(f64) -> bool,
+) -> f64 {
+    let mut last = f64::NAN;
+    let _ = tokio::time::timeout(limit, async {
+        loop {
+            last = sample(&metrics(running).await, name, labels);
+            if done(last) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    last
+}
+
+/// Waits until the sample of `name` with `labels` is `value`; fails the
+/// test after [`STEP`].
+pub async fn wait_for_sample(running: &Running, name: &str, labels: &[(&str, &str)], value: f64) {
+    let last = poll_sample(running, name, labels, STEP, |v| v == value).await;
+    assert_eq!(last, value, "{name} {labels:?} after waiting {STEP:?}");
+}
+
+/// A connection to `addr`.
+pub async fn connect(addr: SocketAddr) -> TcpStream {
+    let stream = within(STEP, TcpStream::connect(addr)).await;
+    stream.expect("the proxy accepts connections")
+}
+
+/// A loopback address that refuses connections: a socket bound there
+/// without listening. No other test can take the port while it lives.
+pub fn unreachable_upstream() -> (SocketAddr, TcpSocket) {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    (socket.local_addr().unwrap(), socket)
+}
+
 /// Writes `data` and reads back exactly as many bytes (through an echo).
 pub async fn echo_round_trip(stream: &mut TcpStream, data: &[u8]) -> std::io::Result<Vec<u8>> {
     stream.write_all(data).await?;
@@ -214,4 +398,95 @@ pub async fn closed_within(
     tokio::time::timeout(limit, stream.read(&mut buf))
         .await
         .ok()
+}
+
+/// A round trip through an echo upstream: asserts that `data` comes back
+/// and returns how long that took.
+pub async fn carry_echo(stream: &mut TcpStream, data: &[u8]) -> Duration {
+    let sent = Instant::now();
+    let back = within(STEP, echo_round_trip(stream, data)).await;
+    assert_eq!(back.expect("echo round trip"), data);
+    sent.elapsed()
+}
+
+// --- Child processes ------------------------------------------------------------
+
+/// A child process that is killed (by its PID) if the test lets go of it
+/// while it still runs, whichever way the test ends.
+pub struct Process(pub Child);
+
+impl Process {
+    /// Waits up to `limit` for the process to exit; kills it and returns
+    /// `None` if it does not.
+    pub fn wait_within(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.0.try_wait().expect("polling a child") {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// Reads a pipe to its end on a thread of its own, so the child never blocks.
+pub fn collect(mut pipe: impl Read + Send + 'static) -> JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = pipe.read_to_string(&mut text);
+        text
+    })
+}
+
+/// How a program run to its end went.
+#[derive(Debug)]
+pub struct Ran {
+    /// `None` when it hung and was killed at the limit.
+    pub status: Option<ExitStatus>,
+    pub stdout: String,
+    pub stderr: String,
+    pub elapsed: Duration,
+}
+
+impl Ran {
+    pub fn succeeded(&self) -> bool {
+        self.status.is_some_and(|s| s.success())
+    }
+}
+
+/// Runs `command` to its end with its output captured and no input,
+/// killing it by PID if it outlives `limit`.
+pub fn run_captured(command: &mut Command, limit: Duration) -> Ran {
+    let started = Instant::now();
+    let child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {:?}: {e}", command.get_program()));
+    let mut child = Process(child);
+    let stdout = collect(child.0.stdout.take().unwrap());
+    let stderr = collect(child.0.stderr.take().unwrap());
+    let status = child.wait_within(limit);
+    let elapsed = started.elapsed();
+    Ran {
+        status,
+        stdout: stdout.join().unwrap(),
+        stderr: stderr.join().unwrap(),
+        elapsed,
+    }
 }
