@@ -194,7 +194,7 @@ impl Proxy {
         }
         match step {
             Step::Forward => {
-                let (outcome, result) = self.forward(request, forwarded_for, delay).await;
+                let (outcome, result) = self.forward(request, forwarded_for, delay, seed).await;
                 tally.outcome = outcome;
                 result
             }
@@ -279,9 +279,10 @@ impl Proxy {
         mut request: Request<Incoming>,
         forwarded_for: HeaderValue,
         delay: Duration,
+        seed: u64,
     ) -> (Outcome, Result<Response<ProxyBody>, Refused>) {
         if upgrade::is_upgrade(request.headers()) {
-            let (outcome, response) = self.upgrade(request, forwarded_for).await;
+            let (outcome, response) = self.upgrade(request, forwarded_for, seed).await;
             let outcome = match outcome {
                 Outcome::Forwarded if !delay.is_zero() => Outcome::Delayed,
                 outcome => outcome,

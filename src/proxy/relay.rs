@@ -49,11 +49,13 @@ pub(crate) struct Connection {
 }
 
 impl Connection {
-    pub fn new(context: &ServiceContext) -> Connection {
+    /// `seed` fixes this connection's probability rolls: random for a TCP
+    /// connection, the request's own for an upgraded HTTP connection.
+    pub fn new(context: &ServiceContext, seed: u64) -> Connection {
         let mut changes = context.live.subscribe();
         changes.borrow_and_update();
         Connection {
-            seed: rand::random(),
+            seed,
             counted: Vec::new(),
             changes,
         }
@@ -179,6 +181,16 @@ where
     UR: AsyncRead + Unpin,
     UW: AsyncWrite + Unpin,
 {
+    // A cut may already be in force (an upgraded HTTP connection is
+    // evaluated only once its upgrade completes).
+    match effect.cut {
+        Cut::Drop => return End::Dropped,
+        Cut::Blackhole => {
+            let upstream = Some(&mut upstream_read);
+            return hold(&mut client_read, upstream, context, connection, hard_stop).await;
+        }
+        Cut::None => {}
+    }
     let delays = [SharedLatency::default(), SharedLatency::default()];
     delays[0].set(effect.upstream);
     delays[1].set(effect.downstream);

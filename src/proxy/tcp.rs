@@ -49,7 +49,7 @@ async fn handle(
 ) {
     let _active = context.metrics.connection_opened();
     let _ = client.set_nodelay(true);
-    let mut connection = Connection::new(context);
+    let mut connection = Connection::new(context, rand::random());
     let mut client = client;
     let mut effect = connection.evaluate(context);
     let delayed = !effect.setup.is_zero();

@@ -33,8 +33,9 @@ impl Proxy {
         &self,
         request: Request<Incoming>,
         forwarded_for: HeaderValue,
+        seed: u64,
     ) -> (Outcome, Response<ProxyBody>) {
-        match self.try_upgrade(request, forwarded_for).await {
+        match self.try_upgrade(request, forwarded_for, seed).await {
             Ok(response) => (Outcome::Forwarded, response),
             Err(failure) => (Outcome::UpstreamError, failure),
         }
@@ -44,6 +45,7 @@ impl Proxy {
         &self,
         mut request: Request<Incoming>,
         forwarded_for: HeaderValue,
+        seed: u64,
     ) -> Result<Response<ProxyBody>, Response<ProxyBody>> {
         let service = &self.context.service;
         let client_upgrade = hyper::upgrade::on(&mut request);
@@ -92,7 +94,7 @@ impl Proxy {
                 let _active = context.metrics.connection_opened();
                 let (client_read, client_write) = tokio::io::split(TokioIo::new(client));
                 let (upstream_read, upstream_write) = tokio::io::split(TokioIo::new(upstream));
-                let mut connection = Connection::new(&context);
+                let mut connection = Connection::new(&context, seed);
                 let effect = connection.evaluate(&context);
                 relay::relay(
                     client_read,
