@@ -124,6 +124,24 @@ async fn an_open_connection_picks_up_a_delay_when_it_starts() {
 }
 
 #[tokio::test]
+async fn lifting_a_delay_releases_an_open_connection_at_once() {
+    let drill = Drill::echo("action = 'delay'; latency = '2s'; direction = 'upstream'").await;
+    let mut client = drill.connect().await;
+    drill.activate().await;
+    drill.injected("delay").await;
+    let delayed = carry_echo(&mut client, b"slow").await;
+    assert!(delayed >= ms(2000), "delayed round trip took {delayed:?}");
+    drill.lift().await;
+    // The next chunk arrives after the lift, so it must not wait the
+    // lifted 2 s (a generous bound: this checks behaviour, not speed).
+    let released = carry_echo(&mut client, b"fast").await;
+    assert!(
+        released < ms(1500),
+        "round trip after the lift took {released:?}"
+    );
+}
+
+#[tokio::test]
 async fn an_upstream_delay_holds_back_bytes_sent_to_the_service() {
     let (up, _) = one_way_delays("upstream").await;
     assert!(up >= ms(300), "client to service took {up:?}");

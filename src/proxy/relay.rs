@@ -108,10 +108,7 @@ impl Connection {
             tokio::select! {
                 () = hard_stop.cancelled() => return None,
                 changed = self.changes.changed() => {
-                    if changed.is_err() {
-                        // The rules can no longer change: nothing will cut us.
-                        std::future::pending::<()>().await;
-                    }
+                    changed.expect("the rules outlive every connection");
                 }
             }
             let effect = self.evaluate(context);
@@ -276,9 +273,7 @@ where
                 upstream_open = matches!(read, Ok(n) if n > 0);
             }
             changed = connection.changes.changed() => {
-                if changed.is_err() {
-                    std::future::pending::<()>().await;
-                }
+                changed.expect("the rules outlive every connection");
                 match connection.evaluate(context).cut {
                     Cut::Blackhole => {}
                     Cut::Drop => return End::Dropped,
@@ -309,50 +304,40 @@ where
     let mut last_due = Instant::now();
     let mut eof = false;
     loop {
-        let latency = delay.get();
-        if queue.is_empty() {
+        let n = if queue.is_empty() {
             if eof {
                 // Half-close: pass the end of this direction on and let the
                 // other direction keep flowing.
                 return writer.shutdown().await;
             }
-            if latency.is_zero() {
-                let n = reader.read(&mut buf).await?;
-                if n == 0 {
-                    eof = true;
+            reader.read(&mut buf).await?
+        } else {
+            let front_due = queue.front().map(|(due, _)| *due);
+            tokio::select! {
+                biased;
+                () = sleep_until_some(front_due) => {
+                    let (_, chunk) = queue.pop_front().expect("a due chunk is queued");
+                    queued -= chunk.len();
+                    writer.write_all(&chunk).await?;
+                    context.count_bytes(flow, chunk.len());
                     continue;
                 }
-                // A delay may have started while the read waited: these
-                // bytes arrived under it, so they wait too.
-                let latency = delay.get();
-                if latency.is_zero() {
-                    writer.write_all(&buf[..n]).await?;
-                    context.count_bytes(flow, n);
-                } else {
-                    last_due = enqueue(&mut queue, &buf[..n], latency, last_due);
-                    queued += n;
-                }
-                continue;
+                read = reader.read(&mut buf), if !eof && queued < MAX_DELAYED => read?,
             }
+        };
+        if n == 0 {
+            eof = true;
+            continue;
         }
-        let front_due = queue.front().map(|(due, _)| *due);
-        tokio::select! {
-            biased;
-            () = sleep_until_some(front_due) => {
-                let (_, chunk) = queue.pop_front().expect("a due chunk is queued");
-                queued -= chunk.len();
-                writer.write_all(&chunk).await?;
-                context.count_bytes(flow, chunk.len());
-            }
-            read = reader.read(&mut buf), if !eof && queued < MAX_DELAYED => {
-                let n = read?;
-                if n == 0 {
-                    eof = true;
-                } else {
-                    last_due = enqueue(&mut queue, &buf[..n], latency, last_due);
-                    queued += n;
-                }
-            }
+        // The delay in force when the bytes arrive is the one they get, so
+        // a delay that starts or ends while a read waits applies at once.
+        let latency = delay.get();
+        if latency.is_zero() && queue.is_empty() {
+            writer.write_all(&buf[..n]).await?;
+            context.count_bytes(flow, n);
+        } else {
+            last_due = enqueue(&mut queue, &buf[..n], latency, last_due);
+            queued += n;
         }
     }
 }

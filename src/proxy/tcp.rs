@@ -138,14 +138,12 @@ async fn wait_for_setup(
 ) -> Option<Effect> {
     let wait = tokio::time::sleep(setup.sample(rand::random()));
     tokio::pin!(wait);
-    let mut watching = true;
     loop {
         tokio::select! {
             () = hard_stop.cancelled() => return None,
             () = &mut wait => break,
-            changed = connection.changes.changed(), if watching => {
-                // An error means the rules can no longer change.
-                watching = changed.is_ok();
+            changed = connection.changes.changed() => {
+                changed.expect("the rules outlive every connection");
                 let effect = connection.evaluate(context);
                 if effect.cut != Cut::None || effect.setup.is_zero() {
                     return Some(effect);
