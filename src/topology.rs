@@ -84,13 +84,6 @@ pub struct Upstream {
     pub has_scheme: bool,
 }
 
-impl Upstream {
-    /// The base URI of an http upstream.
-    pub fn http_uri(&self) -> String {
-        format!("http://{}", self.authority)
-    }
-}
-
 impl TryFrom<String> for Upstream {
     type Error = String;
 
@@ -110,12 +103,12 @@ impl TryFrom<String> for Upstream {
                 "upstream `{value}` has a path; give only `host:port` (paths are passed through from the client)"
             ));
         }
-        let port_ok = authority
-            .rsplit_once(':')
-            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
-        if !port_ok {
+        // Parsed as an HTTP authority, so what `check` accepts every
+        // listener can use (IPv6 needs brackets: `[::1]:9001`).
+        let parsed: Option<http::uri::Authority> = authority.parse().ok();
+        if !parsed.is_some_and(|a| a.port_u16().is_some() && !a.host().is_empty()) {
             return Err(format!(
-                "upstream `{value}` needs a host and a port, like `127.0.0.1:9001`"
+                "upstream `{value}` needs a host and a port, like `127.0.0.1:9001` or `[::1]:9001`"
             ));
         }
         Ok(Upstream {

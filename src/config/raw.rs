@@ -246,15 +246,21 @@ impl TryFrom<String> for HumanDuration {
     type Error = String;
 
     fn try_from(value: String) -> Result<Self, Self::Error> {
-        humantime::parse_duration(&value)
-            .map(HumanDuration)
-            .map_err(|e| {
-                format!(
-                    "invalid duration `{value}` ({e}); write it like \"250ms\", \"30s\" or \"5m\""
-                )
-            })
+        let duration = humantime::parse_duration(&value).map_err(|e| {
+            format!("invalid duration `{value}` ({e}); write it like \"250ms\", \"30s\" or \"5m\"")
+        })?;
+        if duration > MAX_DURATION {
+            return Err(format!(
+                "duration `{value}` is longer than the 30 days firedrill allows"
+            ));
+        }
+        Ok(HumanDuration(duration))
     }
 }
+
+/// No duration in a plan may exceed this: a game day is not a month, and a
+/// bound keeps every deadline computation far from overflowing.
+pub const MAX_DURATION: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// A probability in `0..=1`.
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize)]

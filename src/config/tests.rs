@@ -252,3 +252,47 @@ fn a_fault_needs_a_selector_that_matches() {
     assert!(errors[0].message.contains("needs a selector"));
     assert!(errors[1].message.contains("not in that datacenter"));
 }
+
+#[test]
+fn an_error_fault_may_not_set_framing_headers() {
+    let source = format!(
+        "{MINIMAL}\n[scenarios.s]\n[[scenarios.s.faults]]\nservice = \"talk\"\naction = \"error\"\nstatus = 503\nheaders = {{ \"content-length\" = \"2\" }}\n"
+    );
+    let (line, _, message) = one_error(&source);
+    assert_eq!(line, 22);
+    assert!(
+        message.contains("header `content-length` is set by firedrill itself"),
+        "{message}"
+    );
+}
+
+#[test]
+fn durations_longer_than_thirty_days_are_rejected() {
+    let source = format!(
+        "{MINIMAL}\n[scenarios.s]\nmax_duration = \"300000000000years\"\n[[scenarios.s.faults]]\nservice = \"talk\"\naction = \"drop\"\n"
+    );
+    let (line, _, message) = one_error(&source);
+    assert_eq!(line, 18);
+    assert!(message.contains("longer than the 30 days"), "{message}");
+}
+
+#[test]
+fn upstreams_must_be_usable_authorities() {
+    let source = MINIMAL.replace("\"127.0.0.1:6379\"", "\"::1:6379\"");
+    let (line, _, message) = one_error(&source);
+    assert_eq!(line, 15);
+    assert!(message.contains("`[::1]:9001`"), "{message}");
+    let ipv6 = MINIMAL.replace("\"127.0.0.1:6379\"", "\"[::1]:6379\"");
+    assert!(parse(&ipv6, "plan.toml").is_ok());
+}
+
+#[test]
+fn a_service_may_not_forward_to_itself() {
+    let source = MINIMAL.replace("\"127.0.0.1:6379\"", "\"127.0.0.1:16379\"");
+    let (line, _, message) = one_error(&source);
+    assert_eq!(line, 15);
+    assert!(
+        message.contains("forwards to its own listen address"),
+        "{message}"
+    );
+}

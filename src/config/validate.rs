@@ -21,6 +21,20 @@ const DEFAULT_MAX_DURATION: Duration = Duration::from_secs(15 * 60);
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Headers that frame or route a response: an `error` fault may not set
+/// them, or the response it injects would be malformed.
+const FRAMING: [&str; 9] = [
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+    "host",
+];
+
 type Report<'r> = &'r mut dyn FnMut(Range<usize>, String);
 
 pub(super) fn validate(raw: raw::Plan, report: Report<'_>) -> Plan {
@@ -36,11 +50,7 @@ pub(super) fn validate(raw: raw::Plan, report: Report<'_>) -> Plan {
     };
     let topology = topology(&raw, report);
     let mut listeners: HashMap<SocketAddr, String> = HashMap::new();
-    if let Some(listen) = &raw.admin.listen {
-        listeners.insert(*listen.get_ref(), "the admin API".to_owned());
-    } else {
-        listeners.insert(admin.listen, "the admin API".to_owned());
-    }
+    listeners.insert(admin.listen, "the admin API".to_owned());
     for (name, service) in &raw.services {
         let addr = *service.listen.get_ref();
         if addr.port() == 0 {
@@ -130,6 +140,15 @@ fn topology(raw: &raw::Plan, report: Report<'_>) -> Topology {
                     name.get_ref()
                 ),
             ),
+        }
+        if service.upstream.get_ref().authority == service.listen.get_ref().to_string() {
+            report(
+                service.upstream.span(),
+                format!(
+                    "service `{}` forwards to its own listen address; point upstream at the real service",
+                    name.get_ref()
+                ),
+            );
         }
         if service.protocol == Protocol::Tcp && service.upstream.get_ref().has_scheme {
             report(
@@ -481,6 +500,12 @@ impl FaultCheck<'_, '_> {
                     HeaderName::from_bytes(name.as_bytes()),
                     HeaderValue::from_str(value),
                 ) {
+                    (Ok(name), _) if FRAMING.contains(&name.as_str()) => self.problem(
+                        Some(raw_headers.span()),
+                        format!(
+                            "header `{name}` is set by firedrill itself and cannot be injected"
+                        ),
+                    ),
                     (Ok(name), Ok(value)) => {
                         headers.append(name, value);
                     }
