@@ -136,7 +136,10 @@ pub async fn start(mut plan: Plan) -> Result<Running, StartError> {
         let context = Arc::new(ServiceContext {
             service: Arc::new(service.clone()),
             live: Arc::clone(&live),
-            metrics: metrics::ServiceMetrics::new(service),
+            metrics: metrics::ServiceMetrics::new(
+                service,
+                plan.scenarios.iter().flat_map(|s| s.faults.iter().map(|f| &**f)),
+            ),
         });
         let handle = shutdown.clone();
         match service.protocol {

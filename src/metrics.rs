@@ -3,7 +3,8 @@
 //! scenarios, actions), never from client input. Hot-path handles are
 //! registered once per service so counting is an atomic add.
 
-use std::sync::{Arc, OnceLock};
+use std::collections::HashMap;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
@@ -11,7 +12,7 @@ use metrics::{Counter, Gauge, Histogram, Unit};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::fault::Fault;
-use crate::topology::Service;
+use crate::topology::{Protocol, Service};
 
 pub const REQUESTS_TOTAL: &str = "firedrill_requests_total";
 pub const CONNECTIONS_TOTAL: &str = "firedrill_connections_total";
@@ -129,27 +130,35 @@ impl Outcome {
     }
 }
 
-/// One service's metric handles, registered once at start-up.
+/// One service's metric handles, registered once at start-up. Only the
+/// series that can move for the service's protocol are registered.
 #[derive(Debug, Clone)]
 pub struct ServiceMetrics {
-    service: Arc<str>,
-    datacenter: Arc<str>,
     requests: [Counter; 7],
     connections: [Counter; 7],
     active: Gauge,
     duration: Histogram,
     bytes_upstream: Counter,
     bytes_downstream: Counter,
+    /// `firedrill_faults_injected_total` for every fault that can hit the
+    /// service, by fault uid.
+    faults: HashMap<u64, Counter>,
 }
 
 impl ServiceMetrics {
-    pub fn new(service: &Service) -> ServiceMetrics {
+    /// Registers the service's series, including one per fault in `faults`
+    /// that targets it.
+    pub fn new<'a>(service: &Service, faults: impl Iterator<Item = &'a Fault>) -> ServiceMetrics {
         let labels = [
             ("service", service.name.to_string()),
             ("datacenter", service.datacenter.to_string()),
         ];
-        let by_outcome = |name: &'static str| {
+        let http = service.protocol == Protocol::Http;
+        let by_outcome = |name: &'static str, applies: &dyn Fn(Outcome) -> bool| {
             Outcome::ALL.map(|o| {
+                if !applies(o) {
+                    return Counter::noop();
+                }
                 let mut labels = labels.to_vec();
                 labels.push(("outcome", o.name().to_owned()));
                 counter!(name, &labels)
@@ -160,22 +169,38 @@ impl ServiceMetrics {
             labels.push(("direction", direction.to_owned()));
             counter!(BYTES_TOTAL, &labels)
         };
+        let faults = faults
+            .filter(|fault| fault.targets.contains(&service.id))
+            .map(|fault| {
+                let mut labels = labels.to_vec();
+                labels.push(("action", fault.action.name().to_owned()));
+                labels.push(("scenario", fault.scenario.to_string()));
+                (fault.uid, counter!(FAULTS_INJECTED_TOTAL, &labels))
+            })
+            .collect();
         ServiceMetrics {
-            service: Arc::clone(&service.name),
-            datacenter: Arc::clone(&service.datacenter),
-            requests: by_outcome(REQUESTS_TOTAL),
-            connections: by_outcome(CONNECTIONS_TOTAL),
+            requests: by_outcome(REQUESTS_TOTAL, &|o| http && o != Outcome::Accepted),
+            connections: by_outcome(CONNECTIONS_TOTAL, &|o| (o == Outcome::Accepted) == http),
             active: gauge!(CONNECTIONS_ACTIVE, &labels),
-            duration: histogram!(REQUEST_DURATION_SECONDS, &labels),
+            duration: if http {
+                histogram!(REQUEST_DURATION_SECONDS, &labels)
+            } else {
+                Histogram::noop()
+            },
             bytes_upstream: bytes("upstream"),
             bytes_downstream: bytes("downstream"),
+            faults,
         }
     }
 
     /// Counts one finished HTTP request and its client-observed duration.
     pub fn request(&self, outcome: Outcome, elapsed: Duration) {
         self.requests[outcome as usize].increment(1);
-        self.duration.record(elapsed.as_secs_f64());
+        // Blackholed and dropped requests never get response headers; held
+        // for minutes, they would swamp the latency of real answers.
+        if !matches!(outcome, Outcome::Blackholed | Outcome::Dropped) {
+            self.duration.record(elapsed.as_secs_f64());
+        }
     }
 
     /// Counts one accepted connection and returns a guard that keeps it in
@@ -201,14 +226,9 @@ impl ServiceMetrics {
     /// Counts faults that hit a request or connection.
     pub fn faults_injected(&self, faults: &[&Fault]) {
         for fault in faults {
-            counter!(
-                FAULTS_INJECTED_TOTAL,
-                "service" => self.service.to_string(),
-                "datacenter" => self.datacenter.to_string(),
-                "action" => fault.action.name(),
-                "scenario" => fault.scenario.to_string(),
-            )
-            .increment(1);
+            if let Some(counter) = self.faults.get(&fault.uid) {
+                counter.increment(1);
+            }
         }
     }
 }

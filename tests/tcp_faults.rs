@@ -311,6 +311,31 @@ async fn connections_are_counted_by_outcome_and_faults_by_action_and_scenario() 
     assert_eq!(injected("drop", drop), 2.0);
     assert_eq!(injected("blackhole", blackhole), 1.0);
     assert_eq!(injected("drop", blackhole), 0.0);
+    // A tcp service exports no HTTP-only series that could never move.
+    let service = format!("service=\"{}\"", drill.service());
+    for http_only in [
+        "firedrill_requests_total",
+        "firedrill_request_duration_seconds",
+    ] {
+        let exported = text
+            .lines()
+            .any(|l| l.starts_with(http_only) && l.contains(&service));
+        assert!(
+            !exported,
+            "{http_only} is exported for a tcp service: {}",
+            text.lines()
+                .filter(|l| l.contains(&service))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
+    let accepted = [("service", drill.service()), ("outcome", "accepted")];
+    assert!(!text
+        .lines()
+        .any(|l| l.starts_with("firedrill_connections_total")
+            && accepted
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))));
 }
 
 #[tokio::test]
