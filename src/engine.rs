@@ -222,12 +222,21 @@ impl Engine {
 
     /// Applies stage boundaries and expiry on time until `shutdown`.
     pub async fn run(self, shutdown: CancellationToken) {
+        // Activate and lift publish themselves and only wake this loop to
+        // reschedule; it publishes when a boundary or expiry is due, so one
+        // change never wakes every connection twice.
+        let mut due = true;
         loop {
             let next = {
                 let mut active = self.lock();
                 let now = Instant::now();
-                self.expire(&mut active, now);
-                self.publish(&active, now)
+                let expired = self.expire(&mut active, now);
+                let count = self.inner.plan.topology.services.len();
+                let (rules, next) = rules_at(count, active.values(), now);
+                if due || expired {
+                    self.inner.live.publish(rules);
+                }
+                next
             };
             let sleep = async {
                 match next {
@@ -237,8 +246,8 @@ impl Engine {
             };
             tokio::select! {
                 () = shutdown.cancelled() => return,
-                () = self.inner.wake.notified() => {}
-                () = sleep => {}
+                () = self.inner.wake.notified() => due = false,
+                () = sleep => due = true,
             }
         }
     }

@@ -138,17 +138,16 @@ pub async fn start(mut plan: Plan) -> Result<Running, StartError> {
             live: Arc::clone(&live),
             metrics: metrics::ServiceMetrics::new(
                 service,
-                plan.scenarios.iter().flat_map(|s| s.faults.iter().map(|f| &**f)),
+                plan.scenarios
+                    .iter()
+                    .flat_map(|s| s.faults.iter().map(|f| &**f)),
             ),
         });
         let handle = shutdown.clone();
+        // Listener tasks are not tracked: the tracker counts connections.
         match service.protocol {
-            Protocol::Http => shutdown
-                .tracker
-                .spawn(proxy::http::serve(listener, context, handle)),
-            Protocol::Tcp => shutdown
-                .tracker
-                .spawn(proxy::tcp::serve(listener, context, handle)),
+            Protocol::Http => tokio::spawn(proxy::http::serve(listener, context, handle)),
+            Protocol::Tcp => tokio::spawn(proxy::tcp::serve(listener, context, handle)),
         };
     }
     let admin = plan.admin.listen;
@@ -157,17 +156,19 @@ pub async fn start(mut plan: Plan) -> Result<Running, StartError> {
         engine: engine.clone(),
         metrics: metrics_handle,
     });
-    let draining = shutdown.draining.clone();
+    // The admin API and the engine outlive the drain, so faults can still
+    // be lifted (and still expire) while connections finish.
+    let stopped = shutdown.hard_stop.clone();
     tokio::spawn(async move {
         let app = router.into_make_service_with_connect_info::<SocketAddr>();
         if let Err(e) = axum::serve(admin_listener, app)
-            .with_graceful_shutdown(draining.cancelled_owned())
+            .with_graceful_shutdown(stopped.cancelled_owned())
             .await
         {
             tracing::error!("admin API stopped: {e}");
         }
     });
-    tokio::spawn(engine.clone().run(shutdown.draining.clone()));
+    tokio::spawn(engine.clone().run(shutdown.hard_stop.clone()));
     Ok(Running {
         admin,
         services,

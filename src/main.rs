@@ -162,7 +162,13 @@ fn serve(plan: Plan, grace: Duration, demo: bool) -> ExitCode {
             );
         }
         signals.recv().await;
-        let cut = running.shutdown(grace).await;
+        let cut = tokio::select! {
+            cut = running.shutdown(grace) => cut,
+            () = signals.recv() => {
+                tracing::warn!("second signal: stopping now without draining");
+                return ExitCode::FAILURE;
+            }
+        };
         stop_upstreams.cancel();
         if cut > 0 {
             tracing::warn!(cut, "some connections were cut at the drain deadline");

@@ -12,7 +12,8 @@ use tokio_util::task::TaskTracker;
 pub struct Shutdown {
     /// Cancelled when shutdown starts: stop accepting, finish in flight.
     pub draining: CancellationToken,
-    /// Cancelled when the drain deadline passes: drop everything.
+    /// Cancelled when the drain ends (at the deadline at the latest): drop
+    /// every connection left, stop the admin API and the engine.
     pub hard_stop: CancellationToken,
     /// Tracks every listener and connection task.
     pub tracker: TaskTracker,
@@ -24,14 +25,16 @@ impl Shutdown {
     pub async fn drain(&self, grace: Duration) -> usize {
         self.draining.cancel();
         self.tracker.close();
-        if tokio::time::timeout(grace, self.tracker.wait())
-            .await
-            .is_ok()
-        {
-            return 0;
-        }
-        let left = self.tracker.len();
-        tracing::warn!(left, grace = ?grace, "drain deadline passed; closing remaining connections");
+        let left = match tokio::time::timeout(grace, self.tracker.wait()).await {
+            Ok(()) => 0,
+            Err(_) => {
+                let left = self.tracker.len();
+                tracing::warn!(left, grace = ?grace, "drain deadline passed; closing remaining connections");
+                left
+            }
+        };
+        // Also stops the admin API and the engine, which serve on while
+        // connections drain.
         self.hard_stop.cancel();
         // Cut tasks end at their next poll; give them a moment to do so.
         let _ = tokio::time::timeout(Duration::from_secs(1), self.tracker.wait()).await;

@@ -86,3 +86,34 @@ async fn open_tcp_connections_keep_working_until_the_drain_deadline_then_close()
         "the connection is closed after the deadline, got {end:?}"
     );
 }
+
+#[tokio::test]
+async fn faults_can_still_be_lifted_while_connections_drain() {
+    let plan = format!(
+        "{}\n[scenarios.fire]\n[[scenarios.fire.faults]]\nservice = \"cache\"\naction = \"blackhole\"\n",
+        plan(http_upstream("web").await, echo_upstream().await)
+    );
+    let running = start(&plan).await;
+    let cache = running.service_addr("cache").unwrap();
+    let admin_addr = running.admin_addr();
+    let (status, _) = admin(&running, http::Method::POST, "/faults/fire", "").await;
+    assert_eq!(status, StatusCode::CREATED);
+    let mut held = within(STEP, TcpStream::connect(cache)).await.unwrap();
+
+    // A drain that would wait 60 s for the blackholed connection...
+    let shutdown = tokio::spawn(running.shutdown(Duration::from_secs(60)));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // ...ends early once the fault is lifted through the still-running API.
+    let url = format!("http://{admin_addr}/faults");
+    let (status, _) = send(&client(), http::Method::DELETE, &url, "")
+        .await
+        .expect("the admin API answers while draining");
+    assert_eq!(status, StatusCode::OK);
+    let end = closed_within(&mut held, STEP).await;
+    assert!(
+        matches!(end, Some(Ok(0)) | Some(Err(_))),
+        "held connection closes, got {end:?}"
+    );
+    let cut = within(STEP, shutdown).await.unwrap();
+    assert_eq!(cut, 0);
+}

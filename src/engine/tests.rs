@@ -185,3 +185,24 @@ async fn lift_all_clears_every_scenario() {
     assert!(actions(&engine, MAIL).is_empty());
     assert!(engine.lift("fire", "t").unwrap().is_none());
 }
+
+#[tokio::test(start_paused = true)]
+async fn one_change_publishes_one_snapshot() {
+    let engine = engine();
+    let shutdown = CancellationToken::new();
+    tokio::spawn(engine.clone().run(shutdown.clone()));
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let changes = engine.live().subscribe();
+    let before = *changes.borrow();
+    engine.activate("fire", None, "t").unwrap();
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(
+        *changes.borrow(),
+        before + 1,
+        "activation woke connections more than once"
+    );
+    engine.lift("fire", "t").unwrap();
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(*changes.borrow(), before + 2);
+    shutdown.cancel();
+}
