@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
 
 use axum::body::Bytes;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -38,6 +39,15 @@ pub enum ApiError {
     NotFound(String),
     #[error("{method} is not allowed on {path}; see GET /scenarios, GET /faults, POST /faults/NAME, DELETE /faults[/NAME], GET /topology, GET /metrics")]
     MethodNotAllowed { method: String, path: String },
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(rejection: PathRejection) -> ApiError {
+        ApiError::BadRequest(format!(
+            "invalid scenario name in the path: {}",
+            rejection.body_text()
+        ))
+    }
 }
 
 impl IntoResponse for ApiError {
@@ -103,9 +113,10 @@ struct ActivateBody {
 async fn activate(
     State(state): State<AdminState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    Path(scenario): Path<String>,
+    scenario: Result<Path<String>, PathRejection>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
+    let Path(scenario) = scenario?;
     let duration = parse_activate_body(&body)?;
     let activated = state
         .engine
@@ -146,8 +157,9 @@ fn parse_activate_body(body: &[u8]) -> Result<Option<Duration>, ApiError> {
 async fn lift(
     State(state): State<AdminState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    Path(scenario): Path<String>,
+    scenario: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    let Path(scenario) = scenario?;
     let lifted = state.engine.lift(&scenario, &peer.to_string())?;
     Ok(Json(
         json!({ "scenario": scenario, "lifted": lifted.is_some() }),

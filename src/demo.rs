@@ -59,7 +59,10 @@ async fn http_responder(listener: TcpListener, service: Service, stop: Cancellat
             () = stop.cancelled() => return,
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
-                Err(_) => continue,
+                Err(e) => {
+                    crate::proxy::tcp::accept_failed("demo upstream", e).await;
+                    continue;
+                }
             },
         };
         let answer = format!("{} ({})", service.name, service.datacenter);
@@ -86,7 +89,10 @@ async fn echo(listener: TcpListener, stop: CancellationToken) {
             () = stop.cancelled() => return,
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
-                Err(_) => continue,
+                Err(e) => {
+                    crate::proxy::tcp::accept_failed("demo upstream", e).await;
+                    continue;
+                }
             },
         };
         tokio::spawn(async move {

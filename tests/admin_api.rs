@@ -586,3 +586,17 @@ async fn the_admin_api_answers_while_lifting_faults_from_200_held_connections() 
     let mut after = connect(cache_addr).await;
     carry_echo(&mut after, b"back").await;
 }
+
+#[tokio::test]
+async fn a_scenario_name_that_is_not_utf8_gets_a_json_error() {
+    let running = stack("pangyo-fire").await;
+    for method in [Method::POST, Method::DELETE] {
+        let (status, body) = admin(&running, method.clone(), "/faults/%FF", "").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{method}");
+        let error = body["error"].as_str().unwrap();
+        assert!(
+            error.starts_with("invalid scenario name in the path"),
+            "{error}"
+        );
+    }
+}
