@@ -32,6 +32,9 @@ use support::*;
 /// How long a request must go unanswered to count as held by a blackhole.
 const HOLD: Duration = Duration::from_millis(300);
 
+const REQUESTS: &str = "firedrill_requests_total";
+const INJECTED: &str = "firedrill_faults_injected_total";
+
 // --- Pass-through -----------------------------------------------------------
 
 #[tokio::test]
@@ -177,6 +180,33 @@ async fn h2c_clients_with_prior_knowledge_are_proxied() {
     assert!(seen.contains(&host), "upstream saw: {seen:?}");
 }
 
+#[tokio::test]
+async fn cookie_fields_of_an_h2_client_reach_an_http1_upstream_as_one() {
+    let maps = unique("maps");
+    let upstream = http_upstream("maps-upstream").await;
+    let running = serve(&maps, upstream, &[]).await;
+    let client = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<Full<Bytes>>();
+
+    // RFC 9113 section 8.2.3: h2 clients may send one field per cookie.
+    let request = Request::get(url(&running, &maps, "/headers"))
+        .header(header::COOKIE, "session=7")
+        .header(header::COOKIE, "theme=dark")
+        .header(header::COOKIE, "lang=ko")
+        .body(Full::default())
+        .unwrap();
+    let response = fetch(&client, request).await.expect("h2 GET is answered");
+
+    let seen = header_lines(response.body());
+    let cookies: Vec<_> = seen.iter().filter(|l| l.starts_with("cookie:")).collect();
+    assert_eq!(
+        cookies,
+        ["cookie: session=7; theme=dark; lang=ko"],
+        "upstream saw: {seen:?}"
+    );
+}
+
 // --- Hop-by-hop fields --------------------------------------------------------
 
 #[tokio::test]
@@ -217,6 +247,25 @@ async fn fields_named_by_every_connection_header_line_are_removed() {
 
     assert_not_seen(&seen, &["connection", "x-first", "x-second", "x-third"]);
     assert!(seen.contains(&"x-kept: yes".to_owned()), "{seen:?}");
+}
+
+#[tokio::test]
+async fn x_forwarded_for_adds_the_client_to_the_addresses_it_sent_in_one_field() {
+    let (_, seen) = fields_seen_upstream(&[
+        ("x-forwarded-for", "203.0.113.7"),
+        ("x-forwarded-for", "198.51.100.2, 10.0.0.1"),
+    ])
+    .await;
+
+    let forwarded: Vec<_> = seen
+        .iter()
+        .filter(|l| l.starts_with("x-forwarded-for:"))
+        .collect();
+    assert_eq!(
+        forwarded,
+        ["x-forwarded-for: 203.0.113.7, 198.51.100.2, 10.0.0.1, 127.0.0.1"],
+        "upstream saw: {seen:?}"
+    );
 }
 
 #[tokio::test]
@@ -346,6 +395,102 @@ async fn delay_fault_adds_latency_before_forwarding() {
     assert!(started.elapsed() >= Duration::from_millis(200));
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body, "maps-upstream answered GET /tiles\n");
+}
+
+// --- Rule changes during a delay ------------------------------------------------
+
+#[tokio::test]
+async fn lifting_everything_ends_a_delay_and_the_drop_that_was_to_follow() {
+    let pay = unique("pay");
+    let (slow, cut) = (unique("slow"), unique("cut"));
+    let upstream = http_upstream("pay-upstream").await;
+    let faults: [(&str, &str); 2] = [
+        (&slow, "action = 'delay'; latency = '30s'"),
+        (&cut, "action = 'drop'"),
+    ];
+    let running = serve(&pay, upstream, &faults).await;
+    activate(&running, &slow).await;
+    activate(&running, &cut).await;
+    let waiting = tokio::spawn(get(addr(&running, &pay), "/charge"));
+    wait_for_sample(&running, INJECTED, &by_fault(&pay, &slow, "delay"), 1.0).await;
+
+    let mut lifted = lift_all(&running).await;
+    lifted.sort();
+
+    // `get` gives up after STEP, well before the 30s delay would end.
+    let (status, body) = within(STEP, waiting).await.expect("the request is answered");
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, "pay-upstream answered GET /charge\n");
+    let mut expected = [slow.clone(), cut.clone()];
+    expected.sort();
+    assert_eq!(lifted, expected);
+    let text = metrics(&running).await;
+    assert_eq!(sample(&text, REQUESTS, &by_outcome(&pay, "delayed")), 1.0);
+    assert_eq!(sample(&text, REQUESTS, &by_outcome(&pay, "dropped")), 0.0);
+    for (scenario, action) in [(&slow, "delay"), (&cut, "drop")] {
+        let labels = by_fault(&pay, scenario, action);
+        assert_eq!(sample(&text, INJECTED, &labels), 1.0, "{action} counted once");
+    }
+}
+
+#[tokio::test]
+async fn lifting_one_of_two_delays_leaves_the_other_counted_from_the_request_start() {
+    let maps = unique("maps");
+    let (link, disk) = (unique("slow-link"), unique("slow-disk"));
+    let upstream = http_upstream("maps-upstream").await;
+    let faults: [(&str, &str); 2] = [
+        (&link, "action = 'delay'; latency = '30s'"),
+        (&disk, "action = 'delay'; latency = '400ms'"),
+    ];
+    let running = serve(&maps, upstream, &faults).await;
+    activate(&running, &link).await;
+    activate(&running, &disk).await;
+    let started = Instant::now();
+    let waiting = tokio::spawn(get(addr(&running, &maps), "/tiles"));
+    wait_for_sample(&running, INJECTED, &by_fault(&maps, &link, "delay"), 1.0).await;
+
+    lift(&running, &link).await;
+
+    let (status, _) = within(STEP, waiting).await.expect("the request is answered");
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        started.elapsed() >= Duration::from_millis(400),
+        "the remaining delay still applies: answered after {:?}",
+        started.elapsed()
+    );
+    let text = metrics(&running).await;
+    for scenario in [&link, &disk] {
+        let labels = by_fault(&maps, scenario, "delay");
+        assert_eq!(sample(&text, INJECTED, &labels), 1.0, "{scenario} counted once");
+    }
+}
+
+#[tokio::test]
+async fn a_fault_that_starts_during_a_delay_decides_what_follows_it() {
+    let login = unique("login");
+    let (slow, outage) = (unique("slow"), unique("outage"));
+    let upstream = http_upstream("login-upstream").await;
+    let faults: [(&str, &str); 2] = [
+        (&slow, "action = 'delay'; latency = '400ms'"),
+        (&outage, "action = 'error'; status = 503"),
+    ];
+    let running = serve(&login, upstream, &faults).await;
+    activate(&running, &slow).await;
+    let started = Instant::now();
+    let waiting = tokio::spawn(get(addr(&running, &login), "/oauth/token"));
+    wait_for_sample(&running, INJECTED, &by_fault(&login, &slow, "delay"), 1.0).await;
+
+    activate(&running, &outage).await;
+
+    let (status, _) = within(STEP, waiting).await.expect("the request is answered");
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(started.elapsed() >= Duration::from_millis(400));
+    let text = metrics(&running).await;
+    assert_eq!(sample(&text, REQUESTS, &by_outcome(&login, "error")), 1.0);
+    for (scenario, action) in [(&slow, "delay"), (&outage, "error")] {
+        let labels = by_fault(&login, scenario, action);
+        assert_eq!(sample(&text, INJECTED, &labels), 1.0, "{action} counted once");
+    }
 }
 
 // --- Selectors ----------------------------------------------------------------
@@ -556,6 +701,51 @@ async fn upstream_slower_than_the_service_timeout_answers_504() {
     assert!(body.contains("200ms"), "{body}");
 }
 
+#[tokio::test]
+async fn an_upstream_that_does_not_accept_connections_answers_504_to_upgrades_too() {
+    let archive = unique("archive");
+    let (upstream, _queue) = unresponsive_upstream().await;
+    let running = PlanText::new(&["pangyo"])
+        .service(&archive, "pangyo", "http", upstream, "connect_timeout = '200ms'")
+        .start()
+        .await;
+
+    let started = Instant::now();
+    let (status, body) = get(addr(&running, &archive), "/mail/1").await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{body}");
+    assert!(started.elapsed() >= Duration::from_millis(200));
+    assert!(
+        body.contains("did not accept a connection within 200ms"),
+        "{body}"
+    );
+
+    let mut stream = raw_request(
+        addr(&running, &archive),
+        "GET /chat HTTP/1.1\r\nHost: chat\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n",
+    )
+    .await;
+    let head = read_head(&mut stream).await;
+    assert!(head.starts_with("HTTP/1.1 504"), "{head}");
+}
+
+#[tokio::test]
+async fn upstream_connections_left_idle_for_the_pool_timeout_are_closed() {
+    let search = unique("search");
+    let (upstream, mut closed) = closing_upstream().await;
+    let running = serve(&search, upstream, &[]).await;
+    let (status, _) = get(addr(&running, &search), "/q").await;
+    assert_eq!(status, StatusCode::OK);
+
+    // The pool closes connections idle for 60s; its check runs every 60s,
+    // so 125s is enough. A paused clock jumps there at once.
+    tokio::time::pause();
+    tokio::time::sleep(Duration::from_secs(125)).await;
+
+    within(STEP, closed.recv())
+        .await
+        .expect("the idle upstream connection was closed");
+}
+
 // --- Upgraded connections -----------------------------------------------------
 
 #[tokio::test]
@@ -644,6 +834,25 @@ async fn an_upgraded_connection_counts_as_active_while_it_is_open() {
 
     drop(stream);
     wait_for_sample(&running, "firedrill_connections_active", &labels, 0.0).await;
+}
+
+#[tokio::test]
+async fn an_upgrade_reaches_the_upstream_in_origin_form_with_its_host() {
+    let chat = unique("chat");
+    let upstream = upgrade_upstream().await;
+    let running = serve(&chat, upstream, &[]).await;
+
+    let mut stream = raw_request(
+        addr(&running, &chat),
+        "GET /chat?room=7 HTTP/1.1\r\nHost: chat.example\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n",
+    )
+    .await;
+    let head = read_head(&mut stream).await.to_ascii_lowercase();
+
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("x-seen-target: /chat?room=7\r\n"), "{head}");
+    assert!(head.contains("x-seen-host: chat.example\r\n"), "{head}");
+    carry_echo(&mut stream, b"ping").await;
 }
 
 // --- Metrics ------------------------------------------------------------------
@@ -939,7 +1148,9 @@ async fn upgrade(addr: SocketAddr) -> TcpStream {
 }
 
 /// An HTTP/1.1 upstream that answers `Upgrade: echo` requests with 101 and
-/// then echoes bytes on the upgraded stream. Other requests get 200 with
+/// then echoes bytes on the upgraded stream; the 101 says the request
+/// target and Host it saw in `X-Seen-Target` and `X-Seen-Host`. Other
+/// requests get 200 with
 /// hop-by-hop response fields (`Connection: x-hop`, `X-Hop`, `Keep-Alive`)
 /// and `X-Kept: yes`.
 async fn upgrade_upstream() -> SocketAddr {
@@ -976,6 +1187,8 @@ fn upgrade_answer(mut request: Request<Incoming>) -> Response<Full<Bytes>> {
             .body(Full::new(Bytes::from_static(b"no upgrade\n")))
             .unwrap();
     }
+    let target = request.uri().to_string();
+    let host = request.headers().get(header::HOST).cloned();
     let upgrade = hyper::upgrade::on(&mut request);
     tokio::spawn(async move {
         if let Ok(upgraded) = upgrade.await {
@@ -984,12 +1197,40 @@ fn upgrade_answer(mut request: Request<Incoming>) -> Response<Full<Bytes>> {
             let _ = write.shutdown().await;
         }
     });
-    Response::builder()
+    let mut response = Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
         .header(header::CONNECTION, "upgrade")
         .header(header::UPGRADE, "echo")
+        .header("x-seen-target", target)
         .body(Full::default())
-        .unwrap()
+        .unwrap();
+    if let Some(host) = host {
+        response.headers_mut().insert("x-seen-host", host);
+    }
+    response
+}
+
+/// An HTTP/1.1 upstream that answers every request with `ok` and sends
+/// on the receiver each time one of its connections closes.
+async fn closing_upstream() -> (SocketAddr, mpsc::UnboundedReceiver<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (closed, receiver) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let closed = closed.clone();
+            tokio::spawn(async move {
+                let service = service_fn(|_: Request<Incoming>| async {
+                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok\n"))))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+                let _ = closed.send(());
+            });
+        }
+    });
+    (addr, receiver)
 }
 
 /// A request body whose chunks the test sends one at a time.

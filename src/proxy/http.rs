@@ -17,14 +17,14 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::time::Instant;
 
 use super::{Counted, Flow, ServiceContext};
-use crate::fault::{connection_roll, decide, RequestInfo, Verdict};
+use crate::fault::{connection_roll, decide, Fault, RequestInfo, Verdict};
 use crate::metrics::Outcome;
 use crate::shutdown::Shutdown;
 
@@ -53,6 +53,8 @@ static HOP_BY_HOP: [HeaderName; 6] = [
     header::UPGRADE,
 ];
 
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+
 struct Proxy {
     context: Arc<ServiceContext>,
     client: Client<HttpConnector, Counted<Incoming>>,
@@ -75,6 +77,8 @@ pub async fn serve(listener: TcpListener, context: Arc<ServiceContext>, shutdown
     connector.set_nodelay(true);
     connector.set_connect_timeout(Some(service.connect_timeout));
     let client = Client::builder(TokioExecutor::new())
+        // Without a timer the pool never notices that a connection idles.
+        .pool_timer(TokioTimer::new())
         .pool_idle_timeout(Duration::from_secs(60))
         .build(connector);
     let proxy = Arc::new(Proxy {
@@ -144,9 +148,9 @@ enum Step {
 
 impl Step {
     /// The outcome a request gets for this step, unless forwarding it fails.
-    fn outcome(&self, delay: Duration) -> Outcome {
+    fn outcome(&self, delayed: bool) -> Outcome {
         match self {
-            Step::Forward if delay.is_zero() => Outcome::Forwarded,
+            Step::Forward if !delayed => Outcome::Forwarded,
             Step::Forward => Outcome::Delayed,
             Step::Respond(_) => Outcome::Error,
             Step::Drop => Outcome::Dropped,
@@ -180,21 +184,24 @@ impl Proxy {
     ) -> Result<Response<ProxyBody>, Refused> {
         let started = Instant::now();
         let seed: u64 = rand::random();
-        let (step, delay) = self.decide(&request, seed);
+        // Faults already counted as injected on this request; stays empty
+        // (no allocation) while no fault hits.
+        let mut counted = Vec::new();
+        let (mut step, delay) = self.decide(&request, seed, &mut counted);
+        let delayed = !delay.is_zero();
         let mut tally = Tally {
             context: &self.context,
             started,
-            outcome: step.outcome(delay),
+            outcome: step.outcome(delayed),
         };
-        if !delay.is_zero() {
-            tokio::select! {
-                () = tokio::time::sleep(delay) => {}
-                () = self.shutdown.hard_stop.cancelled() => return Err(Refused::ShuttingDown),
-            }
+        if delayed {
+            let wait = self.wait_out(&request, seed, &mut counted, started, step, delay);
+            step = wait.await?;
+            tally.outcome = step.outcome(delayed);
         }
         match step {
             Step::Forward => {
-                let (outcome, result) = self.forward(request, forwarded_for, delay, seed).await;
+                let (outcome, result) = self.forward(request, forwarded_for, delayed, seed).await;
                 tally.outcome = outcome;
                 result
             }
@@ -207,8 +214,16 @@ impl Proxy {
         }
     }
 
-    /// Reads the live rules once; never blocks and never awaits.
-    fn decide(&self, request: &Request<Incoming>, seed: u64) -> (Step, Duration) {
+    /// Reads the live rules once; never blocks and never awaits. `seed`
+    /// fixes the request's rolls and jitter, so deciding again under the
+    /// same rules gives the same answer. Counts the faults that hit and are
+    /// not yet in `counted`, and adds them there.
+    fn decide(
+        &self,
+        request: &Request<Incoming>,
+        seed: u64,
+        counted: &mut Vec<u64>,
+    ) -> (Step, Duration) {
         let rules = self.context.live.load();
         let faults = rules.service(self.context.service.id);
         if faults.is_empty() {
@@ -219,11 +234,11 @@ impl Proxy {
             path: request.uri().path(),
         };
         let decision = decide(faults, Some(info), |fault| connection_roll(seed, fault));
-        self.context.metrics.faults_injected(&decision.applied);
+        self.count_injected(&decision.applied, counted);
         let delay = if decision.delay.is_zero() {
             Duration::ZERO
         } else {
-            decision.delay.sample(rand::random())
+            decision.delay.sample(jitter_unit(seed))
         };
         let step = match decision.verdict {
             Verdict::Forward => Step::Forward,
@@ -245,11 +260,54 @@ impl Proxy {
         (step, delay)
     }
 
+    fn count_injected(&self, applied: &[&Fault], counted: &mut Vec<u64>) {
+        if counted.is_empty() {
+            self.context.metrics.faults_injected(applied);
+            counted.extend(applied.iter().map(|fault| fault.uid));
+            return;
+        }
+        let fresh: Vec<&Fault> = applied
+            .iter()
+            .copied()
+            .filter(|fault| !counted.contains(&fault.uid))
+            .collect();
+        self.context.metrics.faults_injected(&fresh);
+        counted.extend(fresh.iter().map(|fault| fault.uid));
+    }
+
+    /// Waits until `started + delay`, deciding again on every rule change:
+    /// a lift ends the wait at once, a new fault may lengthen it, and the
+    /// step that follows is the one the rules say when the wait ends.
+    async fn wait_out(
+        &self,
+        request: &Request<Incoming>,
+        seed: u64,
+        counted: &mut Vec<u64>,
+        started: Instant,
+        mut step: Step,
+        mut delay: Duration,
+    ) -> Result<Step, Refused> {
+        let mut changes = self.context.live.subscribe();
+        // The rules may have changed between the first decision and
+        // `subscribe`: decide again straight away.
+        changes.mark_changed();
+        loop {
+            tokio::select! {
+                biased;
+                () = self.shutdown.hard_stop.cancelled() => return Err(Refused::ShuttingDown),
+                // `Live` owns the sender and outlives every request.
+                _ = changes.changed() => {
+                    (step, delay) = self.decide(request, seed, counted);
+                }
+                () = tokio::time::sleep_until(started + delay) => return Ok(step),
+            }
+        }
+    }
+
     /// Holds a blackholed request until the blackhole no longer applies to it.
     async fn blackhole(&self, request: &Request<Incoming>, seed: u64) {
         let mut changes = self.context.live.subscribe();
         loop {
-            changes.borrow_and_update();
             let still = {
                 let rules = self.context.live.load();
                 let info = RequestInfo {
@@ -264,11 +322,8 @@ impl Proxy {
                 return;
             }
             tokio::select! {
-                changed = changes.changed() => {
-                    if changed.is_err() {
-                        return;
-                    }
-                }
+                // `Live` owns the sender and outlives every request.
+                _ = changes.changed() => {}
                 () = self.shutdown.hard_stop.cancelled() => return,
             }
         }
@@ -278,13 +333,13 @@ impl Proxy {
         &self,
         mut request: Request<Incoming>,
         forwarded_for: HeaderValue,
-        delay: Duration,
+        delayed: bool,
         seed: u64,
     ) -> (Outcome, Result<Response<ProxyBody>, Refused>) {
         if upgrade::is_upgrade(request.headers()) {
             let (outcome, response) = self.upgrade(request, forwarded_for, seed).await;
             let outcome = match outcome {
-                Outcome::Forwarded if !delay.is_zero() => Outcome::Delayed,
+                Outcome::Forwarded if delayed => Outcome::Delayed,
                 outcome => outcome,
             };
             return (outcome, Ok(response));
@@ -295,10 +350,10 @@ impl Proxy {
         let service = &self.context.service;
         match tokio::time::timeout(service.timeout, self.client.request(request)).await {
             Ok(Ok(response)) => {
-                let outcome = if delay.is_zero() {
-                    Outcome::Forwarded
-                } else {
+                let outcome = if delayed {
                     Outcome::Delayed
+                } else {
+                    Outcome::Forwarded
                 };
                 (outcome, Ok(self.downstream(response, false)))
             }
@@ -334,11 +389,26 @@ impl Proxy {
                 request.headers_mut().insert(header::HOST, host);
             }
         }
-        let mut parts = http::uri::Parts::default();
-        parts.scheme = Some(Scheme::HTTP);
-        parts.authority = Some(self.authority.clone());
-        parts.path_and_query = Some(path);
-        *request.uri_mut() = Uri::from_parts(parts).expect("scheme, authority and path make a URI");
+        if request.version() == Version::HTTP_2 {
+        }
+        *request.uri_mut() = if upgrade {
+            // An upgrade goes out on a connection of its own, which writes
+            // the target as it is: origin form, and Host says the rest.
+            if !request.headers().contains_key(header::HOST) {
+                if let Ok(host) = HeaderValue::from_str(self.authority.as_str()) {
+                    request.headers_mut().insert(header::HOST, host);
+                }
+            }
+            Uri::from(path)
+        } else {
+            // The pooled client connects to the URI's authority and sends
+            // origin form itself.
+            let mut parts = http::uri::Parts::default();
+            parts.scheme = Some(Scheme::HTTP);
+            parts.authority = Some(self.authority.clone());
+            parts.path_and_query = Some(path);
+            Uri::from_parts(parts).expect("scheme, authority and path make a URI")
+        };
         *request.version_mut() = Version::HTTP_11;
         let headers = request.headers_mut();
         if upgrade {
@@ -351,7 +421,7 @@ impl Proxy {
         } else {
             strip_hop_by_hop(headers);
         }
-        headers.append(HeaderName::from_static("x-forwarded-for"), forwarded_for);
+        forward_for(headers, forwarded_for);
     }
 
     fn downstream(&self, response: Response<Incoming>, upgrade: bool) -> Response<ProxyBody> {
@@ -369,27 +439,37 @@ impl Proxy {
     }
 
     /// Maps an upstream client error to 502, or 504 for a connect timeout.
+    /// A timeout on a connection already made (a reused one, say) is a
+    /// plain failure.
     fn upstream_failed(&self, error: &hyper_util::client::legacy::Error) -> Response<ProxyBody> {
-        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
-        let mut chain = Vec::new();
-        while let Some(e) = source {
-            if let Some(io) = e.downcast_ref::<std::io::Error>() {
-                if io.kind() == std::io::ErrorKind::TimedOut {
-                    return self.connect_timed_out();
-                }
+        let chain = std::iter::successors(
+            Some(error as &(dyn std::error::Error + 'static)),
+            |e| e.source(),
+        );
+        if error.is_connect() {
+            let io = chain.clone().find_map(|e| e.downcast_ref::<std::io::Error>());
+            if let Some(io) = io {
+                return self.connect_failed(io);
             }
-            chain.push(e.to_string());
-            source = e.source();
         }
         let what = if error.is_connect() {
             "is unreachable"
         } else {
             "failed"
         };
+        let chain: Vec<String> = chain.map(ToString::to_string).collect();
         self.failure(
             StatusCode::BAD_GATEWAY,
             format!("{what}: {}", chain.join(": ")),
         )
+    }
+
+    /// Maps a failed connect to the upstream: 504 when it timed out, else 502.
+    fn connect_failed(&self, error: &std::io::Error) -> Response<ProxyBody> {
+        if error.kind() == std::io::ErrorKind::TimedOut {
+            return self.connect_timed_out();
+        }
+        self.failure(StatusCode::BAD_GATEWAY, format!("is unreachable: {error}"))
     }
 
     fn connect_timed_out(&self) -> Response<ProxyBody> {
@@ -436,4 +516,50 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in &HOP_BY_HOP {
         headers.remove(name);
     }
+}
+
+/// RFC 9113 section 8.2.3: an h2 client may send each cookie as a field of
+/// its own, and HTTP/1.1 wants them in one, joined with "; ".
+fn join_cookies(headers: &mut HeaderMap) {
+    if headers.get_all(header::COOKIE).iter().nth(1).is_none() {
+        return;
+    }
+    let mut joined = Vec::new();
+    for (i, cookie) in headers.get_all(header::COOKIE).iter().enumerate() {
+        if i > 0 {
+            joined.extend_from_slice(b"; ");
+        }
+        joined.extend_from_slice(cookie.as_bytes());
+    }
+    if let Ok(joined) = HeaderValue::from_bytes(&joined) {
+        headers.insert(header::COOKIE, joined);
+    }
+}
+
+/// Adds the client to `X-Forwarded-For`: one field, after the addresses
+/// the client sent (on one line or several).
+fn forward_for(headers: &mut HeaderMap, client: HeaderValue) {
+    let mut entry = match headers.entry(&X_FORWARDED_FOR) {
+        header::Entry::Vacant(entry) => {
+            entry.insert(client);
+            return;
+        }
+        header::Entry::Occupied(entry) => entry,
+    };
+    let mut joined = Vec::new();
+    for line in entry.iter().filter(|line| !line.as_bytes().trim_ascii().is_empty()) {
+        joined.extend_from_slice(line.as_bytes());
+        joined.extend_from_slice(b", ");
+    }
+    joined.extend_from_slice(client.as_bytes());
+    if let Ok(joined) = HeaderValue::from_bytes(&joined) {
+        entry.insert(joined);
+    }
+}
+
+/// A number in `0..1` that places a request's delay within its jitter;
+/// taken from the request's seed, so deciding again keeps it.
+fn jitter_unit(seed: u64) -> f64 {
+    // The top 53 bits make an evenly spread f64 in 0..1.
+    (seed >> 11) as f64 / (1u64 << 53) as f64
 }

@@ -490,3 +490,39 @@ pub fn run_captured(command: &mut Command, limit: Duration) -> Ran {
         elapsed,
     }
 }
+
+// --- More helpers -------------------------------------------------------------
+
+/// Lifts every active scenario (`DELETE /faults`) and returns the names
+/// the admin API says it lifted.
+pub async fn lift_all(running: &Running) -> Vec<String> {
+    let (status, body) = admin(running, Method::DELETE, "/faults", "").await;
+    assert_eq!(status, StatusCode::OK, "lifting everything: {body}");
+    body["lifted"]
+        .as_array()
+        .unwrap_or_else(|| panic!("`lifted` lists scenarios: {body}"))
+        .iter()
+        .map(|name| name.as_str().expect("a scenario name").to_owned())
+        .collect()
+}
+
+/// A loopback address where connecting hangs: a listener that never
+/// accepts, with its accept queue full, so the kernel ignores further
+/// handshakes. Keep the second part (the listener and the queued
+/// connections) while the address is in use.
+pub async fn unresponsive_upstream() -> (SocketAddr, (TcpListener, Vec<TcpStream>)) {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(1).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut queued = Vec::new();
+    for _ in 0..16 {
+        match tokio::time::timeout(Duration::from_millis(200), TcpStream::connect(addr)).await {
+            Ok(Ok(stream)) => queued.push(stream),
+            Ok(Err(e)) => panic!("connecting to the unresponsive upstream: {e}"),
+            // This handshake went unanswered: the queue is full.
+            Err(_) => return (addr, (listener, queued)),
+        }
+    }
+    panic!("the accept queue of {addr} did not fill up");
+}

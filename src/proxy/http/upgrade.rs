@@ -57,7 +57,7 @@ impl Proxy {
         let stream = connect
             .await
             .map_err(|_| self.connect_timed_out())?
-            .map_err(|e| self.failure(StatusCode::BAD_GATEWAY, format!("is unreachable: {e}")))?;
+            .map_err(|e| self.connect_failed(&e))?;
         let _ = stream.set_nodelay(true);
         let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
