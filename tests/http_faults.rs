@@ -418,7 +418,9 @@ async fn lifting_everything_ends_a_delay_and_the_drop_that_was_to_follow() {
     lifted.sort();
 
     // `get` gives up after STEP, well before the 30s delay would end.
-    let (status, body) = within(STEP, waiting).await.expect("the request is answered");
+    let (status, body) = within(STEP, waiting)
+        .await
+        .expect("the request is answered");
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body, "pay-upstream answered GET /charge\n");
     let mut expected = [slow.clone(), cut.clone()];
@@ -429,7 +431,11 @@ async fn lifting_everything_ends_a_delay_and_the_drop_that_was_to_follow() {
     assert_eq!(sample(&text, REQUESTS, &by_outcome(&pay, "dropped")), 0.0);
     for (scenario, action) in [(&slow, "delay"), (&cut, "drop")] {
         let labels = by_fault(&pay, scenario, action);
-        assert_eq!(sample(&text, INJECTED, &labels), 1.0, "{action} counted once");
+        assert_eq!(
+            sample(&text, INJECTED, &labels),
+            1.0,
+            "{action} counted once"
+        );
     }
 }
 
@@ -451,7 +457,9 @@ async fn lifting_one_of_two_delays_leaves_the_other_counted_from_the_request_sta
 
     lift(&running, &link).await;
 
-    let (status, _) = within(STEP, waiting).await.expect("the request is answered");
+    let (status, _) = within(STEP, waiting)
+        .await
+        .expect("the request is answered");
     assert_eq!(status, StatusCode::OK);
     assert!(
         started.elapsed() >= Duration::from_millis(400),
@@ -461,7 +469,11 @@ async fn lifting_one_of_two_delays_leaves_the_other_counted_from_the_request_sta
     let text = metrics(&running).await;
     for scenario in [&link, &disk] {
         let labels = by_fault(&maps, scenario, "delay");
-        assert_eq!(sample(&text, INJECTED, &labels), 1.0, "{scenario} counted once");
+        assert_eq!(
+            sample(&text, INJECTED, &labels),
+            1.0,
+            "{scenario} counted once"
+        );
     }
 }
 
@@ -482,14 +494,20 @@ async fn a_fault_that_starts_during_a_delay_decides_what_follows_it() {
 
     activate(&running, &outage).await;
 
-    let (status, _) = within(STEP, waiting).await.expect("the request is answered");
+    let (status, _) = within(STEP, waiting)
+        .await
+        .expect("the request is answered");
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(started.elapsed() >= Duration::from_millis(400));
     let text = metrics(&running).await;
     assert_eq!(sample(&text, REQUESTS, &by_outcome(&login, "error")), 1.0);
     for (scenario, action) in [(&slow, "delay"), (&outage, "error")] {
         let labels = by_fault(&login, scenario, action);
-        assert_eq!(sample(&text, INJECTED, &labels), 1.0, "{action} counted once");
+        assert_eq!(
+            sample(&text, INJECTED, &labels),
+            1.0,
+            "{action} counted once"
+        );
     }
 }
 
@@ -706,7 +724,13 @@ async fn an_upstream_that_does_not_accept_connections_answers_504_to_upgrades_to
     let archive = unique("archive");
     let (upstream, _queue) = unresponsive_upstream().await;
     let running = PlanText::new(&["pangyo"])
-        .service(&archive, "pangyo", "http", upstream, "connect_timeout = '200ms'")
+        .service(
+            &archive,
+            "pangyo",
+            "http",
+            upstream,
+            "connect_timeout = '200ms'",
+        )
         .start()
         .await;
 

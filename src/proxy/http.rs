@@ -260,6 +260,7 @@ impl Proxy {
         (step, delay)
     }
 
+    /// Counts the faults in `applied` that this request has not counted yet.
     fn count_injected(&self, applied: &[&Fault], counted: &mut Vec<u64>) {
         if counted.is_empty() {
             self.context.metrics.faults_injected(applied);
@@ -390,6 +391,7 @@ impl Proxy {
             }
         }
         if request.version() == Version::HTTP_2 {
+            join_cookies(request.headers_mut());
         }
         *request.uri_mut() = if upgrade {
             // An upgrade goes out on a connection of its own, which writes
@@ -442,13 +444,10 @@ impl Proxy {
     /// A timeout on a connection already made (a reused one, say) is a
     /// plain failure.
     fn upstream_failed(&self, error: &hyper_util::client::legacy::Error) -> Response<ProxyBody> {
-        let chain = std::iter::successors(
-            Some(error as &(dyn std::error::Error + 'static)),
-            |e| e.source(),
-        );
+        let root: &(dyn std::error::Error + 'static) = error;
+        let chain = || std::iter::successors(Some(root), |e| e.source());
         if error.is_connect() {
-            let io = chain.clone().find_map(|e| e.downcast_ref::<std::io::Error>());
-            if let Some(io) = io {
+            if let Some(io) = chain().find_map(|e| e.downcast_ref::<std::io::Error>()) {
                 return self.connect_failed(io);
             }
         }
@@ -457,7 +456,7 @@ impl Proxy {
         } else {
             "failed"
         };
-        let chain: Vec<String> = chain.map(ToString::to_string).collect();
+        let chain: Vec<String> = chain().map(|e| e.to_string()).collect();
         self.failure(
             StatusCode::BAD_GATEWAY,
             format!("{what}: {}", chain.join(": ")),
@@ -547,7 +546,10 @@ fn forward_for(headers: &mut HeaderMap, client: HeaderValue) {
         header::Entry::Occupied(entry) => entry,
     };
     let mut joined = Vec::new();
-    for line in entry.iter().filter(|line| !line.as_bytes().trim_ascii().is_empty()) {
+    for line in entry
+        .iter()
+        .filter(|line| !line.as_bytes().trim_ascii().is_empty())
+    {
         joined.extend_from_slice(line.as_bytes());
         joined.extend_from_slice(b", ");
     }
