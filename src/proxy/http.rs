@@ -3,15 +3,16 @@
 //! request, so kept-alive connections see new faults on their next request.
 //! `Upgrade` requests (WebSocket) are passed on by `http/upgrade.rs`.
 
+mod headers;
 mod upgrade;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{Request, Response, StatusCode, Uri, Version};
+use http::header::{self, HeaderValue};
+use http::uri::Authority;
+use http::{Request, Response, StatusCode};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -42,18 +43,6 @@ pub enum Refused {
     #[error("firedrill is shutting down")]
     ShuttingDown,
 }
-
-/// RFC 9110 section 7.6.1: connection-specific fields a proxy must not forward.
-static HOP_BY_HOP: [HeaderName; 6] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::TE,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-];
-
-static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
 struct Proxy {
     context: Arc<ServiceContext>,
@@ -372,74 +361,6 @@ impl Proxy {
         }
     }
 
-    /// Rewrites a client request for the upstream: target URI, HTTP/1.1,
-    /// hop-by-hop fields removed (kept for an upgrade), X-Forwarded-For.
-    fn prepare<B>(&self, request: &mut Request<B>, forwarded_for: HeaderValue, upgrade: bool) {
-        let path = request
-            .uri()
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        if !request.headers().contains_key(header::HOST) {
-            // An h2 client names the host in :authority; keep it for the upstream.
-            if let Some(host) = request
-                .uri()
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-            {
-                request.headers_mut().insert(header::HOST, host);
-            }
-        }
-        if request.version() == Version::HTTP_2 {
-            join_cookies(request.headers_mut());
-        }
-        *request.uri_mut() = if upgrade {
-            // An upgrade goes out on a connection of its own, which writes
-            // the target as it is: origin form, and Host says the rest.
-            if !request.headers().contains_key(header::HOST) {
-                if let Ok(host) = HeaderValue::from_str(self.authority.as_str()) {
-                    request.headers_mut().insert(header::HOST, host);
-                }
-            }
-            Uri::from(path)
-        } else {
-            // The pooled client connects to the URI's authority and sends
-            // origin form itself.
-            let mut parts = http::uri::Parts::default();
-            parts.scheme = Some(Scheme::HTTP);
-            parts.authority = Some(self.authority.clone());
-            parts.path_and_query = Some(path);
-            Uri::from_parts(parts).expect("scheme, authority and path make a URI")
-        };
-        *request.version_mut() = Version::HTTP_11;
-        let headers = request.headers_mut();
-        if upgrade {
-            let protocol = headers.get(header::UPGRADE).cloned();
-            strip_hop_by_hop(headers);
-            if let Some(protocol) = protocol {
-                headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-                headers.insert(header::UPGRADE, protocol);
-            }
-        } else {
-            strip_hop_by_hop(headers);
-        }
-        forward_for(headers, forwarded_for);
-    }
-
-    fn downstream(&self, response: Response<Incoming>, upgrade: bool) -> Response<ProxyBody> {
-        let mut response = response.map(|body| {
-            Either::Left(Counted::new(
-                body,
-                Arc::clone(&self.context),
-                Flow::Downstream,
-            ))
-        });
-        if !upgrade {
-            strip_hop_by_hop(response.headers_mut());
-        }
-        response
-    }
-
     /// Maps an upstream client error to 502, or 504 for a connect timeout.
     /// A timeout on a connection already made (a reused one, say) is a
     /// plain failure.
@@ -495,67 +416,6 @@ impl Proxy {
             HeaderValue::from_static("text/plain; charset=utf-8"),
         );
         response
-    }
-}
-
-/// Removes the hop-by-hop fields, including any that `Connection` names.
-/// `Connection` is a list and may be split over several lines (RFC 9110
-/// section 5.3), so every line counts.
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|line| line.to_str().ok())
-        .flat_map(|line| line.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
-    }
-    for name in &HOP_BY_HOP {
-        headers.remove(name);
-    }
-}
-
-/// RFC 9113 section 8.2.3: an h2 client may send each cookie as a field of
-/// its own, and HTTP/1.1 wants them in one, joined with "; ".
-fn join_cookies(headers: &mut HeaderMap) {
-    if headers.get_all(header::COOKIE).iter().nth(1).is_none() {
-        return;
-    }
-    let mut joined = Vec::new();
-    for (i, cookie) in headers.get_all(header::COOKIE).iter().enumerate() {
-        if i > 0 {
-            joined.extend_from_slice(b"; ");
-        }
-        joined.extend_from_slice(cookie.as_bytes());
-    }
-    if let Ok(joined) = HeaderValue::from_bytes(&joined) {
-        headers.insert(header::COOKIE, joined);
-    }
-}
-
-/// Adds the client to `X-Forwarded-For`: one field, after the addresses
-/// the client sent (on one line or several).
-fn forward_for(headers: &mut HeaderMap, client: HeaderValue) {
-    let mut entry = match headers.entry(&X_FORWARDED_FOR) {
-        header::Entry::Vacant(entry) => {
-            entry.insert(client);
-            return;
-        }
-        header::Entry::Occupied(entry) => entry,
-    };
-    let mut joined = Vec::new();
-    for line in entry
-        .iter()
-        .filter(|line| !line.as_bytes().trim_ascii().is_empty())
-    {
-        joined.extend_from_slice(line.as_bytes());
-        joined.extend_from_slice(b", ");
-    }
-    joined.extend_from_slice(client.as_bytes());
-    if let Ok(joined) = HeaderValue::from_bytes(&joined) {
-        entry.insert(joined);
     }
 }
 
