@@ -35,9 +35,9 @@ pub enum ApiError {
     UnknownScenario(#[from] UnknownScenario),
     #[error("{0}")]
     BadRequest(String),
-    #[error("no endpoint {0}; see GET /scenarios, GET /faults, POST /faults/NAME, DELETE /faults[/NAME], GET /topology, GET /metrics")]
+    #[error("no endpoint {0}; see GET /scenarios, GET /faults, POST /faults/NAME, DELETE /faults[/NAME], GET /events, GET /topology, GET /metrics")]
     NotFound(String),
-    #[error("{method} is not allowed on {path}; see GET /scenarios, GET /faults, POST /faults/NAME, DELETE /faults[/NAME], GET /topology, GET /metrics")]
+    #[error("{method} is not allowed on {path}; see GET /scenarios, GET /faults, POST /faults/NAME, DELETE /faults[/NAME], GET /events, GET /topology, GET /metrics")]
     MethodNotAllowed { method: String, path: String },
 }
 
@@ -76,6 +76,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/topology", get(topology))
         .route("/scenarios", get(scenarios))
         .route("/faults", get(list).delete(lift_all))
+        .route("/events", get(events))
         .route(
             "/faults/{scenario}",
             axum::routing::post(activate).delete(lift),
@@ -178,6 +179,39 @@ async fn lift_all(
 async fn list(State(state): State<AdminState>) -> Json<Value> {
     let active: Vec<Value> = state.engine.active().iter().map(activation_json).collect();
     Json(json!({ "active": active }))
+}
+
+/// The recent activations, newest first: who started each and when, and
+/// how it ended (lifted, expired, halted). `time` and `time_end` are Unix
+/// milliseconds, as annotation sources want them.
+async fn events(State(state): State<AdminState>) -> Json<Value> {
+    let millis = |t: SystemTime| {
+        t.duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64)
+    };
+    let events: Vec<Value> = state
+        .engine
+        .events()
+        .iter()
+        .map(|event| {
+            let (ended_at, ending, ended_by) = match &event.ended {
+                Some((at, how, by)) => (Some(*at), Some(how.name()), by.as_deref()),
+                None => (None, None, None),
+            };
+            json!({
+                "scenario": &*event.scenario,
+                "activated_by": event.activated_by,
+                "started_at": timestamp(event.started_at),
+                "expires_at": timestamp(event.expires_at),
+                "ended_at": ended_at.map(timestamp),
+                "ended": ending,
+                "ended_by": ended_by,
+                "time": millis(event.started_at),
+                "time_end": ended_at.map(millis),
+            })
+        })
+        .collect();
+    Json(json!({ "events": events }))
 }
 
 async fn scenarios(State(state): State<AdminState>) -> Json<Value> {

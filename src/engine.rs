@@ -11,13 +11,18 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+pub mod history;
+
 use crate::config::Plan;
 use crate::fault::live::{Live, Rules};
 use crate::fault::{Fault, Scenario};
+use history::{Ending, Event, History};
 
 /// One activation of a scenario.
 #[derive(Debug, Clone)]
 pub struct Activation {
+    /// Unique within this process; ties the activation to its history record.
+    pub id: u64,
     pub scenario: Arc<Scenario>,
     pub started: Instant,
     pub started_at: SystemTime,
@@ -70,8 +75,16 @@ struct Inner {
     live: Arc<Live>,
     // A std mutex: it is never held across an await, and only the admin API
     // and the timer take it. The data plane reads `live` and never locks.
-    active: Mutex<BTreeMap<usize, Activation>>,
+    state: Mutex<State>,
     wake: Notify,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Active scenarios by plan index.
+    active: BTreeMap<usize, Activation>,
+    history: History,
+    next_id: u64,
 }
 
 impl Engine {
@@ -83,7 +96,7 @@ impl Engine {
             inner: Arc::new(Inner {
                 plan,
                 live,
-                active: Mutex::new(BTreeMap::new()),
+                state: Mutex::new(State::default()),
                 wake: Notify::new(),
             }),
         }
@@ -97,10 +110,10 @@ impl Engine {
         &self.inner.live
     }
 
-    fn lock(&self) -> MutexGuard<'_, BTreeMap<usize, Activation>> {
-        // A panic elsewhere cannot leave the map half-updated: every change
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic elsewhere cannot leave the state half-updated: every change
         // is a single insert or remove, so a poisoned lock is still usable.
-        self.inner.active.lock().unwrap_or_else(|e| e.into_inner())
+        self.inner.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn find(&self, name: &str) -> Result<usize, UnknownScenario> {
@@ -123,15 +136,17 @@ impl Engine {
         by: &str,
     ) -> Result<Activated, UnknownScenario> {
         let index = self.find(name)?;
-        let mut active = self.lock();
+        let mut state = self.lock();
         let now = Instant::now();
-        self.expire(&mut active, now);
-        if let Some(existing) = active.get(&index) {
+        self.expire(&mut state, now);
+        if let Some(existing) = state.active.get(&index) {
             return Ok(Activated::Existing(existing.clone()));
         }
+        state.next_id += 1;
         let scenario = Arc::clone(&self.inner.plan.scenarios[index]);
         let length = duration.map_or(scenario.max_duration, |d| d.min(scenario.max_duration));
         let activation = Activation {
+            id: state.next_id,
             started: now,
             started_at: SystemTime::now(),
             expires: now + length,
@@ -145,8 +160,9 @@ impl Engine {
             "scenario activated"
         );
         crate::metrics::scenario_active(name, true);
-        active.insert(index, activation.clone());
-        self.publish(&active, now);
+        state.history.started(&activation);
+        state.active.insert(index, activation.clone());
+        self.publish(&state.active, now);
         self.inner.wake.notify_one();
         Ok(Activated::New(activation))
     }
@@ -154,14 +170,18 @@ impl Engine {
     /// Lifts one scenario; `Ok(None)` when it was not active.
     pub fn lift(&self, name: &str, by: &str) -> Result<Option<Activation>, UnknownScenario> {
         let index = self.find(name)?;
-        let mut active = self.lock();
+        let mut state = self.lock();
         let now = Instant::now();
-        self.expire(&mut active, now);
-        let lifted = active.remove(&index);
-        if lifted.is_some() {
+        self.expire(&mut state, now);
+        let lifted = state.active.remove(&index);
+        if let Some(activation) = &lifted {
             tracing::info!(scenario = name, by, "scenario lifted");
             crate::metrics::scenario_active(name, false);
-            self.publish(&active, now);
+            let at = SystemTime::now();
+            state
+                .history
+                .ended(activation, at, Ending::Lifted, Some(by));
+            self.publish(&state.active, now);
             self.inner.wake.notify_one();
         }
         Ok(lifted)
@@ -169,12 +189,16 @@ impl Engine {
 
     /// Lifts every active scenario at once and returns what was lifted.
     pub fn lift_all(&self, by: &str) -> Vec<Activation> {
-        let mut active = self.lock();
+        let mut state = self.lock();
         // One that ran out before the timer got to it was not lifted by us.
-        self.expire(&mut active, Instant::now());
-        let lifted: Vec<Activation> = std::mem::take(&mut *active).into_values().collect();
+        self.expire(&mut state, Instant::now());
+        let lifted: Vec<Activation> = std::mem::take(&mut state.active).into_values().collect();
+        let at = SystemTime::now();
         for activation in &lifted {
             crate::metrics::scenario_active(&activation.scenario.name, false);
+            state
+                .history
+                .ended(activation, at, Ending::Halted, Some(by));
         }
         tracing::warn!(
             by,
@@ -182,29 +206,43 @@ impl Engine {
             scenarios = ?lifted.iter().map(|a| &*a.scenario.name).collect::<Vec<_>>(),
             "all faults halted"
         );
-        self.publish(&active, Instant::now());
+        self.publish(&state.active, Instant::now());
         self.inner.wake.notify_one();
         lifted
     }
 
     /// The activations in force now, in plan order.
     pub fn active(&self) -> Vec<Activation> {
-        let mut active = self.lock();
+        let mut state = self.lock();
         let now = Instant::now();
-        if self.expire(&mut active, now) {
-            self.publish(&active, now);
+        if self.expire(&mut state, now) {
+            self.publish(&state.active, now);
         }
-        active.values().cloned().collect()
+        state.active.values().cloned().collect()
+    }
+
+    /// The recent activations and how they ended, newest first.
+    pub fn events(&self) -> Vec<Event> {
+        let mut state = self.lock();
+        let now = Instant::now();
+        if self.expire(&mut state, now) {
+            self.publish(&state.active, now);
+        }
+        state.history.newest_first()
     }
 
     /// Removes expired activations; returns whether any were.
-    fn expire(&self, active: &mut BTreeMap<usize, Activation>, now: Instant) -> bool {
+    fn expire(&self, state: &mut State, now: Instant) -> bool {
+        let State {
+            active, history, ..
+        } = state;
         let before = active.len();
         active.retain(|_, activation| {
             let keep = activation.expires > now;
             if !keep {
                 tracing::info!(scenario = %activation.scenario.name, "scenario expired");
                 crate::metrics::scenario_active(&activation.scenario.name, false);
+                history.ended(activation, activation.expires_at(), Ending::Expired, None);
             }
             keep
         });
@@ -228,11 +266,11 @@ impl Engine {
         let mut due = true;
         loop {
             let next = {
-                let mut active = self.lock();
+                let mut state = self.lock();
                 let now = Instant::now();
-                let expired = self.expire(&mut active, now);
+                let expired = self.expire(&mut state, now);
                 let count = self.inner.plan.topology.services.len();
-                let (rules, next) = rules_at(count, active.values(), now);
+                let (rules, next) = rules_at(count, state.active.values(), now);
                 if due || expired {
                     self.inner.live.publish(rules);
                 }

@@ -600,3 +600,66 @@ async fn a_scenario_name_that_is_not_utf8_gets_a_json_error() {
         );
     }
 }
+
+#[tokio::test]
+async fn events_list_activations_newest_first_with_who_and_how_they_ended() {
+    let running = stack("pangyo-fire").await;
+    let (_, empty) = admin(&running, Method::GET, "/events", "").await;
+    assert_eq!(empty, json!({ "events": [] }));
+
+    activate(&running, "pangyo-fire").await;
+    lift(&running, "pangyo-fire").await;
+    activate_with(&running, "short", r#"{"duration": "200ms"}"#).await;
+    activate(&running, "maps-slow").await;
+    within(STEP, async {
+        // `short` expires by itself.
+        while active_scenarios(&running)
+            .await
+            .contains(&"short".to_owned())
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let (status, _) = admin(&running, Method::DELETE, "/faults", "").await;
+    assert_eq!(status, StatusCode::OK);
+
+    let (status, body) = admin(&running, Method::GET, "/events", "").await;
+    assert_eq!(status, StatusCode::OK);
+    let events = body["events"].as_array().unwrap();
+    let summary: Vec<(&str, &str)> = events
+        .iter()
+        .map(|e| {
+            (
+                e["scenario"].as_str().unwrap(),
+                e["ended"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("maps-slow", "halted"),
+            ("short", "expired"),
+            ("pangyo-fire", "lifted")
+        ]
+    );
+    let expired = &events[1];
+    assert_eq!(expired["ended_by"], Value::Null, "nobody ended an expiry");
+    assert!(span(&expired["started_at"], &expired["ended_at"]) >= Duration::from_millis(200));
+    for event in events {
+        assert!(event["activated_by"]
+            .as_str()
+            .unwrap()
+            .starts_with("127.0.0.1:"));
+        let (start, end) = (
+            event["time"].as_u64().unwrap(),
+            event["time_end"].as_u64().unwrap(),
+        );
+        assert!(start <= end, "{event}");
+    }
+    assert!(events[0]["ended_by"]
+        .as_str()
+        .unwrap()
+        .starts_with("127.0.0.1:"));
+}

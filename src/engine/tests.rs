@@ -206,3 +206,49 @@ async fn one_change_publishes_one_snapshot() {
     assert_eq!(*changes.borrow(), before + 2);
     shutdown.cancel();
 }
+
+#[tokio::test(start_paused = true)]
+async fn events_say_who_started_each_activation_and_how_it_ended() {
+    let engine = engine();
+    engine.activate("fire", None, "lead").unwrap();
+    engine.lift("fire", "lead").unwrap();
+    engine
+        .activate("recovery", Some(Duration::from_secs(60)), "ops")
+        .unwrap();
+    engine.activate("fire", None, "ops").unwrap();
+    tokio::time::advance(Duration::from_secs(61)).await;
+    engine.lift_all("chief");
+
+    let events = engine.events();
+    let summary: Vec<(&str, &str, Option<history::Ending>, Option<&str>)> = events
+        .iter()
+        .map(|e| {
+            let (how, by) = e
+                .ended
+                .as_ref()
+                .map_or((None, None), |(_, how, by)| (Some(*how), by.as_deref()));
+            (&*e.scenario, e.activated_by.as_str(), how, by)
+        })
+        .collect();
+    use history::Ending::*;
+    assert_eq!(
+        summary,
+        [
+            ("fire", "ops", Some(Halted), Some("chief")),
+            ("recovery", "ops", Some(Expired), None),
+            ("fire", "lead", Some(Lifted), Some("lead")),
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_history_keeps_only_the_newest_activations() {
+    let engine = engine();
+    for _ in 0..history::CAPACITY + 10 {
+        engine.activate("fire", None, "t").unwrap();
+        engine.lift("fire", "t").unwrap();
+    }
+    let events = engine.events();
+    assert_eq!(events.len(), history::CAPACITY);
+    assert!(events[0].id > events[1].id, "newest first");
+}
