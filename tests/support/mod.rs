@@ -526,3 +526,79 @@ pub async fn unresponsive_upstream() -> (SocketAddr, (TcpListener, Vec<TcpStream
     }
     panic!("the accept queue of {addr} did not fill up");
 }
+
+// --- Real programs and scratch folders ------------------------------------------
+
+/// Whether every one of `programs` is on PATH. A missing one fails the test
+/// on CI (CI=true) and otherwise skips it with a hint to run `install`.
+pub fn programs_present(programs: &[&str], install: &str) -> bool {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let missing: Vec<&str> = programs
+        .iter()
+        .copied()
+        .filter(|program| !std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
+        .collect();
+    if missing.is_empty() {
+        return true;
+    }
+    let missing = missing.join(", ");
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{missing} missing on CI; install with `{install}`");
+    }
+    eprintln!("skipping: {missing} not installed; install with `{install}`");
+    false
+}
+
+/// A fresh folder under the system temp dir, removed with everything in it
+/// on drop.
+pub struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    pub fn new(prefix: &str) -> TempDir {
+        let path = std::env::temp_dir().join(unique(prefix));
+        std::fs::create_dir_all(&path)
+            .unwrap_or_else(|e| panic!("creating {}: {e}", path.display()));
+        TempDir(path)
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Like [`run_captured`], with `input` written to the program's stdin
+/// (then closed).
+pub fn run_with_input(command: &mut Command, input: &[u8], limit: Duration) -> Ran {
+    use std::io::Write;
+    let started = Instant::now();
+    let child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {:?}: {e}", command.get_program()));
+    let mut child = Process(child);
+    let stdout = collect(child.0.stdout.take().unwrap());
+    let stderr = collect(child.0.stderr.take().unwrap());
+    let mut stdin = child.0.stdin.take().unwrap();
+    let input = input.to_vec();
+    // A program that stops reading early must not block the test.
+    let writer = std::thread::spawn(move || {
+        let _ = stdin.write_all(&input);
+    });
+    let status = child.wait_within(limit);
+    let elapsed = started.elapsed();
+    let _ = writer.join();
+    Ran {
+        status,
+        stdout: stdout.join().unwrap(),
+        stderr: stderr.join().unwrap(),
+        elapsed,
+    }
+}
