@@ -180,7 +180,12 @@ impl ServiceMetrics {
             .collect();
         ServiceMetrics {
             requests: by_outcome(REQUESTS_TOTAL, &|o| http && o != Outcome::Accepted),
-            connections: by_outcome(CONNECTIONS_TOTAL, &|o| (o == Outcome::Accepted) == http),
+            connections: by_outcome(CONNECTIONS_TOTAL, &|o| match o {
+                Outcome::Accepted => http,
+                // An injected error response means nothing to a byte stream.
+                Outcome::Error => false,
+                _ => !http,
+            }),
             active: gauge!(CONNECTIONS_ACTIVE, &labels),
             duration: if http {
                 histogram!(REQUEST_DURATION_SECONDS, &labels)
