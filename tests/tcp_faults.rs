@@ -329,13 +329,20 @@ async fn connections_are_counted_by_outcome_and_faults_by_action_and_scenario() 
                 .join("\n")
         );
     }
-    let accepted = [("service", drill.service()), ("outcome", "accepted")];
-    assert!(!text
-        .lines()
-        .any(|l| l.starts_with("firedrill_connections_total")
-            && accepted
-                .iter()
-                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))));
+    // Nor connection outcomes that only mean something for http.
+    for outcome in ["accepted", "error"] {
+        let labels = [("service", drill.service()), ("outcome", outcome)];
+        let exported = text.lines().any(|l| {
+            l.starts_with("firedrill_connections_total")
+                && labels
+                    .iter()
+                    .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        });
+        assert!(
+            !exported,
+            "connections_total{{outcome=\"{outcome}\"}} for a tcp service"
+        );
+    }
 }
 
 #[tokio::test]
