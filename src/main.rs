@@ -39,6 +39,9 @@ enum Command {
         /// How long in-flight requests may take to finish on shutdown.
         #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
         grace: Duration,
+        /// Worker threads for the data plane; default: one per core.
+        #[arg(long)]
+        threads: Option<usize>,
     },
     /// Validate plans; report every error with file, line and column.
     Check {
@@ -67,8 +70,12 @@ fn main() -> ExitCode {
         .init();
     match cli.command {
         Command::Check { plans } => check(&plans),
-        Command::Run { config, grace } => match load(&config) {
-            Ok(plan) => serve(plan, grace, false),
+        Command::Run {
+            config,
+            grace,
+            threads,
+        } => match load(&config) {
+            Ok(plan) => serve(plan, grace, threads, false),
             Err(code) => code,
         },
         Command::Demo { config } => {
@@ -80,7 +87,7 @@ fn main() -> ExitCode {
                 }),
             };
             match plan {
-                Ok(plan) => serve(plan, Duration::from_secs(2), true),
+                Ok(plan) => serve(plan, Duration::from_secs(2), None, true),
                 Err(code) => code,
             }
         }
@@ -118,11 +125,12 @@ fn check(paths: &[PathBuf]) -> ExitCode {
     }
 }
 
-fn serve(plan: Plan, grace: Duration, demo: bool) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+fn serve(plan: Plan, grace: Duration, threads: Option<usize>, demo: bool) -> ExitCode {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = threads.filter(|&t| t > 0) {
+        builder.worker_threads(threads);
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("cannot start the async runtime: {e}");

@@ -770,6 +770,31 @@ async fn upstream_connections_left_idle_for_the_pool_timeout_are_closed() {
         .expect("the idle upstream connection was closed");
 }
 
+#[tokio::test]
+async fn a_kept_alive_client_survives_an_upstream_that_closes_after_every_answer() {
+    let maps = unique("maps");
+    let upstream = one_answer_upstream().await;
+    let running = serve(&maps, upstream, &[]).await;
+    let client = client();
+    let url = url(&running, &maps, "/tile");
+    // One client connection; behind it, the upstream closes its end after
+    // each answer, so every request needs a new upstream connection, and
+    // some find the old one closed only as they are sent.
+    for i in 0..30 {
+        let (status, body) = send(&client, Method::GET, &url, "")
+            .await
+            .expect("answered");
+        assert_eq!(
+            (status, body.as_str()),
+            (StatusCode::OK, "once\n"),
+            "request {i}"
+        );
+    }
+    let text = metrics(&running).await;
+    let forwarded = sample(&text, REQUESTS, &by_outcome(&maps, "forwarded"));
+    assert_eq!(forwarded, 30.0);
+}
+
 // --- Upgraded connections -----------------------------------------------------
 
 #[tokio::test]
@@ -1255,6 +1280,27 @@ async fn closing_upstream() -> (SocketAddr, mpsc::UnboundedReceiver<()>) {
         }
     });
     (addr, receiver)
+}
+
+/// An HTTP/1.1 upstream that answers one request per connection, then
+/// closes it.
+async fn one_answer_upstream() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let service = service_fn(|_: Request<Incoming>| async {
+                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"once\n"))))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .keep_alive(false)
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
 }
 
 /// A request body whose chunks the test sends one at a time.

@@ -4,6 +4,7 @@
 //! `Upgrade` requests (WebSocket) are passed on by `http/upgrade.rs`.
 
 mod headers;
+mod sticky;
 mod upgrade;
 
 use std::sync::Arc;
@@ -12,7 +13,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::uri::Authority;
-use http::{Request, Response, StatusCode};
+use http::{Request, Response, StatusCode, Version};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -96,10 +97,12 @@ pub async fn serve(listener: TcpListener, context: Arc<ServiceContext>, shutdown
         let forwarded_for = HeaderValue::from_str(&peer.ip().to_string())
             .expect("an IP address is a valid header value");
         let proxy = Arc::clone(&proxy);
+        let (sticky, mut upstreams) = sticky::pair();
         let service = service_fn(move |request| {
             let proxy = Arc::clone(&proxy);
             let forwarded_for = forwarded_for.clone();
-            async move { proxy.handle(request, forwarded_for).await }
+            let sticky = Arc::clone(&sticky);
+            async move { proxy.handle(request, forwarded_for, &sticky).await }
         });
         let connection = builder
             .serve_connection_with_upgrades(TokioIo::new(stream), service)
@@ -114,6 +117,7 @@ pub async fn serve(listener: TcpListener, context: Arc<ServiceContext>, shutdown
                         tracing::debug!(%peer, "http connection ended: {e}");
                     }
                 }
+                () = upstreams.run() => {}
                 () = hard_stop.cancelled() => {}
             }
         });
@@ -170,6 +174,7 @@ impl Proxy {
         &self,
         request: Request<Incoming>,
         forwarded_for: HeaderValue,
+        sticky: &Arc<sticky::Sticky>,
     ) -> Result<Response<ProxyBody>, Refused> {
         let started = Instant::now();
         let seed: u64 = rand::random();
@@ -190,7 +195,9 @@ impl Proxy {
         }
         match step {
             Step::Forward => {
-                let (outcome, result) = self.forward(request, forwarded_for, delayed, seed).await;
+                let (outcome, result) = self
+                    .forward(request, forwarded_for, delayed, seed, sticky)
+                    .await;
                 tally.outcome = outcome;
                 result
             }
@@ -325,6 +332,7 @@ impl Proxy {
         forwarded_for: HeaderValue,
         delayed: bool,
         seed: u64,
+        sticky: &Arc<sticky::Sticky>,
     ) -> (Outcome, Result<Response<ProxyBody>, Refused>) {
         if upgrade::is_upgrade(request.headers()) {
             let (outcome, response) = self.upgrade(request, forwarded_for, seed).await;
@@ -334,11 +342,33 @@ impl Proxy {
             };
             return (outcome, Ok(response));
         }
+        // h2 clients multiplex requests, so they share the pool; an
+        // HTTP/1.1 client's requests come one at a time over its own
+        // upstream connection.
+        let multiplexed = request.version() == Version::HTTP_2;
         self.prepare(&mut request, forwarded_for, false);
         let request =
             request.map(|body| Counted::new(body, Arc::clone(&self.context), Flow::Upstream));
         let service = &self.context.service;
-        match tokio::time::timeout(service.timeout, self.client.request(request)).await {
+        let sent = async {
+            if multiplexed {
+                self.client
+                    .request(request)
+                    .await
+                    .map_err(|e| self.upstream_failed(&e))
+            } else {
+                self.send_sticky(sticky, request)
+                    .await
+                    .map_err(|failure| match failure {
+                        sticky::Failure::Connect(e) => self.connect_failed(&e),
+                        sticky::Failure::ConnectTimedOut => self.connect_timed_out(),
+                        sticky::Failure::Http(e) => {
+                            self.failure(StatusCode::BAD_GATEWAY, format!("failed: {e}"))
+                        }
+                    })
+            }
+        };
+        match tokio::time::timeout(service.timeout, sent).await {
             Ok(Ok(response)) => {
                 let outcome = if delayed {
                     Outcome::Delayed
@@ -347,7 +377,7 @@ impl Proxy {
                 };
                 (outcome, Ok(self.downstream(response, false)))
             }
-            Ok(Err(e)) => (Outcome::UpstreamError, Ok(self.upstream_failed(&e))),
+            Ok(Err(failure)) => (Outcome::UpstreamError, Ok(failure)),
             Err(_) => (
                 Outcome::UpstreamError,
                 Ok(self.failure(

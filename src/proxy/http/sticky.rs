@@ -1,0 +1,144 @@
+//! An upstream HTTP/1.1 connection of each client connection's own. A
+//! kept-alive client's requests go over one upstream connection with no
+//! pool in between: no shared lock, no checkout, and the upstream sees the
+//! same connection pattern the client has. The upstream connection is
+//! driven by the client connection's own task (see [`Driver`]), so a
+//! request and its response never hop between tasks or threads.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use tokio::sync::mpsc;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use super::Proxy;
+use crate::proxy::Counted;
+
+type Sender = SendRequest<Counted<Incoming>>;
+
+type UpstreamConnection = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// The upstream connection of one client connection, while idle.
+pub(super) struct Sticky {
+    // A std mutex, held only to take or return the sender, never across an
+    // await; only the client connection's own requests touch it.
+    idle: Mutex<Option<Sender>>,
+    /// Hands new upstream connections to the client connection's task.
+    driver: mpsc::UnboundedSender<UpstreamConnection>,
+}
+
+/// Drives a client connection's upstream connections inside its own task.
+pub(super) struct Driver {
+    new: mpsc::UnboundedReceiver<UpstreamConnection>,
+    running: FuturesUnordered<UpstreamConnection>,
+}
+
+impl Driver {
+    /// Runs the upstream connections handed over so far, and those handed
+    /// over later; never completes (it is raced against the client
+    /// connection, and dropped with it).
+    pub async fn run(&mut self) {
+        loop {
+            tokio::select! {
+                Some(connection) = self.new.recv() => self.running.push(connection),
+                Some(()) = self.running.next(), if !self.running.is_empty() => {}
+                else => std::future::pending::<()>().await,
+            }
+        }
+    }
+}
+
+/// A [`Sticky`] slot and the [`Driver`] for one client connection.
+pub(super) fn pair() -> (Arc<Sticky>, Driver) {
+    let (driver, new) = mpsc::unbounded_channel();
+    let sticky = Sticky {
+        idle: Mutex::new(None),
+        driver,
+    };
+    let driver = Driver {
+        new,
+        running: FuturesUnordered::new(),
+    };
+    (Arc::new(sticky), driver)
+}
+
+/// Why a request could not be sent upstream.
+pub(super) enum Failure {
+    Connect(std::io::Error),
+    ConnectTimedOut,
+    Http(hyper::Error),
+}
+
+impl Sticky {
+    fn take(&self) -> Option<Sender> {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+
+    fn put(&self, sender: Sender) {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.is_none() {
+            *idle = Some(sender);
+        }
+    }
+}
+
+impl Proxy {
+    /// Sends `request` over the client connection's own upstream
+    /// connection, opening one when there is none or it has closed. A
+    /// request the closed connection never took is sent again on a new one.
+    pub(super) async fn send_sticky(
+        &self,
+        sticky: &Arc<Sticky>,
+        request: Request<Counted<Incoming>>,
+    ) -> Result<Response<Incoming>, Failure> {
+        let mut request = request;
+        if let Some(mut sender) = sticky.take() {
+            if sender.ready().await.is_ok() {
+                match sender.try_send_request(request).await {
+                    Ok(response) => {
+                        sticky.put(sender);
+                        return Ok(response);
+                    }
+                    Err(mut e) => match e.take_message() {
+                        // Not sent: the upstream closed the idle connection.
+                        Some(unsent) => request = unsent,
+                        None => return Err(Failure::Http(e.into_error())),
+                    },
+                }
+            }
+        }
+        let mut sender = self.connect_sticky(sticky).await?;
+        let response = sender.send_request(request).await.map_err(Failure::Http)?;
+        sticky.put(sender);
+        Ok(response)
+    }
+
+    async fn connect_sticky(&self, sticky: &Sticky) -> Result<Sender, Failure> {
+        let service = &self.context.service;
+        let connect = TcpStream::connect(service.upstream.authority.as_str());
+        let stream = tokio::time::timeout(service.connect_timeout, connect)
+            .await
+            .map_err(|_| Failure::ConnectTimedOut)?
+            .map_err(Failure::Connect)?;
+        let _ = stream.set_nodelay(true);
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(Failure::Http)?;
+        let connection = Box::pin(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!("upstream connection ended: {e}");
+            }
+        });
+        // The client connection's task drives it; if that task is gone, so
+        // is the client, and the connection is dropped unused.
+        let _ = sticky.driver.send(connection);
+        Ok(sender)
+    }
+}
