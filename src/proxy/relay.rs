@@ -15,8 +15,12 @@ use tokio_util::sync::CancellationToken;
 use super::{Flow, ServiceContext};
 use crate::fault::{connection_roll, decide, Latency, Verdict};
 
-/// Read size per chunk; also the unit a per-chunk delay applies to.
+/// Read size per chunk on a busy stream; also the unit a per-chunk delay
+/// applies to.
 const CHUNK: usize = 16 * 1024;
+/// Read size on a quiet stream, kept inside the connection's task: an idle
+/// connection holds no heap buffer.
+const SMALL: usize = 1024;
 /// Bytes a delayed direction may hold before it stops reading (backpressure).
 const MAX_DELAYED: usize = 1024 * 1024;
 
@@ -253,8 +257,8 @@ where
     C: AsyncRead + Unpin,
     U: AsyncRead + Unpin,
 {
-    let mut sink = vec![0u8; 4096];
-    let mut upstream_sink = vec![0u8; 4096];
+    let mut sink = [0u8; SMALL];
+    let mut upstream_sink = [0u8; SMALL];
     let mut upstream_open = upstream.is_some();
     loop {
         tokio::select! {
@@ -298,7 +302,7 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut buf = vec![0u8; CHUNK];
+    let mut buf = ReadBuffer::new();
     let mut queue: VecDeque<(Instant, Bytes)> = VecDeque::new();
     let mut queued = 0usize;
     let mut last_due = Instant::now();
@@ -310,7 +314,7 @@ where
                 // other direction keep flowing.
                 return writer.shutdown().await;
             }
-            reader.read(&mut buf).await?
+            reader.read(buf.space()).await?
         } else {
             let front_due = queue.front().map(|(due, _)| *due);
             tokio::select! {
@@ -322,7 +326,7 @@ where
                     context.count_bytes(flow, chunk.len());
                     continue;
                 }
-                read = reader.read(&mut buf), if !eof && queued < MAX_DELAYED => read?,
+                read = reader.read(buf.space()), if !eof && queued < MAX_DELAYED => read?,
             }
         };
         if n == 0 {
@@ -333,11 +337,53 @@ where
         // a delay that starts or ends while a read waits applies at once.
         let latency = delay.get();
         if latency.is_zero() && queue.is_empty() {
-            writer.write_all(&buf[..n]).await?;
+            writer.write_all(buf.data(n)).await?;
             context.count_bytes(flow, n);
         } else {
-            last_due = enqueue(&mut queue, &buf[..n], latency, last_due);
+            last_due = enqueue(&mut queue, buf.data(n), latency, last_due);
             queued += n;
+        }
+        buf.adapt(n);
+    }
+}
+
+/// A read buffer that stays small (and off the heap) while a stream is
+/// quiet and grows while it is busy, so 10,000 idle connections cost little
+/// memory and a bulk transfer still moves big chunks.
+struct ReadBuffer {
+    small: [u8; SMALL],
+    big: Option<Box<[u8]>>,
+}
+
+impl ReadBuffer {
+    fn new() -> ReadBuffer {
+        ReadBuffer {
+            small: [0; SMALL],
+            big: None,
+        }
+    }
+
+    fn space(&mut self) -> &mut [u8] {
+        match &mut self.big {
+            Some(big) => big,
+            None => &mut self.small,
+        }
+    }
+
+    fn data(&self, n: usize) -> &[u8] {
+        match &self.big {
+            Some(big) => &big[..n],
+            None => &self.small[..n],
+        }
+    }
+
+    /// Grows after a read that filled the small buffer; shrinks after one
+    /// that would have fit in it.
+    fn adapt(&mut self, n: usize) {
+        match self.big {
+            None if n == SMALL => self.big = Some(vec![0; CHUNK].into_boxed_slice()),
+            Some(_) if n < SMALL => self.big = None,
+            _ => {}
         }
     }
 }
@@ -359,5 +405,26 @@ async fn sleep_until_some(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_buffer_grows_while_busy_and_shrinks_when_quiet() {
+        let mut buf = ReadBuffer::new();
+        assert_eq!(buf.space().len(), SMALL);
+        buf.adapt(10);
+        assert_eq!(buf.space().len(), SMALL, "a short read keeps it small");
+        buf.adapt(SMALL);
+        assert_eq!(buf.space().len(), CHUNK, "a full small read grows it");
+        buf.space()[..3].copy_from_slice(b"abc");
+        assert_eq!(buf.data(3), b"abc");
+        buf.adapt(CHUNK);
+        assert_eq!(buf.space().len(), CHUNK, "busy streams keep big chunks");
+        buf.adapt(SMALL - 1);
+        assert_eq!(buf.space().len(), SMALL, "a quiet read frees it");
     }
 }
