@@ -97,7 +97,7 @@ pub async fn serve(listener: TcpListener, context: Arc<ServiceContext>, shutdown
         let forwarded_for = HeaderValue::from_str(&peer.ip().to_string())
             .expect("an IP address is a valid header value");
         let proxy = Arc::clone(&proxy);
-        let (sticky, mut upstreams) = sticky::pair();
+        let sticky = Arc::new(sticky::Sticky::default());
         let service = service_fn(move |request| {
             let proxy = Arc::clone(&proxy);
             let forwarded_for = forwarded_for.clone();
@@ -117,7 +117,6 @@ pub async fn serve(listener: TcpListener, context: Arc<ServiceContext>, shutdown
                         tracing::debug!(%peer, "http connection ended: {e}");
                     }
                 }
-                () = upstreams.run() => {}
                 () = hard_stop.cancelled() => {}
             }
         });
