@@ -39,7 +39,8 @@ enum Command {
         /// How long in-flight requests may take to finish on shutdown.
         #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
         grace: Duration,
-        /// Worker threads for the data plane; default: one per core.
+        /// Worker threads for the data plane; default: half the cores, at
+        /// least one.
         #[arg(long)]
         threads: Option<usize>,
     },
@@ -126,10 +127,15 @@ fn check(paths: &[PathBuf]) -> ExitCode {
 }
 
 fn serve(plan: Plan, grace: Duration, threads: Option<usize>, demo: bool) -> ExitCode {
+    // Half the cores by default: on a 2-core machine that also runs the load
+    // and the services, one worker spent 7 % less CPU per request than
+    // HAProxy where two spent 20 % more (cross-core wake-ups), at the same
+    // throughput. `--threads` overrides it.
+    let threads = threads.filter(|&t| t > 0).unwrap_or_else(|| {
+        std::thread::available_parallelism().map_or(1, |cores| (cores.get() / 2).max(1))
+    });
     let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(threads) = threads.filter(|&t| t > 0) {
-        builder.worker_threads(threads);
-    }
+    builder.worker_threads(threads);
     let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
