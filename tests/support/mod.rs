@@ -471,24 +471,7 @@ impl Ran {
 /// Runs `command` to its end with its output captured and no input,
 /// killing it by PID if it outlives `limit`.
 pub fn run_captured(command: &mut Command, limit: Duration) -> Ran {
-    let started = Instant::now();
-    let child = command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("starting {:?}: {e}", command.get_program()));
-    let mut child = Process(child);
-    let stdout = collect(child.0.stdout.take().unwrap());
-    let stderr = collect(child.0.stderr.take().unwrap());
-    let status = child.wait_within(limit);
-    let elapsed = started.elapsed();
-    Ran {
-        status,
-        stdout: stdout.join().unwrap(),
-        stderr: stderr.join().unwrap(),
-        elapsed,
-    }
+    run(command, None, limit)
 }
 
 // --- More helpers -------------------------------------------------------------
@@ -575,10 +558,18 @@ impl Drop for TempDir {
 /// Like [`run_captured`], with `input` written to the program's stdin
 /// (then closed).
 pub fn run_with_input(command: &mut Command, input: &[u8], limit: Duration) -> Ran {
+    run(command, Some(input), limit)
+}
+
+fn run(command: &mut Command, input: Option<&[u8]>, limit: Duration) -> Ran {
     use std::io::Write;
     let started = Instant::now();
     let child = command
-        .stdin(Stdio::piped())
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -586,15 +577,19 @@ pub fn run_with_input(command: &mut Command, input: &[u8], limit: Duration) -> R
     let mut child = Process(child);
     let stdout = collect(child.0.stdout.take().unwrap());
     let stderr = collect(child.0.stderr.take().unwrap());
-    let mut stdin = child.0.stdin.take().unwrap();
-    let input = input.to_vec();
     // A program that stops reading early must not block the test.
-    let writer = std::thread::spawn(move || {
-        let _ = stdin.write_all(&input);
+    let writer = input.map(|input| {
+        let mut stdin = child.0.stdin.take().unwrap();
+        let input = input.to_vec();
+        std::thread::spawn(move || {
+            let _ = stdin.write_all(&input);
+        })
     });
     let status = child.wait_within(limit);
     let elapsed = started.elapsed();
-    let _ = writer.join();
+    if let Some(writer) = writer {
+        let _ = writer.join();
+    }
     Ran {
         status,
         stdout: stdout.join().unwrap(),
