@@ -12,6 +12,7 @@
 //!   [`proxy::tcp`] per connection and again whenever the rules change.
 //! - [`admin`] is the HTTP API and `/metrics`; [`metrics`] names every metric.
 //! - [`shutdown`] drains connections; [`demo`] runs stand-in upstreams.
+//! - [`tls`] turns PEM files into rustls configurations.
 //!
 //! [`start`] binds every listener of a plan and returns a [`Running`] proxy.
 #![forbid(unsafe_code)]
@@ -24,6 +25,7 @@ pub mod fault;
 pub mod metrics;
 pub mod proxy;
 pub mod shutdown;
+pub mod tls;
 pub mod topology;
 
 use std::net::SocketAddr;

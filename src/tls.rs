@@ -1,0 +1,168 @@
+//! TLS settings shared by the admin API and the data plane: PEM files in,
+//! rustls configurations out. Every failure names the file and what is
+//! wrong with it, so `firedrill check` can point at the plan line.
+//!
+//! rustls runs on the `ring` provider, chosen per configuration rather than
+//! installed process-wide, so embedding firedrill never fights over it.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+
+/// ALPN protocols an HTTP listener offers, most preferred first.
+pub const ALPN_HTTP: &[&[u8]] = &[b"h2", b"http/1.1"];
+
+/// Why a TLS configuration could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read {what} {}: {source}", path.display())]
+    Read {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{what} {} holds no PEM {expected}", path.display())]
+    Empty {
+        what: &'static str,
+        path: PathBuf,
+        expected: &'static str,
+    },
+    #[error("{what} {} is not valid PEM: {message}", path.display())]
+    Pem {
+        what: &'static str,
+        path: PathBuf,
+        message: String,
+    },
+    #[error("{0}")]
+    Rustls(String),
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn pem_error(what: &'static str, path: &Path, error: rustls::pki_types::pem::Error) -> TlsError {
+    match error {
+        rustls::pki_types::pem::Error::Io(source) => TlsError::Read {
+            what,
+            path: path.to_owned(),
+            source,
+        },
+        rustls::pki_types::pem::Error::NoItemsFound => TlsError::Empty {
+            what,
+            path: path.to_owned(),
+            expected: "item",
+        },
+        other => TlsError::Pem {
+            what,
+            path: path.to_owned(),
+            message: other.to_string(),
+        },
+    }
+}
+
+/// Every certificate in a PEM file; at least one.
+pub fn certificates(
+    what: &'static str,
+    path: &Path,
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| pem_error(what, path, e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| pem_error(what, path, e))?;
+    if certs.is_empty() {
+        return Err(TlsError::Empty {
+            what,
+            path: path.to_owned(),
+            expected: "CERTIFICATE",
+        });
+    }
+    Ok(certs)
+}
+
+/// The first private key (PKCS#8, PKCS#1 or SEC1) in a PEM file.
+pub fn private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_file(path).map_err(|e| match e {
+        rustls::pki_types::pem::Error::NoItemsFound => TlsError::Empty {
+            what: "key file",
+            path: path.to_owned(),
+            expected: "PRIVATE KEY",
+        },
+        other => pem_error("key file", path, other),
+    })
+}
+
+/// A root store holding every certificate of a PEM CA bundle.
+pub fn root_store(what: &'static str, path: &Path) -> Result<RootCertStore, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for cert in certificates(what, path)? {
+        roots.add(cert).map_err(|e| TlsError::Pem {
+            what,
+            path: path.to_owned(),
+            message: format!("not a usable CA certificate: {e}"),
+        })?;
+    }
+    Ok(roots)
+}
+
+/// The certificates the operating system trusts.
+pub fn system_roots() -> RootCertStore {
+    let found = rustls_native_certs::load_native_certs();
+    for error in &found.errors {
+        tracing::warn!("while loading the system's CA certificates: {error}");
+    }
+    let mut roots = RootCertStore::empty();
+    let (added, ignored) = roots.add_parsable_certificates(found.certs);
+    tracing::debug!(added, ignored, "system CA certificates loaded");
+    roots
+}
+
+/// A server configuration from a certificate chain and key; with
+/// `client_ca`, clients must present a certificate signed by it.
+pub fn server_config(
+    cert: &Path,
+    key: &Path,
+    alpn: &[&[u8]],
+    client_ca: Option<&Path>,
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let chain = certificates("certificate file", cert)?;
+    let key_der = private_key(key)?;
+    let builder = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Rustls(e.to_string()))?;
+    let builder = match client_ca {
+        Some(ca) => {
+            let roots = root_store("client CA file", ca)?;
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+                .build()
+                .map_err(|e| TlsError::Rustls(format!("client CA {}: {e}", ca.display())))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_single_cert(chain, key_der).map_err(|e| {
+        TlsError::Rustls(format!(
+            "certificate {} and key {} do not form a usable pair: {e}",
+            cert.display(),
+            key.display()
+        ))
+    })?;
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(Arc::new(config))
+}
+
+/// A client configuration trusting `roots`, verifying as usual.
+pub fn client_config(roots: RootCertStore, alpn: &[&[u8]]) -> Result<Arc<ClientConfig>, TlsError> {
+    let mut config = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Rustls(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(Arc::new(config))
+}
