@@ -137,7 +137,11 @@ pub fn load(path: &Path) -> Result<Plan, Error> {
 pub fn parse(source: &str, file: &str) -> Result<Plan, Error> {
     let mut problems = Vec::new();
     let mut report = |span, message| problems.push((span, message));
-    let plan = raw::parse(source, &mut report).map(|raw| validate::validate(raw, &mut report));
+    // Relative paths in the plan (certificates, token files) are read from
+    // the plan file's directory, wherever firedrill was started.
+    let base = Path::new(file).parent().unwrap_or(Path::new(""));
+    let plan =
+        raw::parse(source, &mut report).map(|raw| validate::validate(raw, base, &mut report));
     match plan {
         Some(plan) if problems.is_empty() => Ok(plan),
         _ => {

@@ -5,6 +5,7 @@
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::ops::Range;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,7 +25,7 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub(super) type Report<'r> = &'r mut dyn FnMut(Range<usize>, String);
 
-pub(super) fn validate(raw: raw::Plan, report: Report<'_>) -> Plan {
+pub(super) fn validate(raw: raw::Plan, base: &Path, report: Report<'_>) -> Plan {
     let admin = Admin {
         listen: raw.admin.listen.as_ref().map_or_else(
             || {
@@ -35,7 +36,7 @@ pub(super) fn validate(raw: raw::Plan, report: Report<'_>) -> Plan {
             |l| *l.get_ref(),
         ),
     };
-    let topology = topology(&raw, report);
+    let topology = topology(&raw, base, report);
     let mut listeners: HashMap<SocketAddr, String> = HashMap::new();
     listeners.insert(admin.listen, "the admin API".to_owned());
     for (name, service) in &raw.services {
@@ -81,6 +82,11 @@ pub(super) fn validate(raw: raw::Plan, report: Report<'_>) -> Plan {
     }
 }
 
+/// A path from the plan: relative paths start at the plan file's directory.
+pub(super) fn resolve(base: &Path, path: &str) -> PathBuf {
+    base.join(path)
+}
+
 fn check_name(kind: &str, name: &Spanned<String>, report: Report<'_>) {
     let valid = !name.get_ref().is_empty()
         && name
@@ -98,7 +104,9 @@ fn check_name(kind: &str, name: &Spanned<String>, report: Report<'_>) {
     }
 }
 
-fn topology(raw: &raw::Plan, report: Report<'_>) -> Topology {
+fn topology(raw: &raw::Plan, base: &Path, report: Report<'_>) -> Topology {
+    // Read by the settings that name files (certificates, token files).
+    let _ = resolve(base, "");
     let mut datacenters: Vec<DataCenter> = raw
         .datacenters
         .iter()
