@@ -18,14 +18,17 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
+use crate::config::Plan;
 use crate::engine::{Activated, Activation, Engine, UnknownScenario};
 use crate::fault::{Action, Fault};
+use crate::{ReloadError, Reloader};
 
 /// What the admin handlers share.
 #[derive(Clone)]
 pub struct AdminState {
     pub engine: Engine,
     pub metrics: PrometheusHandle,
+    pub reloader: Reloader,
 }
 
 /// An admin API failure, answered as `{"error": "..."}`.
@@ -35,9 +38,9 @@ pub enum ApiError {
     UnknownScenario(#[from] UnknownScenario),
     #[error("{0}")]
     BadRequest(String),
-    #[error("no endpoint {0}; see GET /scenarios, GET /faults, POST /faults/NAME, DELETE /faults[/NAME], GET /events, GET /topology, GET /metrics")]
+    #[error("no endpoint {0}; see GET /scenarios, GET /faults, POST /faults/NAME, DELETE /faults[/NAME], GET /events, GET /topology, POST /reload, GET /metrics")]
     NotFound(String),
-    #[error("{method} is not allowed on {path}; see GET /scenarios, GET /faults, POST /faults/NAME, DELETE /faults[/NAME], GET /events, GET /topology, GET /metrics")]
+    #[error("{method} is not allowed on {path}; see GET /scenarios, GET /faults, POST /faults/NAME, DELETE /faults[/NAME], GET /events, GET /topology, POST /reload, GET /metrics")]
     MethodNotAllowed { method: String, path: String },
 }
 
@@ -77,6 +80,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/scenarios", get(scenarios))
         .route("/faults", get(list).delete(lift_all))
         .route("/events", get(events))
+        .route("/reload", axum::routing::post(reload))
         .route(
             "/faults/{scenario}",
             axum::routing::post(activate).delete(lift),
@@ -176,6 +180,42 @@ async fn lift_all(
     Json(json!({ "lifted": names }))
 }
 
+/// Re-reads the plan file. An invalid plan changes nothing and answers 400
+/// with every error, located; a taken port or a plan-less start answers 409.
+async fn reload(
+    State(state): State<AdminState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+) -> Response {
+    let by = peer.to_string();
+    match state.reloader.reload(&by).await {
+        Ok(reloaded) => (StatusCode::OK, Json(json!({ "reloaded": reloaded }))).into_response(),
+        Err(error) => {
+            tracing::warn!(by, "reload refused: {error}");
+            let status = match &error {
+                ReloadError::Plan(_) => StatusCode::BAD_REQUEST,
+                ReloadError::NoSource | ReloadError::Bind(_) | ReloadError::ShuttingDown => {
+                    StatusCode::CONFLICT
+                }
+            };
+            let mut body = json!({ "error": error.to_string() });
+            if let ReloadError::Plan(crate::config::Error::Invalid(diagnostics)) = &error {
+                body["errors"] = diagnostics
+                    .iter()
+                    .map(|d| {
+                        json!({
+                            "file": d.file,
+                            "line": d.line,
+                            "column": d.column,
+                            "message": d.message,
+                        })
+                    })
+                    .collect();
+            }
+            (status, Json(body)).into_response()
+        }
+    }
+}
+
 async fn list(State(state): State<AdminState>) -> Json<Value> {
     let active: Vec<Value> = state.engine.active().iter().map(activation_json).collect();
     Json(json!({ "active": active }))
@@ -226,7 +266,7 @@ async fn scenarios(State(state): State<AdminState>) -> Json<Value> {
                 "description": scenario.description,
                 "max_duration": human(scenario.max_duration),
                 "active": active.iter().any(|a| a.scenario.name == scenario.name),
-                "faults": scenario.faults.iter().map(|f| fault_json(f, &state.engine)).collect::<Vec<_>>(),
+                "faults": scenario.faults.iter().map(|f| fault_json(f, &plan)).collect::<Vec<_>>(),
             })
         })
         .collect();
@@ -235,7 +275,8 @@ async fn scenarios(State(state): State<AdminState>) -> Json<Value> {
 
 async fn topology(State(state): State<AdminState>) -> Json<Value> {
     let rules = state.engine.live().load();
-    let topology = &state.engine.plan().topology;
+    let plan = state.engine.plan();
+    let topology = &plan.topology;
     let datacenters: Vec<Value> = topology
         .datacenters
         .iter()
@@ -246,7 +287,7 @@ async fn topology(State(state): State<AdminState>) -> Json<Value> {
                 .map(|&id| {
                     let service = &topology.services[id.index()];
                     let faults: Vec<Value> = rules
-                        .service(id)
+                        .slot(service.slot)
                         .iter()
                         .map(|f| {
                             let mut fault = action_json(f);
@@ -294,8 +335,8 @@ fn action_json(fault: &Fault) -> Value {
     value
 }
 
-fn fault_json(fault: &Fault, engine: &Engine) -> Value {
-    let services = &engine.plan().topology.services;
+fn fault_json(fault: &Fault, plan: &Plan) -> Value {
+    let services = &plan.topology.services;
     let mut value = action_json(fault);
     value["index"] = json!(fault.index);
     value["datacenter"] = json!(fault.selector.datacenter.as_deref());

@@ -16,6 +16,7 @@ pub mod history;
 use crate::config::Plan;
 use crate::fault::live::{Live, Rules};
 use crate::fault::{Fault, Scenario};
+use crate::topology::Topology;
 use history::{Ending, Event, History};
 
 /// One activation of a scenario.
@@ -71,7 +72,6 @@ pub struct Engine {
 
 #[derive(Debug)]
 struct Inner {
-    plan: Arc<Plan>,
     live: Arc<Live>,
     // A std mutex: it is never held across an await, and only the admin API
     // and the timer take it. The data plane reads `live` and never locks.
@@ -79,8 +79,10 @@ struct Inner {
     wake: Notify,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct State {
+    /// The plan in force; a reload swaps it (see [`Engine::replace_plan`]).
+    plan: Arc<Plan>,
     /// Active scenarios by plan index.
     active: BTreeMap<usize, Activation>,
     history: History,
@@ -94,16 +96,21 @@ impl Engine {
         }
         Engine {
             inner: Arc::new(Inner {
-                plan,
                 live,
-                state: Mutex::new(State::default()),
+                state: Mutex::new(State {
+                    plan,
+                    active: BTreeMap::new(),
+                    history: History::default(),
+                    next_id: 0,
+                }),
                 wake: Notify::new(),
             }),
         }
     }
 
-    pub fn plan(&self) -> &Arc<Plan> {
-        &self.inner.plan
+    /// The plan in force now.
+    pub fn plan(&self) -> Arc<Plan> {
+        Arc::clone(&self.lock().plan)
     }
 
     pub fn live(&self) -> &Arc<Live> {
@@ -116,8 +123,8 @@ impl Engine {
         self.inner.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn find(&self, name: &str) -> Result<usize, UnknownScenario> {
-        let scenarios = &self.inner.plan.scenarios;
+    fn find(plan: &Plan, name: &str) -> Result<usize, UnknownScenario> {
+        let scenarios = &plan.scenarios;
         scenarios
             .iter()
             .position(|s| &*s.name == name)
@@ -135,15 +142,15 @@ impl Engine {
         duration: Option<Duration>,
         by: &str,
     ) -> Result<Activated, UnknownScenario> {
-        let index = self.find(name)?;
         let mut state = self.lock();
+        let index = Self::find(&state.plan, name)?;
         let now = Instant::now();
         self.expire(&mut state, now);
         if let Some(existing) = state.active.get(&index) {
             return Ok(Activated::Existing(existing.clone()));
         }
         state.next_id += 1;
-        let scenario = Arc::clone(&self.inner.plan.scenarios[index]);
+        let scenario = Arc::clone(&state.plan.scenarios[index]);
         let length = duration.map_or(scenario.max_duration, |d| d.min(scenario.max_duration));
         let activation = Activation {
             id: state.next_id,
@@ -162,15 +169,15 @@ impl Engine {
         crate::metrics::scenario_active(name, true);
         state.history.started(&activation);
         state.active.insert(index, activation.clone());
-        self.publish(&state.active, now);
+        self.publish(&state, now);
         self.inner.wake.notify_one();
         Ok(Activated::New(activation))
     }
 
     /// Lifts one scenario; `Ok(None)` when it was not active.
     pub fn lift(&self, name: &str, by: &str) -> Result<Option<Activation>, UnknownScenario> {
-        let index = self.find(name)?;
         let mut state = self.lock();
+        let index = Self::find(&state.plan, name)?;
         let now = Instant::now();
         self.expire(&mut state, now);
         let lifted = state.active.remove(&index);
@@ -181,7 +188,7 @@ impl Engine {
             state
                 .history
                 .ended(activation, at, Ending::Lifted, Some(by));
-            self.publish(&state.active, now);
+            self.publish(&state, now);
             self.inner.wake.notify_one();
         }
         Ok(lifted)
@@ -206,7 +213,55 @@ impl Engine {
             scenarios = ?lifted.iter().map(|a| &*a.scenario.name).collect::<Vec<_>>(),
             "all faults halted"
         );
-        self.publish(&state.active, Instant::now());
+        self.publish(&state, Instant::now());
+        self.inner.wake.notify_one();
+        lifted
+    }
+
+    /// Swaps in a reloaded plan. A scenario the new plan still has stays
+    /// active under its new definition, keeping its start and expiry (cut
+    /// short if its new `max_duration` is shorter); one the plan no longer
+    /// has is lifted. Returns the names of the lifted scenarios.
+    pub fn replace_plan(&self, plan: Arc<Plan>, by: &str) -> Vec<String> {
+        let mut state = self.lock();
+        let now = Instant::now();
+        self.expire(&mut state, now);
+        let at = SystemTime::now();
+        let mut lifted = Vec::new();
+        for (_, mut activation) in std::mem::take(&mut state.active) {
+            let name = Arc::clone(&activation.scenario.name);
+            match plan.scenarios.iter().position(|s| s.name == name) {
+                Some(index) => {
+                    let scenario = Arc::clone(&plan.scenarios[index]);
+                    activation.expires = activation
+                        .expires
+                        .min(activation.started + scenario.max_duration);
+                    activation.scenario = scenario;
+                    state.active.insert(index, activation);
+                }
+                None => {
+                    tracing::warn!(
+                        scenario = %name,
+                        by,
+                        "scenario lifted: the reloaded plan no longer has it"
+                    );
+                    crate::metrics::scenario_active(&name, false);
+                    state
+                        .history
+                        .ended(&activation, at, Ending::Lifted, Some(by));
+                    lifted.push(name.to_string());
+                }
+            }
+        }
+        for (index, scenario) in plan.scenarios.iter().enumerate() {
+            if !state.active.contains_key(&index) {
+                crate::metrics::scenario_active(&scenario.name, false);
+            }
+        }
+        state.plan = plan;
+        // A shortened activation may be over already.
+        self.expire(&mut state, now);
+        self.publish(&state, now);
         self.inner.wake.notify_one();
         lifted
     }
@@ -216,7 +271,7 @@ impl Engine {
         let mut state = self.lock();
         let now = Instant::now();
         if self.expire(&mut state, now) {
-            self.publish(&state.active, now);
+            self.publish(&state, now);
         }
         state.active.values().cloned().collect()
     }
@@ -226,7 +281,7 @@ impl Engine {
         let mut state = self.lock();
         let now = Instant::now();
         if self.expire(&mut state, now) {
-            self.publish(&state.active, now);
+            self.publish(&state, now);
         }
         state.history.newest_first()
     }
@@ -251,9 +306,8 @@ impl Engine {
 
     /// Builds the rules for `now` and swaps them in; returns the next time
     /// the rules change by themselves.
-    fn publish(&self, active: &BTreeMap<usize, Activation>, now: Instant) -> Option<Instant> {
-        let count = self.inner.plan.topology.services.len();
-        let (rules, next) = rules_at(count, active.values(), now);
+    fn publish(&self, state: &State, now: Instant) -> Option<Instant> {
+        let (rules, next) = rules_at(&state.plan.topology, state.active.values(), now);
         self.inner.live.publish(rules);
         next
     }
@@ -269,8 +323,7 @@ impl Engine {
                 let mut state = self.lock();
                 let now = Instant::now();
                 let expired = self.expire(&mut state, now);
-                let count = self.inner.plan.topology.services.len();
-                let (rules, next) = rules_at(count, state.active.values(), now);
+                let (rules, next) = rules_at(&state.plan.topology, state.active.values(), now);
                 if due || expired {
                     self.inner.live.publish(rules);
                 }
@@ -295,11 +348,11 @@ impl Engine {
 /// instant at which they change by themselves (a stage starts or ends, or an
 /// activation expires).
 pub fn rules_at<'a>(
-    service_count: usize,
+    topology: &Topology,
     activations: impl Iterator<Item = &'a Activation>,
     now: Instant,
 ) -> (Rules, Option<Instant>) {
-    let mut rules = Rules::empty(service_count);
+    let mut rules = Rules::empty(topology.slot_count());
     let mut next: Option<Instant> = None;
     let mut consider = |at: Instant| {
         if at > now {
@@ -316,7 +369,7 @@ pub fn rules_at<'a>(
             consider(start);
             consider(end);
             if start <= now && now < end {
-                rules.add(fault);
+                rules.add(fault, topology);
             }
         }
     }

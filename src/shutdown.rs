@@ -42,7 +42,7 @@ impl Shutdown {
     }
 }
 
-/// Ctrl-C (SIGINT) and SIGTERM, listened for from the moment
+/// Ctrl-C (SIGINT), SIGTERM and SIGHUP, listened for from the moment
 /// [`Signals::install`] returns, so a signal that arrives during start-up
 /// still drains instead of killing the process.
 #[derive(Debug)]
@@ -51,6 +51,17 @@ pub struct Signals {
     interrupt: tokio::signal::unix::Signal,
     #[cfg(unix)]
     terminate: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    hangup: tokio::signal::unix::Signal,
+}
+
+/// What a signal asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Received {
+    /// Ctrl-C or SIGTERM: shut down.
+    Stop,
+    /// SIGHUP: re-read the plan.
+    Reload,
 }
 
 impl Signals {
@@ -62,22 +73,35 @@ impl Signals {
             Ok(Signals {
                 interrupt: signal(SignalKind::interrupt())?,
                 terminate: signal(SignalKind::terminate())?,
+                hangup: signal(SignalKind::hangup())?,
             })
         }
         #[cfg(not(unix))]
         Ok(Signals {})
     }
 
-    /// Resolves on the next Ctrl-C or SIGTERM.
-    pub async fn recv(&mut self) {
+    /// Resolves on the next Ctrl-C, SIGTERM or SIGHUP.
+    pub async fn recv(&mut self) -> Received {
         #[cfg(unix)]
         tokio::select! {
-            _ = self.interrupt.recv() => tracing::info!("ctrl-c received; shutting down"),
-            _ = self.terminate.recv() => tracing::info!("SIGTERM received; shutting down"),
+            _ = self.interrupt.recv() => {
+                tracing::info!("ctrl-c received; shutting down");
+                Received::Stop
+            }
+            _ = self.terminate.recv() => {
+                tracing::info!("SIGTERM received; shutting down");
+                Received::Stop
+            }
+            _ = self.hangup.recv() => {
+                tracing::info!("SIGHUP received; reloading the plan");
+                Received::Reload
+            }
         }
         #[cfg(not(unix))]
-        if tokio::signal::ctrl_c().await.is_ok() {
+        {
+            let _ = tokio::signal::ctrl_c().await;
             tracing::info!("ctrl-c received; shutting down");
+            Received::Stop
         }
     }
 }

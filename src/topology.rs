@@ -31,6 +31,11 @@ impl Topology {
     pub fn service(&self, name: &str) -> Option<&Service> {
         self.services.iter().find(|s| &*s.name == name)
     }
+
+    /// How many rule slots a snapshot needs for these services.
+    pub fn slot_count(&self) -> usize {
+        self.services.iter().map(|s| s.slot + 1).max().unwrap_or(0)
+    }
 }
 
 /// A building that can burn.
@@ -55,6 +60,10 @@ pub struct Service {
     pub connect_timeout: Duration,
     /// HTTP: limit for the upstream's response headers.
     pub timeout: Duration,
+    /// Where this service's faults sit in a rule snapshot. Its plan index at
+    /// start-up; a reload keeps the slot of a service that stays as it was,
+    /// so its open connections keep seeing their faults.
+    pub slot: usize,
 }
 
 /// How a service's traffic is understood.

@@ -166,6 +166,7 @@ fn topology(raw: &raw::Plan, base: &Path, report: Report<'_>) -> Topology {
                 .connect_timeout
                 .map_or(DEFAULT_CONNECT_TIMEOUT, |d| d.0),
             timeout: service.timeout.map_or(DEFAULT_TIMEOUT, |d| d.0),
+            slot: i,
         });
     }
     Topology {

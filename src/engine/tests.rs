@@ -64,7 +64,7 @@ fn actions(engine: &Engine, service: ServiceId) -> Vec<&'static str> {
     engine
         .live()
         .load()
-        .service(service)
+        .slot(service.index())
         .iter()
         .map(|f| f.action.name())
         .collect()
@@ -157,19 +157,20 @@ async fn rules_at_reports_the_next_boundary() {
         panic!("new activation");
     };
     let start = activation.started;
-    let (rules, next) = rules_at(3, [&activation].into_iter(), start);
-    assert_eq!(rules.service(TALK).len(), 1);
+    let plan = engine.plan();
+    let (rules, next) = rules_at(&plan.topology, [&activation].into_iter(), start);
+    assert_eq!(rules.slot(TALK.index()).len(), 1);
     assert_eq!(next, Some(start + Duration::from_secs(60)));
     let (rules, next) = rules_at(
-        3,
+        &plan.topology,
         [&activation].into_iter(),
         start + Duration::from_secs(180),
     );
-    assert_eq!(rules.service(MAIL)[0].action.name(), "delay");
+    assert_eq!(rules.slot(MAIL.index())[0].action.name(), "delay");
     assert_eq!(next, Some(start + Duration::from_secs(300)));
     let late = Instant::now() + Duration::from_secs(3600);
-    let (rules, next) = rules_at(3, [&activation].into_iter(), late);
-    assert!(rules.service(MAIL).is_empty());
+    let (rules, next) = rules_at(&plan.topology, [&activation].into_iter(), late);
+    assert!(rules.slot(MAIL.index()).is_empty());
     assert_eq!(next, None);
 }
 

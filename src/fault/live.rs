@@ -9,32 +9,39 @@ use arc_swap::{ArcSwap, Guard};
 use tokio::sync::watch;
 
 use super::Fault;
-use crate::topology::ServiceId;
+use crate::topology::Topology;
 
-/// An immutable snapshot of the active faults, indexed by service.
+/// An immutable snapshot of the active faults, indexed by service slot
+/// ([`Service::slot`](crate::topology::Service::slot)), which stays put for a service across plan reloads.
 #[derive(Debug, Default)]
 pub struct Rules {
-    services: Vec<Vec<Arc<Fault>>>,
+    slots: Vec<Vec<Arc<Fault>>>,
 }
 
 impl Rules {
-    /// A snapshot with no active fault for `service_count` services.
-    pub fn empty(service_count: usize) -> Rules {
+    /// A snapshot with no active fault for `slots` slots.
+    pub fn empty(slots: usize) -> Rules {
         Rules {
-            services: vec![Vec::new(); service_count],
+            slots: vec![Vec::new(); slots],
         }
     }
 
-    /// Adds an active fault to every service it targets.
-    pub fn add(&mut self, fault: &Arc<Fault>) {
+    /// Adds an active fault to every service it targets in `topology`, the
+    /// plan the fault belongs to.
+    pub fn add(&mut self, fault: &Arc<Fault>, topology: &Topology) {
         for &service in &fault.targets {
-            self.services[service.index()].push(Arc::clone(fault));
+            let slot = topology.services[service.index()].slot;
+            if self.slots.len() <= slot {
+                self.slots.resize(slot + 1, Vec::new());
+            }
+            self.slots[slot].push(Arc::clone(fault));
         }
     }
 
-    /// The faults active on one service, in plan order.
-    pub fn service(&self, service: ServiceId) -> &[Arc<Fault>] {
-        &self.services[service.index()]
+    /// The faults active on the service in `slot`, in plan order; none for a
+    /// slot this snapshot does not know (a service a reload removed).
+    pub fn slot(&self, slot: usize) -> &[Arc<Fault>] {
+        self.slots.get(slot).map_or(&[], Vec::as_slice)
     }
 }
 

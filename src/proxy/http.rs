@@ -21,9 +21,9 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use super::{Counted, Flow, ServiceContext};
 use crate::fault::{connection_roll, decide, Fault, RequestInfo, Verdict};
@@ -52,15 +52,21 @@ struct Proxy {
     shutdown: Shutdown,
 }
 
-/// Serves one http service until shutdown starts, then lets in-flight
-/// requests finish.
-pub async fn serve(listener: TcpListener, context: Arc<ServiceContext>, shutdown: Shutdown) {
+/// Serves one http service until shutdown starts (open connections finish
+/// their requests, then close) or until `stop`, which hands the listener
+/// back for a reloaded plan and leaves open connections alone.
+pub async fn serve(
+    listener: TcpListener,
+    context: Arc<ServiceContext>,
+    shutdown: Shutdown,
+    stop: CancellationToken,
+) -> Option<TcpListener> {
     let service = &context.service;
     let authority = match Authority::try_from(service.upstream.authority.as_str()) {
         Ok(authority) => authority,
         Err(e) => {
             tracing::error!(service = %service.name, "invalid upstream {}: {e}", service.upstream);
-            return;
+            return None;
         }
     };
     let mut connector = HttpConnector::new();
@@ -78,10 +84,11 @@ pub async fn serve(listener: TcpListener, context: Arc<ServiceContext>, shutdown
         shutdown: shutdown.clone(),
     });
     let builder = auto::Builder::new(TokioExecutor::new());
-    let graceful = GracefulShutdown::new();
     loop {
         let accepted = tokio::select! {
-            () = shutdown.draining.cancelled() => break,
+            // Dropping the listener refuses new clients at once.
+            () = shutdown.draining.cancelled() => return None,
+            () = stop.cancelled() => return Some(listener),
             accepted = listener.accept() => accepted,
         };
         let (stream, peer) = match accepted {
@@ -107,26 +114,27 @@ pub async fn serve(listener: TcpListener, context: Arc<ServiceContext>, shutdown
         let connection = builder
             .serve_connection_with_upgrades(TokioIo::new(stream), service)
             .into_owned();
-        let connection = graceful.watch(connection);
+        let draining = shutdown.draining.clone();
         let hard_stop = shutdown.hard_stop.clone();
         shutdown.tracker.spawn(async move {
             let _active = active;
-            tokio::select! {
-                result = connection => {
-                    if let Err(e) = result {
-                        tracing::debug!(%peer, "http connection ended: {e}");
+            let mut connection = std::pin::pin!(connection);
+            let ended = tokio::select! {
+                result = connection.as_mut() => Some(result),
+                () = draining.cancelled() => {
+                    // Finish the requests in flight, then close.
+                    connection.as_mut().graceful_shutdown();
+                    tokio::select! {
+                        result = connection => Some(result),
+                        () = hard_stop.cancelled() => None,
                     }
                 }
-                () = hard_stop.cancelled() => {}
+                () = hard_stop.cancelled() => None,
+            };
+            if let Some(Err(e)) = ended {
+                tracing::debug!(%peer, "http connection ended: {e}");
             }
         });
-    }
-    // Stop accepting at once: new clients are refused while in-flight
-    // requests finish.
-    drop(listener);
-    tokio::select! {
-        () = graceful.shutdown() => {}
-        () = shutdown.hard_stop.cancelled() => {}
     }
 }
 
@@ -220,7 +228,7 @@ impl Proxy {
         counted: &mut Vec<u64>,
     ) -> (Step, Duration) {
         let rules = self.context.live.load();
-        let faults = rules.service(self.context.service.id);
+        let faults = rules.slot(self.context.service.slot);
         if faults.is_empty() {
             return (Step::Forward, Duration::ZERO);
         }
@@ -310,7 +318,7 @@ impl Proxy {
                     method: request.method(),
                     path: request.uri().path(),
                 };
-                let faults = rules.service(self.context.service.id);
+                let faults = rules.slot(self.context.service.slot);
                 let decision = decide(faults, Some(info), |fault| connection_roll(seed, fault));
                 matches!(decision.verdict, Verdict::Blackhole)
             };

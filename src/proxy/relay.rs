@@ -69,7 +69,7 @@ impl Connection {
     /// fault once per connection when it first takes effect.
     pub fn evaluate(&mut self, context: &ServiceContext) -> Effect {
         let rules = context.live.load();
-        let faults = rules.service(context.service.id);
+        let faults = rules.slot(context.service.slot);
         if faults.is_empty() {
             self.counted.clear();
             return Effect {

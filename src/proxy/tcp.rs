@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
 
 use super::relay::{self, Connection, Cut, Effect, End};
 use super::ServiceContext;
@@ -14,11 +15,20 @@ use crate::fault::Latency;
 use crate::metrics::Outcome;
 use crate::shutdown::Shutdown;
 
-/// Accepts connections for one tcp service until shutdown starts.
-pub async fn serve(listener: TcpListener, context: Arc<ServiceContext>, shutdown: Shutdown) {
+/// Accepts connections for one tcp service until shutdown starts, or until
+/// `stop`, which hands the listener back for a reloaded plan and leaves
+/// open connections alone.
+pub async fn serve(
+    listener: TcpListener,
+    context: Arc<ServiceContext>,
+    shutdown: Shutdown,
+    stop: CancellationToken,
+) -> Option<TcpListener> {
     loop {
         let accepted = tokio::select! {
-            () = shutdown.draining.cancelled() => return,
+            // Dropping the listener refuses new clients at once.
+            () = shutdown.draining.cancelled() => return None,
+            () = stop.cancelled() => return Some(listener),
             accepted = listener.accept() => accepted,
         };
         match accepted {

@@ -1,0 +1,465 @@
+//! A started firedrill: every service's listener and accept loop, the admin
+//! API and the engine, and plan reload.
+//!
+//! # Reload
+//! A reloaded plan is validated whole before anything changes. Then, per
+//! service:
+//! - **kept**: same name, protocol, listen and upstream. Its listener and
+//!   open connections stay; new connections get its new settings. It keeps
+//!   its rule slot, so open connections keep obeying the faults.
+//! - **changed**: the listen address stays but the service behind it is
+//!   another (renamed, other upstream or protocol). The listener is handed
+//!   over; its open connections are closed, since they lead where the plan
+//!   no longer points.
+//! - **added**: bound before anything else changes, so a taken port fails
+//!   the reload as a whole.
+//! - **removed**: the listener closes and its connections are closed.
+//!
+//! Active scenarios the new plan still has keep running; the others are
+//! lifted (see [`Engine::replace_plan`]).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpSocket};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{self, Plan};
+use crate::engine::Engine;
+use crate::fault::live::{Live, Rules};
+use crate::proxy::{self, ServiceContext};
+use crate::shutdown::Shutdown;
+use crate::topology::{Protocol, Service, Upstream};
+use crate::{admin, metrics};
+
+/// Why firedrill could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr} for {what}: {source}")]
+    Bind {
+        what: String,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// Why a reload changed nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("this firedrill was started without a plan file, so there is nothing to re-read")]
+    NoSource,
+    #[error("the plan is invalid; nothing changed:\n{0}")]
+    Plan(#[source] config::Error),
+    #[error("{0}; nothing changed")]
+    Bind(#[source] StartError),
+    #[error("firedrill is shutting down")]
+    ShuttingDown,
+}
+
+/// What a reload did, service by service.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct Reloaded {
+    /// Services that stayed as they were; their connections stayed open.
+    pub kept: Vec<String>,
+    /// Services whose listener now leads somewhere else; their open
+    /// connections were closed.
+    pub changed: Vec<String>,
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    /// Active scenarios the new plan no longer has.
+    pub lifted: Vec<String>,
+    /// Settings that only apply on restart.
+    pub warnings: Vec<String>,
+}
+
+/// A started firedrill: its bound addresses and a handle to stop it.
+#[derive(Debug)]
+pub struct Running {
+    admin: SocketAddr,
+    services: Reloader,
+    engine: Engine,
+    shutdown: Shutdown,
+}
+
+impl Running {
+    /// Where the admin API listens (the real port when the plan said 0).
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin
+    }
+
+    /// Where a service listens now, by plan name.
+    pub fn service_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.services
+            .0
+            .addresses
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .find(|(n, _)| &**n == name)
+            .map(|(_, addr)| *addr)
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Re-reads the plan file and applies it, as `POST /reload` does.
+    pub fn reloader(&self) -> &Reloader {
+        &self.services
+    }
+
+    /// Stops accepting, lets in-flight work finish for up to `grace`, then
+    /// closes what is left. Returns how many tasks had to be cut.
+    pub async fn shutdown(self, grace: Duration) -> usize {
+        self.shutdown.drain(grace).await
+    }
+}
+
+/// Applies reloaded plans; clones share the running services.
+#[derive(Debug, Clone)]
+pub struct Reloader(Arc<Services>);
+
+#[derive(Debug)]
+struct Services {
+    /// The plan file `POST /reload` re-reads.
+    source: Option<PathBuf>,
+    engine: Engine,
+    live: Arc<Live>,
+    shutdown: Shutdown,
+    /// One reload at a time.
+    running: tokio::sync::Mutex<Vec<RunningService>>,
+    /// The admin settings as the plan firedrill started with declared them;
+    /// they apply on restart only.
+    admin: config::Admin,
+    /// Bound addresses by service name, for [`Running::service_addr`].
+    addresses: Mutex<Vec<(Arc<str>, SocketAddr)>>,
+}
+
+/// One service's accept loop and what a reload compares it by.
+#[derive(Debug)]
+struct RunningService {
+    name: Arc<str>,
+    protocol: Protocol,
+    /// The listen address as the plan wrote it (port 0 stays 0).
+    declared: SocketAddr,
+    bound: SocketAddr,
+    upstream: Upstream,
+    slot: usize,
+    /// Stops the accept loop, which hands its listener back.
+    stop: CancellationToken,
+    /// Closes the service's open connections (a child of the hard stop).
+    cut: CancellationToken,
+    task: JoinHandle<Option<TcpListener>>,
+}
+
+impl RunningService {
+    /// Whether `service` (as the plan declares it) listens where this does.
+    fn same_listener(&self, service: &Service) -> bool {
+        self.declared == service.listen && (service.listen.port() != 0 || self.name == service.name)
+    }
+
+    /// Whether `service` is this very service, so its connections may stay.
+    fn same_service(&self, service: &Service) -> bool {
+        self.same_listener(service)
+            && self.name == service.name
+            && self.protocol == service.protocol
+            && self.upstream == service.upstream
+    }
+
+    /// Stops the accept loop and takes its listener back.
+    async fn stop(self) -> (Option<TcpListener>, CancellationToken) {
+        self.stop.cancel();
+        let listener = self.task.await.ok().flatten();
+        (listener, self.cut)
+    }
+}
+
+/// Binds a listener at `addr` and replaces `addr` with the bound address
+/// (the real port when the plan said 0).
+fn bind(addr: &mut SocketAddr, what: &str) -> Result<TcpListener, StartError> {
+    let wanted = *addr;
+    let error = |source| StartError::Bind {
+        what: what.to_owned(),
+        addr: wanted,
+        source,
+    };
+    let socket = if wanted.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .map_err(error)?;
+    socket.set_reuseaddr(true).map_err(error)?;
+    socket.bind(wanted).map_err(error)?;
+    let listener = socket.listen(1024).map_err(error)?;
+    *addr = listener.local_addr().map_err(error)?;
+    Ok(listener)
+}
+
+/// Binds every listener of `plan`, then serves the admin API and every
+/// service until [`Running::shutdown`]. Must run inside a tokio runtime.
+/// `POST /reload` answers that there is no plan file to re-read.
+pub async fn start(plan: Plan) -> Result<Running, StartError> {
+    start_inner(plan, None).await
+}
+
+/// Like [`start`], for a plan read from `path`: `POST /reload` and
+/// [`Reloader::reload`] re-read that file.
+pub async fn start_reloadable(plan: Plan, path: PathBuf) -> Result<Running, StartError> {
+    start_inner(plan, Some(path)).await
+}
+
+async fn start_inner(mut plan: Plan, source: Option<PathBuf>) -> Result<Running, StartError> {
+    let metrics_handle = metrics::install();
+    let declared_admin = plan.admin.clone();
+    // Bind everything first, so a taken port fails start-up as a whole, and
+    // record the bound addresses so the API reports real ports, not 0.
+    let admin_listener = bind(&mut plan.admin.listen, "the admin API")?;
+    let mut listeners = Vec::new();
+    for service in &mut plan.topology.services {
+        let declared = service.listen;
+        let what = format!("service `{}`", service.name);
+        listeners.push((declared, bind(&mut service.listen, &what)?));
+    }
+    let plan = Arc::new(plan);
+    let live = Arc::new(Live::new(Rules::empty(plan.topology.slot_count())));
+    let engine = Engine::new(Arc::clone(&plan), Arc::clone(&live));
+    let shutdown = Shutdown::default();
+    let services = Arc::new(Services {
+        source,
+        engine: engine.clone(),
+        live,
+        shutdown: shutdown.clone(),
+        running: tokio::sync::Mutex::new(Vec::new()),
+        admin: declared_admin,
+        addresses: Mutex::new(Vec::new()),
+    });
+    {
+        let mut running = services.running.lock().await;
+        for (service, (declared, listener)) in plan.topology.services.iter().zip(listeners) {
+            let cut = shutdown.hard_stop.child_token();
+            running.push(services.spawn(&plan, service, declared, listener, cut));
+        }
+        services.record_addresses(&running);
+    }
+    let admin = plan.admin.listen;
+    tracing::info!(listen = %admin, "admin API listening (GET /scenarios, POST /faults/NAME, DELETE /faults, POST /reload, GET /metrics)");
+    let reloader = Reloader(services);
+    let router = admin::router(admin::AdminState {
+        engine: engine.clone(),
+        metrics: metrics_handle,
+        reloader: reloader.clone(),
+    });
+    // The admin API and the engine outlive the drain, so faults can still
+    // be lifted (and still expire) while connections finish.
+    let stopped = shutdown.hard_stop.clone();
+    tokio::spawn(async move {
+        let app = router.into_make_service_with_connect_info::<SocketAddr>();
+        if let Err(e) = axum::serve(admin_listener, app)
+            .with_graceful_shutdown(stopped.cancelled_owned())
+            .await
+        {
+            tracing::error!("admin API stopped: {e}");
+        }
+    });
+    tokio::spawn(engine.clone().run(shutdown.hard_stop.clone()));
+    Ok(Running {
+        admin,
+        services: reloader,
+        engine,
+        shutdown,
+    })
+}
+
+impl Services {
+    /// Starts the accept loop of `service` (of `plan`) on `listener`.
+    fn spawn(
+        &self,
+        plan: &Plan,
+        service: &Service,
+        declared: SocketAddr,
+        listener: TcpListener,
+        cut: CancellationToken,
+    ) -> RunningService {
+        tracing::info!(
+            service = %service.name,
+            datacenter = %service.datacenter,
+            protocol = service.protocol.name(),
+            listen = %service.listen,
+            upstream = %service.upstream,
+            "service listening"
+        );
+        let context = Arc::new(ServiceContext {
+            service: Arc::new(service.clone()),
+            live: Arc::clone(&self.live),
+            metrics: metrics::ServiceMetrics::new(
+                service,
+                plan.scenarios
+                    .iter()
+                    .flat_map(|s| s.faults.iter().map(|f| &**f)),
+            ),
+        });
+        // The service's connections stop at the hard stop, or earlier when a
+        // reload removes or replaces the service.
+        let shutdown = Shutdown {
+            hard_stop: cut.clone(),
+            ..self.shutdown.clone()
+        };
+        let stop = CancellationToken::new();
+        // Accept loops are not tracked: the tracker counts connections.
+        let task = match service.protocol {
+            Protocol::Http => tokio::spawn(proxy::http::serve(
+                listener,
+                context,
+                shutdown,
+                stop.clone(),
+            )),
+            Protocol::Tcp => {
+                tokio::spawn(proxy::tcp::serve(listener, context, shutdown, stop.clone()))
+            }
+        };
+        RunningService {
+            name: Arc::clone(&service.name),
+            protocol: service.protocol,
+            declared,
+            bound: service.listen,
+            upstream: service.upstream.clone(),
+            slot: service.slot,
+            stop,
+            cut,
+            task,
+        }
+    }
+
+    fn record_addresses(&self, running: &[RunningService]) {
+        *self.addresses.lock().unwrap_or_else(|e| e.into_inner()) = running
+            .iter()
+            .map(|r| (Arc::clone(&r.name), r.bound))
+            .collect();
+    }
+}
+
+impl Reloader {
+    /// Re-reads the plan file and applies it; `by` names who asked, for the
+    /// log and the history of lifted scenarios.
+    pub async fn reload(&self, by: &str) -> Result<Reloaded, ReloadError> {
+        let path = self.0.source.as_ref().ok_or(ReloadError::NoSource)?;
+        let plan = config::load(path).map_err(ReloadError::Plan)?;
+        self.apply(plan, by).await
+    }
+
+    /// Applies a validated plan (see the module docs for what stays).
+    pub async fn apply(&self, mut plan: Plan, by: &str) -> Result<Reloaded, ReloadError> {
+        let services = &self.0;
+        let mut running = services.running.lock().await;
+        if services.shutdown.draining.is_cancelled() {
+            return Err(ReloadError::ShuttingDown);
+        }
+        let mut report = Reloaded::default();
+        if plan.admin.listen != services.admin.listen {
+            report.warnings.push(format!(
+                "[admin] listen changed to {}; the admin API stays on {} until firedrill restarts",
+                plan.admin.listen, services.admin.listen
+            ));
+        }
+        plan.admin = services.engine.plan().admin.clone();
+
+        // Decide each service's fate and bind new listeners before anything
+        // changes: a port that is taken fails the reload as a whole.
+        enum Fate {
+            /// Index into `running`; its connections stay.
+            Keep(usize),
+            /// Index into `running`, whose listener it takes over.
+            Replace(usize),
+            New(TcpListener),
+        }
+        let mut next_slot = running.iter().map(|r| r.slot + 1).max().unwrap_or(0);
+        let mut fates = Vec::new();
+        let mut declared = Vec::new();
+        for service in &mut plan.topology.services {
+            declared.push(service.listen);
+            let fate = match running.iter().position(|r| r.same_listener(service)) {
+                Some(i) if running[i].same_service(service) => {
+                    service.slot = running[i].slot;
+                    service.listen = running[i].bound;
+                    report.kept.push(service.name.to_string());
+                    Fate::Keep(i)
+                }
+                Some(i) => {
+                    service.slot = next_slot;
+                    next_slot += 1;
+                    service.listen = running[i].bound;
+                    report.changed.push(service.name.to_string());
+                    Fate::Replace(i)
+                }
+                None => {
+                    service.slot = next_slot;
+                    next_slot += 1;
+                    let what = format!("service `{}`", service.name);
+                    let listener = bind(&mut service.listen, &what).map_err(ReloadError::Bind)?;
+                    report.added.push(service.name.to_string());
+                    Fate::New(listener)
+                }
+            };
+            fates.push(fate);
+        }
+        let plan = Arc::new(plan);
+        report.lifted = services.engine.replace_plan(Arc::clone(&plan), by);
+
+        // Take every old accept loop down (kept and replaced ones hand their
+        // listener over), then start the new ones.
+        let mut old: Vec<Option<RunningService>> = std::mem::take(&mut *running)
+            .into_iter()
+            .map(Some)
+            .collect();
+        for (service, (fate, declared)) in plan
+            .topology
+            .services
+            .iter()
+            .zip(fates.into_iter().zip(declared))
+        {
+            let (listener, cut) = match fate {
+                Fate::Keep(i) => {
+                    let previous = old[i].take().expect("each old service is matched once");
+                    let (listener, cut) = previous.stop().await;
+                    (listener, cut)
+                }
+                Fate::Replace(i) => {
+                    let previous = old[i].take().expect("each old service is matched once");
+                    let (listener, cut) = previous.stop().await;
+                    cut.cancel();
+                    (listener, services.shutdown.hard_stop.child_token())
+                }
+                Fate::New(listener) => (Some(listener), services.shutdown.hard_stop.child_token()),
+            };
+            let Some(listener) = listener else {
+                // Only when shutdown started meanwhile: nothing to serve.
+                continue;
+            };
+            running.push(services.spawn(&plan, service, declared, listener, cut));
+        }
+        for removed in old.into_iter().flatten() {
+            report.removed.push(removed.name.to_string());
+            let (listener, cut) = removed.stop().await;
+            drop(listener);
+            cut.cancel();
+        }
+        services.record_addresses(&running);
+        tracing::info!(
+            by,
+            kept = ?report.kept,
+            changed = ?report.changed,
+            added = ?report.added,
+            removed = ?report.removed,
+            lifted = ?report.lifted,
+            "plan reloaded"
+        );
+        for warning in &report.warnings {
+            tracing::warn!("{warning}");
+        }
+        Ok(report)
+    }
+}
