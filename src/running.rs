@@ -156,9 +156,15 @@ struct RunningService {
 }
 
 impl RunningService {
-    /// Whether `service` (as the plan declares it) listens where this does.
+    /// Whether `service` (as the plan declares it) listens where this does:
+    /// the same declared address, or the port this one was given for 0. A
+    /// port-0 listener only matches the service of the same name.
     fn same_listener(&self, service: &Service) -> bool {
-        self.declared == service.listen && (service.listen.port() != 0 || self.name == service.name)
+        if service.listen.port() == 0 {
+            self.declared == service.listen && self.name == service.name
+        } else {
+            self.declared == service.listen || self.bound == service.listen
+        }
     }
 
     /// Whether `service` is this very service, so its connections may stay.
