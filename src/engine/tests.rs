@@ -253,3 +253,42 @@ async fn the_history_keeps_only_the_newest_activations() {
     assert_eq!(events.len(), history::CAPACITY);
     assert!(events[0].id > events[1].id, "newest first");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_reloaded_plan_keeps_its_scenarios_active_and_lifts_the_missing() {
+    let engine = engine();
+    engine.activate("fire", None, "lead").unwrap();
+    engine.activate("recovery", None, "lead").unwrap();
+    // `recovery` is gone; `fire` now covers ansan too and may last 1 minute;
+    // maps moved to slot 7, as a reload that replaced it would.
+    let text = PLAN
+        .split("[scenarios.recovery]")
+        .next()
+        .unwrap()
+        .to_owned()
+        + "[[scenarios.fire.faults]]\ndatacenter = \"ansan\"\naction = \"blackhole\"\n";
+    let text = text.replace("max_duration = \"10m\"", "max_duration = \"1m\"");
+    let mut plan = config::parse(&text, "engine.toml").unwrap();
+    plan.topology.services[MAPS.index()].slot = 7;
+    let lifted = engine.replace_plan(Arc::new(plan), "reload");
+    assert_eq!(lifted, ["recovery"]);
+    let active = engine.active();
+    assert_eq!(active.len(), 1);
+    assert_eq!(&*active[0].scenario.name, "fire");
+    assert_eq!(actions(&engine, TALK), ["blackhole"]);
+    assert!(actions(&engine, MAPS).is_empty(), "maps left its old slot");
+    let on_slot_7: Vec<_> = engine
+        .live()
+        .load()
+        .slot(7)
+        .iter()
+        .map(|f| f.action.name())
+        .collect();
+    assert_eq!(on_slot_7, ["blackhole"]);
+    let events = engine.events();
+    let recovery = events.iter().find(|e| &*e.scenario == "recovery").unwrap();
+    assert!(matches!(&recovery.ended, Some((_, Ending::Lifted, Some(by))) if by == "reload"));
+    // The new max_duration cuts the activation short.
+    tokio::time::advance(Duration::from_secs(61)).await;
+    assert!(engine.active().is_empty());
+}
