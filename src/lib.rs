@@ -153,23 +153,18 @@ pub async fn start(mut plan: Plan) -> Result<Running, StartError> {
         };
     }
     let admin = plan.admin.listen;
-    tracing::info!(listen = %admin, "admin API listening (GET /scenarios, POST /faults/NAME, DELETE /faults, GET /metrics)");
     let router = admin::router(admin::AdminState {
         engine: engine.clone(),
         metrics: metrics_handle,
     });
     // The admin API and the engine outlive the drain, so faults can still
     // be lifted (and still expire) while connections finish.
-    let stopped = shutdown.hard_stop.clone();
-    tokio::spawn(async move {
-        let app = router.into_make_service_with_connect_info::<SocketAddr>();
-        if let Err(e) = axum::serve(admin_listener, app)
-            .with_graceful_shutdown(stopped.cancelled_owned())
-            .await
-        {
-            tracing::error!("admin API stopped: {e}");
-        }
-    });
+    admin::serve(
+        admin_listener,
+        router,
+        &plan.admin,
+        shutdown.hard_stop.clone(),
+    );
     tokio::spawn(engine.clone().run(shutdown.hard_stop.clone()));
     Ok(Running {
         admin,
