@@ -1,18 +1,24 @@
 //! The admin API (axum, JSON): health, the topology with each service's
 //! effective faults, the scenario catalogue, activating and lifting faults,
 //! and Prometheus metrics. Handlers only touch the engine's own lock and
-//! the lock-free rule snapshot, never the data plane.
+//! the lock-free rule snapshot, never the data plane. `auth.rs` guards the
+//! routes with bearer tokens; `listen.rs` serves them, with TLS if asked.
 
-use std::net::SocketAddr;
+mod auth;
+mod listen;
+
+pub use auth::Caller;
+pub use listen::serve;
+
 use std::time::{Duration, SystemTime};
 
 use axum::body::Bytes;
 use axum::extract::rejection::PathRejection;
-use axum::extract::{ConnectInfo, Path, State};
+use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -40,6 +46,10 @@ pub enum ApiError {
     BadRequest(String),
     #[error("no endpoint {0}; see GET /scenarios, GET /faults, POST /faults/NAME, DELETE /faults[/NAME], GET /events, GET /topology, POST /reload, GET /metrics")]
     NotFound(String),
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("the bearer token is not one of [admin] tokens")]
+    Forbidden,
     #[error("{method} is not allowed on {path}; see GET /scenarios, GET /faults, POST /faults/NAME, DELETE /faults[/NAME], GET /events, GET /topology, POST /reload, GET /metrics")]
     MethodNotAllowed { method: String, path: String },
 }
@@ -59,16 +69,25 @@ impl IntoResponse for ApiError {
             ApiError::UnknownScenario(_) | ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden => StatusCode::FORBIDDEN,
         };
         let mut body = json!({ "error": self.to_string() });
         if let ApiError::UnknownScenario(unknown) = &self {
             body["known"] = json!(unknown.known);
         }
-        (status, Json(body)).into_response()
+        let mut response = (status, Json(body)).into_response();
+        if let ApiError::Unauthorized(_) = &self {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer realm=\"firedrill\""),
+            );
+        }
+        response
     }
 }
 
-/// The admin API's routes.
+/// The admin API's routes, behind the token check of `auth.rs`.
 pub fn router(state: AdminState) -> Router {
     Router::new()
         .route(
@@ -95,7 +114,8 @@ pub fn router(state: AdminState) -> Router {
                 }
             },
         )
-        .with_state(state)
+        .with_state(state.clone())
+        .layer(axum::middleware::from_fn_with_state(state, auth::authorize))
 }
 
 async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
@@ -117,7 +137,7 @@ struct ActivateBody {
 
 async fn activate(
     State(state): State<AdminState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Extension(caller): Extension<Caller>,
     scenario: Result<Path<String>, PathRejection>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
@@ -125,7 +145,7 @@ async fn activate(
     let duration = parse_activate_body(&body)?;
     let activated = state
         .engine
-        .activate(&scenario, duration, &peer.to_string())?;
+        .activate(&scenario, duration, &caller.to_string())?;
     let (status, activation, existing) = match activated {
         Activated::New(activation) => (StatusCode::CREATED, activation, false),
         Activated::Existing(activation) => (StatusCode::OK, activation, true),
@@ -161,11 +181,11 @@ fn parse_activate_body(body: &[u8]) -> Result<Option<Duration>, ApiError> {
 
 async fn lift(
     State(state): State<AdminState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Extension(caller): Extension<Caller>,
     scenario: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Path(scenario) = scenario?;
-    let lifted = state.engine.lift(&scenario, &peer.to_string())?;
+    let lifted = state.engine.lift(&scenario, &caller.to_string())?;
     Ok(Json(
         json!({ "scenario": scenario, "lifted": lifted.is_some() }),
     ))
@@ -173,29 +193,27 @@ async fn lift(
 
 async fn lift_all(
     State(state): State<AdminState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Extension(caller): Extension<Caller>,
 ) -> Json<Value> {
-    let lifted = state.engine.lift_all(&peer.to_string());
+    let lifted = state.engine.lift_all(&caller.to_string());
     let names: Vec<&str> = lifted.iter().map(|a| &*a.scenario.name).collect();
     Json(json!({ "lifted": names }))
 }
 
 /// Re-reads the plan file. An invalid plan changes nothing and answers 400
 /// with every error, located; a taken port or a plan-less start answers 409.
-async fn reload(
-    State(state): State<AdminState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-) -> Response {
-    let by = peer.to_string();
+async fn reload(State(state): State<AdminState>, Extension(caller): Extension<Caller>) -> Response {
+    let by = caller.to_string();
     match state.reloader.reload(&by).await {
         Ok(reloaded) => (StatusCode::OK, Json(json!({ "reloaded": reloaded }))).into_response(),
         Err(error) => {
             tracing::warn!(by, "reload refused: {error}");
             let status = match &error {
                 ReloadError::Plan(_) => StatusCode::BAD_REQUEST,
-                ReloadError::NoSource | ReloadError::Bind(_) | ReloadError::ShuttingDown => {
-                    StatusCode::CONFLICT
-                }
+                ReloadError::NoSource
+                | ReloadError::Bind(_)
+                | ReloadError::AdminListen { .. }
+                | ReloadError::ShuttingDown => StatusCode::CONFLICT,
             };
             let mut body = json!({ "error": error.to_string() });
             if let ReloadError::Plan(crate::config::Error::Invalid(diagnostics)) = &error {

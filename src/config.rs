@@ -3,11 +3,13 @@
 //! problem becomes a [`Diagnostic`] with file, line and column, and all of
 //! them are reported at once.
 
+mod admin;
 mod raw;
 mod validate;
 
+pub use admin::{Admin, AdminTls, Secret, Token};
+
 use std::fmt;
-use std::net::SocketAddr;
 use std::ops::Range;
 use std::path::Path;
 use std::sync::Arc;
@@ -31,12 +33,6 @@ impl Plan {
     pub fn scenario(&self, name: &str) -> Option<&Arc<Scenario>> {
         self.scenarios.iter().find(|s| &*s.name == name)
     }
-}
-
-/// The `[admin]` table.
-#[derive(Debug, Clone)]
-pub struct Admin {
-    pub listen: SocketAddr,
 }
 
 /// Why a plan could not be loaded.

@@ -55,6 +55,8 @@ pub enum ReloadError {
     Plan(#[source] config::Error),
     #[error("{0}; nothing changed")]
     Bind(#[source] StartError),
+    #[error("[admin] listen changed from {from} to {to}, which only a restart can apply; nothing changed")]
+    AdminListen { from: SocketAddr, to: SocketAddr },
     #[error("firedrill is shutting down")]
     ShuttingDown,
 }
@@ -252,7 +254,6 @@ async fn start_inner(mut plan: Plan, source: Option<PathBuf>) -> Result<Running,
         services.record_addresses(&running);
     }
     let admin = plan.admin.listen;
-    tracing::info!(listen = %admin, "admin API listening (GET /scenarios, POST /faults/NAME, DELETE /faults, POST /reload, GET /metrics)");
     let reloader = Reloader(services);
     let router = admin::router(admin::AdminState {
         engine: engine.clone(),
@@ -261,16 +262,12 @@ async fn start_inner(mut plan: Plan, source: Option<PathBuf>) -> Result<Running,
     });
     // The admin API and the engine outlive the drain, so faults can still
     // be lifted (and still expire) while connections finish.
-    let stopped = shutdown.hard_stop.clone();
-    tokio::spawn(async move {
-        let app = router.into_make_service_with_connect_info::<SocketAddr>();
-        if let Err(e) = axum::serve(admin_listener, app)
-            .with_graceful_shutdown(stopped.cancelled_owned())
-            .await
-        {
-            tracing::error!("admin API stopped: {e}");
-        }
-    });
+    admin::serve(
+        admin_listener,
+        router,
+        &plan.admin,
+        shutdown.hard_stop.clone(),
+    );
     tokio::spawn(engine.clone().run(shutdown.hard_stop.clone()));
     Ok(Running {
         admin,
@@ -364,14 +361,26 @@ impl Reloader {
         if services.shutdown.draining.is_cancelled() {
             return Err(ReloadError::ShuttingDown);
         }
-        let mut report = Reloaded::default();
+        // The admin API keeps its socket and TLS; its tokens and open_reads
+        // follow the plan, so a leaked token can be revoked without a
+        // restart. The plan was validated against its own listen address,
+        // so that must be the one in use.
         if plan.admin.listen != services.admin.listen {
-            report.warnings.push(format!(
-                "[admin] listen changed to {}; the admin API stays on {} until firedrill restarts",
-                plan.admin.listen, services.admin.listen
-            ));
+            return Err(ReloadError::AdminListen {
+                from: services.admin.listen,
+                to: plan.admin.listen,
+            });
         }
-        plan.admin = services.engine.plan().admin.clone();
+        let mut report = Reloaded::default();
+        let current = services.engine.plan().admin.clone();
+        if plan.admin.tls.is_some() || current.tls.is_some() {
+            report.warnings.push(
+                "[admin] tls is read at start only; restart firedrill to apply changes to it"
+                    .to_owned(),
+            );
+        }
+        plan.admin.listen = current.listen;
+        plan.admin.tls = current.tls;
 
         // Decide each service's fate and bind new listeners before anything
         // changes: a port that is taken fails the reload as a whole.

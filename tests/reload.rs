@@ -366,3 +366,76 @@ async fn sighup_reloads_the_running_binary() {
     assert!(log.contains("plan.toml"), "the error names the file: {log}");
     assert!(log.contains("plan reloaded"), "{log}");
 }
+
+/// A leaked token is revoked by a reload; the admin API cannot move.
+#[tokio::test]
+async fn a_reload_revokes_tokens_but_cannot_move_the_admin_api() {
+    let web = http_upstream("web").await;
+    let dir = TempDir::new("revoke");
+    let leaked = dir.path().join("leaked.token");
+    let fresh = dir.path().join("fresh.token");
+    write(&leaked, "leaked-value\n");
+    write(&fresh, "fresh-value\n");
+    let plan = |tokens: &str| {
+        PlanText::with_admin(&format!("tokens = [{tokens}]"), &["pangyo"])
+            .http("talk", "pangyo", web)
+            .fault("fire", "talk", "action = 'drop'")
+    };
+    let both = format!(
+        "{{ name = 'old', value_file = '{}' }}, {{ name = 'new', value_file = '{}' }}",
+        leaked.display(),
+        fresh.display()
+    );
+    let firedrill = Reloadable::start(&plan(&both)).await;
+    let running = &firedrill.running;
+    let call = |token: &'static str| async move {
+        let url = format!("http://{}/faults", running.admin_addr());
+        let request = http::Request::get(&url)
+            .header("authorization", format!("Bearer {token}"))
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap();
+        within(STEP, client().request(request))
+            .await
+            .unwrap()
+            .status()
+    };
+    let reload = |token: &'static str| async move {
+        let url = format!("http://{}/reload", running.admin_addr());
+        let request = http::Request::post(&url)
+            .header("authorization", format!("Bearer {token}"))
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap();
+        let response = within(STEP, client().request(request)).await.unwrap();
+        let status = response.status();
+        let body = http_body_util::BodyExt::collect(response.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    };
+    assert_eq!(call("leaked-value").await, StatusCode::OK);
+    // Reload needs a token like every other change.
+    let (status, _) = reload("wrong").await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+
+    let only_new = format!("{{ name = 'new', value_file = '{}' }}", fresh.display());
+    write(&firedrill.path, plan(&only_new).toml());
+    let (status, body) = reload("fresh-value").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(call("leaked-value").await, StatusCode::FORBIDDEN);
+    assert_eq!(call("fresh-value").await, StatusCode::OK);
+    assert!(
+        !body.contains("fresh-value"),
+        "no token value in the answer: {body}"
+    );
+
+    // Moving the admin API needs a restart: nothing changes.
+    let moved = plan(&only_new)
+        .toml()
+        .replacen("127.0.0.1:0", "127.0.0.2:0", 1);
+    write(&firedrill.path, &moved);
+    let (status, body) = reload("fresh-value").await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(body.contains("restart"), "{body}");
+    assert_eq!(call("fresh-value").await, StatusCode::OK);
+}

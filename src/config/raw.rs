@@ -12,6 +12,7 @@ use serde::Deserialize;
 use toml::de::{DeTable, DeValue, ValueDeserializer};
 use toml::Spanned;
 
+use super::Secret;
 use crate::fault::Direction;
 use crate::topology::{Protocol, Upstream};
 
@@ -164,6 +165,30 @@ fn table<T: for<'de> Deserialize<'de>>(
 #[serde(deny_unknown_fields)]
 pub struct Admin {
     pub listen: Option<Spanned<SocketAddr>>,
+    #[serde(default)]
+    pub tokens: Vec<Spanned<Token>>,
+    #[serde(default)]
+    pub open_reads: bool,
+    pub tls: Option<Spanned<AdminTls>>,
+}
+
+/// One of `[admin] tokens`: a name and exactly one source of its value.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Token {
+    pub name: Spanned<String>,
+    pub value_env: Option<Spanned<String>>,
+    pub value_file: Option<Spanned<String>>,
+    pub value: Option<Spanned<Secret>>,
+}
+
+/// `[admin] tls`: PEM files, relative to the plan's directory.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminTls {
+    pub cert: Spanned<String>,
+    pub key: Spanned<String>,
+    pub client_ca: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

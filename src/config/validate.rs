@@ -11,10 +11,11 @@ use std::time::Duration;
 
 use toml::Spanned;
 
+mod admin;
 mod fault;
 
 use super::raw;
-use super::{Admin, Plan, DEFAULT_ADMIN_LISTEN};
+use super::Plan;
 use crate::fault::Scenario;
 use crate::topology::{DataCenter, Protocol, Service, ServiceId, Topology};
 use fault::FaultCheck;
@@ -26,16 +27,7 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 pub(super) type Report<'r> = &'r mut dyn FnMut(Range<usize>, String);
 
 pub(super) fn validate(raw: raw::Plan, base: &Path, report: Report<'_>) -> Plan {
-    let admin = Admin {
-        listen: raw.admin.listen.as_ref().map_or_else(
-            || {
-                DEFAULT_ADMIN_LISTEN
-                    .parse()
-                    .expect("default admin address parses")
-            },
-            |l| *l.get_ref(),
-        ),
-    };
+    let admin = admin::admin(&raw.admin, base, report);
     let topology = topology(&raw, base, report);
     let mut listeners: HashMap<SocketAddr, String> = HashMap::new();
     listeners.insert(admin.listen, "the admin API".to_owned());

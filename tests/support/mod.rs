@@ -72,6 +72,16 @@ impl PlanText {
         plan
     }
 
+    /// Like [`PlanText::new`], with further `[admin]` `lines` after its
+    /// `listen` (like `"tokens = [{ name = 'lead', value = 'x' }]"`).
+    pub fn with_admin(admin: &str, datacenters: &[&str]) -> PlanText {
+        let mut plan = PlanText("[admin]\nlisten = '127.0.0.1:0'\n".to_owned()).lines(admin);
+        for name in datacenters {
+            plan = plan.datacenter(name, "");
+        }
+        plan
+    }
+
     /// Adds `[datacenters.NAME]` with the given `lines` (may be empty).
     pub fn datacenter(self, name: &str, lines: &str) -> PlanText {
         self.table(&format!("[datacenters.{name}]"), lines)
