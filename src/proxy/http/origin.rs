@@ -57,8 +57,12 @@ impl Pooled {
             None => Pooled::Plain(builder.build(connector)),
             Some(tls) => {
                 connector.enforce_http(false);
+                // hyper-rustls sets ALPN itself (to http/1.1 here) and
+                // refuses a configuration that already has some.
+                let mut config = (*tls.config).clone();
+                config.alpn_protocols.clear();
                 let https = hyper_rustls::HttpsConnectorBuilder::new()
-                    .with_tls_config((*tls.config).clone())
+                    .with_tls_config(config)
                     .https_only()
                     .with_server_name_resolver(FixedServerNameResolver::new(
                         tls.server_name.clone(),
