@@ -170,3 +170,40 @@ impl fmt::Display for Upstream {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upstream(text: &str) -> Result<Upstream, String> {
+        Upstream::try_from(text.to_owned())
+    }
+
+    #[test]
+    fn an_upstream_keeps_its_scheme_and_shows_it() {
+        for (text, scheme) in [
+            ("127.0.0.1:9001", Scheme::Bare),
+            ("http://127.0.0.1:9001", Scheme::Http),
+            ("https://api.internal:443/", Scheme::Https),
+        ] {
+            let parsed = upstream(text).unwrap();
+            assert_eq!(parsed.scheme, scheme, "{text}");
+            assert_eq!(parsed.to_string(), text.trim_end_matches('/'));
+        }
+        let refused = upstream("ftp://127.0.0.1:21").unwrap_err();
+        assert!(refused.contains("`https://host:port`"), "{refused}");
+    }
+
+    #[test]
+    fn the_host_of_an_upstream_drops_the_port_and_ipv6_brackets() {
+        assert_eq!(
+            upstream("https://api.internal:8443").unwrap().host(),
+            "api.internal"
+        );
+        assert_eq!(
+            upstream("https://127.0.0.1:8443").unwrap().host(),
+            "127.0.0.1"
+        );
+        assert_eq!(upstream("https://[::1]:8443").unwrap().host(), "::1");
+    }
+}

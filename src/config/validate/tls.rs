@@ -137,3 +137,87 @@ pub(super) fn service_tls(
     };
     ServiceTls { listener, upstream }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{parse, Error};
+    use rustls::pki_types::ServerName;
+
+    fn service(lines: &str) -> String {
+        format!(
+            "[datacenters.pangyo]\n[services.pay]\ndatacenter = 'pangyo'\nprotocol = 'http'\nlisten = '127.0.0.1:0'\n{lines}\n"
+        )
+    }
+
+    fn messages(source: &str) -> Vec<(usize, String)> {
+        match parse(source, "plan.toml") {
+            Ok(_) => panic!("plan should be rejected:\n{source}"),
+            Err(Error::Invalid(diagnostics)) => diagnostics
+                .into_iter()
+                .map(|d| (d.line, d.message))
+                .collect(),
+            Err(e) => panic!("unexpected error {e}"),
+        }
+    }
+
+    #[test]
+    fn an_https_upstream_verifies_its_host_by_default_or_the_name_given() {
+        let plan = parse(
+            &service("upstream = 'https://127.0.0.1:8443'\nupstream_skip_verify = false"),
+            "plan.toml",
+        )
+        .unwrap();
+        let tls = plan.topology.services[0].upstream_tls.as_ref().unwrap();
+        assert_eq!(tls.server_name, ServerName::try_from("127.0.0.1").unwrap());
+        assert!(!tls.skip_verify);
+        let plan = parse(
+            &service("upstream = 'https://10.0.0.7:8443'\nupstream_server_name = 'pay.internal'\nupstream_skip_verify = true"),
+            "plan.toml",
+        )
+        .unwrap();
+        let tls = plan.topology.services[0].upstream_tls.as_ref().unwrap();
+        assert_eq!(
+            tls.server_name,
+            ServerName::try_from("pay.internal").unwrap()
+        );
+        assert!(tls.skip_verify);
+        let plan = parse(&service("upstream = 'http://127.0.0.1:8080'"), "plan.toml").unwrap();
+        assert!(plan.topology.services[0].upstream_tls.is_none());
+    }
+
+    #[test]
+    fn contradicting_or_malformed_upstream_tls_settings_are_errors_at_their_line() {
+        let both = service("upstream = 'https://127.0.0.1:8443'\nupstream_ca = 'ca.pem'\nupstream_skip_verify = true");
+        let errors = messages(&both);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].0, 7);
+        assert!(
+            errors[0]
+                .1
+                .contains("sets both `upstream_ca` and `upstream_skip_verify = true`"),
+            "{errors:?}"
+        );
+
+        let bad_name =
+            service("upstream = 'https://127.0.0.1:8443'\nupstream_server_name = 'not a name'");
+        let errors = messages(&bad_name);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].0, 7);
+        assert!(
+            errors[0].1.contains("is not a DNS name or an IP address"),
+            "{errors:?}"
+        );
+
+        let missing_ca =
+            service("upstream = 'https://127.0.0.1:8443'\nupstream_ca = 'nowhere/ca.pem'");
+        let errors = messages(&missing_ca);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].0, 7);
+        assert!(
+            errors[0]
+                .1
+                .contains("cannot read upstream CA file nowhere/ca.pem"),
+            "{errors:?}"
+        );
+    }
+}
