@@ -320,6 +320,7 @@ async fn topology(State(state): State<AdminState>) -> Json<Value> {
                         "protocol": service.protocol.name(),
                         "listen": service.listen.to_string(),
                         "upstream": service.upstream.to_string(),
+                        "upstream_skip_verify": service.upstream_tls.as_ref().is_some_and(|t| t.skip_verify),
                         "faults": faults,
                     })
                 })

@@ -68,7 +68,7 @@ fn describe() {
     describe_counter!(
         CONNECTIONS_TOTAL,
         Unit::Count,
-        "Client connections accepted, by service, data center and outcome (tcp: forwarded, delayed, dropped, blackholed, upstream_error; http: accepted)."
+        "Client connections accepted, by service, data center and outcome (tcp: forwarded, delayed, dropped, blackholed, upstream_error; http: accepted, and tls_error for a failed TLS handshake)."
     );
     describe_gauge!(
         CONNECTIONS_ACTIVE,
@@ -104,10 +104,12 @@ pub enum Outcome {
     UpstreamError,
     /// An HTTP client connection; its requests carry their own outcomes.
     Accepted,
+    /// An HTTP client connection whose TLS handshake failed or timed out.
+    TlsError,
 }
 
 impl Outcome {
-    const ALL: [Outcome; 7] = [
+    const ALL: [Outcome; 8] = [
         Outcome::Forwarded,
         Outcome::Delayed,
         Outcome::Dropped,
@@ -115,6 +117,7 @@ impl Outcome {
         Outcome::Error,
         Outcome::UpstreamError,
         Outcome::Accepted,
+        Outcome::TlsError,
     ];
 
     pub fn name(self) -> &'static str {
@@ -126,6 +129,7 @@ impl Outcome {
             Outcome::Error => "error",
             Outcome::UpstreamError => "upstream_error",
             Outcome::Accepted => "accepted",
+            Outcome::TlsError => "tls_error",
         }
     }
 }
@@ -134,8 +138,8 @@ impl Outcome {
 /// series that can move for the service's protocol are registered.
 #[derive(Debug, Clone)]
 pub struct ServiceMetrics {
-    requests: [Counter; 7],
-    connections: [Counter; 7],
+    requests: [Counter; 8],
+    connections: [Counter; 8],
     active: Gauge,
     duration: Histogram,
     bytes_upstream: Counter,
@@ -179,9 +183,12 @@ impl ServiceMetrics {
             })
             .collect();
         ServiceMetrics {
-            requests: by_outcome(REQUESTS_TOTAL, &|o| http && o != Outcome::Accepted),
+            requests: by_outcome(REQUESTS_TOTAL, &|o| {
+                http && !matches!(o, Outcome::Accepted | Outcome::TlsError)
+            }),
             connections: by_outcome(CONNECTIONS_TOTAL, &|o| match o {
                 Outcome::Accepted => http,
+                Outcome::TlsError => service.tls.is_some(),
                 // An injected error response means nothing to a byte stream.
                 Outcome::Error => false,
                 _ => !http,

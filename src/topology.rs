@@ -7,6 +7,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, ServerConfig};
 use serde::Deserialize;
 
 /// Index of a service in [`Topology::services`].
@@ -60,10 +62,25 @@ pub struct Service {
     pub connect_timeout: Duration,
     /// HTTP: limit for the upstream's response headers.
     pub timeout: Duration,
+    /// HTTP: terminate TLS from clients with this configuration.
+    pub tls: Option<Arc<ServerConfig>>,
+    /// HTTP with an `https://` upstream: how to speak TLS to it.
+    pub upstream_tls: Option<UpstreamTls>,
     /// Where this service's faults sit in a rule snapshot. Its plan index at
     /// start-up; a reload keeps the slot of a service that stays as it was,
     /// so its open connections keep seeing their faults.
     pub slot: usize,
+}
+
+/// TLS towards an `https://` upstream.
+#[derive(Debug, Clone)]
+pub struct UpstreamTls {
+    /// Trusts the configured CA or the system's roots, offers http/1.1.
+    pub config: Arc<ClientConfig>,
+    /// Sent as SNI and verified against the certificate.
+    pub server_name: ServerName<'static>,
+    /// The plan said `upstream_skip_verify = true`: any certificate passes.
+    pub skip_verify: bool,
 }
 
 /// How a service's traffic is understood.
@@ -83,28 +100,54 @@ impl Protocol {
     }
 }
 
-/// An upstream address: `host:port`, or `http://host:port` for http services.
+/// How the plan spelled an upstream address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    /// `host:port`: plain TCP, or plain HTTP for http services.
+    Bare,
+    /// `http://host:port`.
+    Http,
+    /// `https://host:port`: TLS to the upstream (http services only).
+    Https,
+}
+
+/// An upstream address: `host:port`, or `http://host:port` or
+/// `https://host:port` for http services.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "String")]
 pub struct Upstream {
     /// `host:port`, as given.
     pub authority: String,
-    /// Whether the plan spelled it with an `http://` scheme.
-    pub has_scheme: bool,
+    pub scheme: Scheme,
+}
+
+impl Upstream {
+    /// The host, without the brackets of an IPv6 address: the name an
+    /// `https://` upstream's certificate is verified against by default.
+    pub fn host(&self) -> &str {
+        let host = match self.authority.rsplit_once(':') {
+            Some((host, _port)) => host,
+            None => &self.authority,
+        };
+        host.strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host)
+    }
 }
 
 impl TryFrom<String> for Upstream {
     type Error = String;
 
     fn try_from(value: String) -> Result<Self, Self::Error> {
-        let (has_scheme, rest) = match value.split_once("://") {
-            Some(("http", rest)) => (true, rest),
+        let (scheme, rest) = match value.split_once("://") {
+            Some(("http", rest)) => (Scheme::Http, rest),
+            Some(("https", rest)) => (Scheme::Https, rest),
             Some((scheme, _)) => {
                 return Err(format!(
-                    "upstream scheme `{scheme}` is not supported; use `host:port` or `http://host:port`"
+                    "upstream scheme `{scheme}` is not supported; use `host:port`, `http://host:port` or `https://host:port`"
                 ))
             }
-            None => (false, value.as_str()),
+            None => (Scheme::Bare, value.as_str()),
         };
         let authority = rest.strip_suffix('/').unwrap_or(rest);
         if authority.contains('/') {
@@ -122,17 +165,54 @@ impl TryFrom<String> for Upstream {
         }
         Ok(Upstream {
             authority: authority.to_owned(),
-            has_scheme,
+            scheme,
         })
     }
 }
 
 impl fmt::Display for Upstream {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.has_scheme {
-            write!(f, "http://{}", self.authority)
-        } else {
-            f.write_str(&self.authority)
+        match self.scheme {
+            Scheme::Bare => f.write_str(&self.authority),
+            Scheme::Http => write!(f, "http://{}", self.authority),
+            Scheme::Https => write!(f, "https://{}", self.authority),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upstream(text: &str) -> Result<Upstream, String> {
+        Upstream::try_from(text.to_owned())
+    }
+
+    #[test]
+    fn an_upstream_keeps_its_scheme_and_shows_it() {
+        for (text, scheme) in [
+            ("127.0.0.1:9001", Scheme::Bare),
+            ("http://127.0.0.1:9001", Scheme::Http),
+            ("https://api.internal:443/", Scheme::Https),
+        ] {
+            let parsed = upstream(text).unwrap();
+            assert_eq!(parsed.scheme, scheme, "{text}");
+            assert_eq!(parsed.to_string(), text.trim_end_matches('/'));
+        }
+        let refused = upstream("ftp://127.0.0.1:21").unwrap_err();
+        assert!(refused.contains("`https://host:port`"), "{refused}");
+    }
+
+    #[test]
+    fn the_host_of_an_upstream_drops_the_port_and_ipv6_brackets() {
+        assert_eq!(
+            upstream("https://api.internal:8443").unwrap().host(),
+            "api.internal"
+        );
+        assert_eq!(
+            upstream("https://127.0.0.1:8443").unwrap().host(),
+            "127.0.0.1"
+        );
+        assert_eq!(upstream("https://[::1]:8443").unwrap().host(), "::1");
     }
 }

@@ -209,6 +209,18 @@ pub struct Service {
     pub description: String,
     pub connect_timeout: Option<HumanDuration>,
     pub timeout: Option<HumanDuration>,
+    pub tls: Option<Spanned<TlsFiles>>,
+    pub upstream_ca: Option<Spanned<String>>,
+    pub upstream_server_name: Option<Spanned<String>>,
+    pub upstream_skip_verify: Option<Spanned<bool>>,
+}
+
+/// `tls = { cert = "...", key = "..." }`: PEM files, relative to the plan.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    pub cert: String,
+    pub key: String,
 }
 
 #[derive(Debug, Deserialize)]

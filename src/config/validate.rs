@@ -13,11 +13,12 @@ use toml::Spanned;
 
 mod admin;
 mod fault;
+mod tls;
 
 use super::raw;
 use super::Plan;
 use crate::fault::Scenario;
-use crate::topology::{DataCenter, Protocol, Service, ServiceId, Topology};
+use crate::topology::{DataCenter, Protocol, Scheme, Service, ServiceId, Topology};
 use fault::FaultCheck;
 
 const DEFAULT_MAX_DURATION: Duration = Duration::from_secs(15 * 60);
@@ -97,8 +98,6 @@ fn check_name(kind: &str, name: &Spanned<String>, report: Report<'_>) {
 }
 
 fn topology(raw: &raw::Plan, base: &Path, report: Report<'_>) -> Topology {
-    // Read by the settings that name files (certificates, token files).
-    let _ = resolve(base, "");
     let mut datacenters: Vec<DataCenter> = raw
         .datacenters
         .iter()
@@ -137,15 +136,23 @@ fn topology(raw: &raw::Plan, base: &Path, report: Report<'_>) -> Topology {
                 ),
             );
         }
-        if service.protocol == Protocol::Tcp && service.upstream.get_ref().has_scheme {
-            report(
-                service.upstream.span(),
-                format!(
-                    "service `{}` is tcp, so its upstream is plain `host:port` without `http://`",
-                    name.get_ref()
+        if service.protocol == Protocol::Tcp {
+            let scheme = service.upstream.get_ref().scheme;
+            let fix = match scheme {
+                Scheme::Bare => None,
+                Scheme::Http => Some("its upstream is plain `host:port` without `http://`"),
+                Scheme::Https => Some(
+                    "it passes TLS through untouched: write the upstream as plain `host:port` and terminate TLS there",
                 ),
-            );
+            };
+            if let Some(fix) = fix {
+                report(
+                    service.upstream.span(),
+                    format!("service `{}` is tcp, so {fix}", name.get_ref()),
+                );
+            }
         }
+        let tls = tls::service_tls(name.get_ref(), service, base, report);
         services.push(Service {
             id,
             name: Arc::from(name.get_ref().as_str()),
@@ -158,6 +165,8 @@ fn topology(raw: &raw::Plan, base: &Path, report: Report<'_>) -> Topology {
                 .connect_timeout
                 .map_or(DEFAULT_CONNECT_TIMEOUT, |d| d.0),
             timeout: service.timeout.map_or(DEFAULT_TIMEOUT, |d| d.0),
+            tls: tls.listener,
+            upstream_tls: tls.upstream,
             slot: i,
         });
     }

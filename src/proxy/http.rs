@@ -4,30 +4,33 @@
 //! `Upgrade` requests (WebSocket) are passed on by `http/upgrade.rs`.
 
 mod headers;
+mod origin;
 mod sticky;
+mod terminate;
 mod upgrade;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
-use http::uri::Authority;
+use http::uri::{Authority, Scheme};
 use http::{Request, Response, StatusCode, Version};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulConnection;
 use tokio::net::TcpListener;
 use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use super::{Counted, Flow, ServiceContext};
 use crate::fault::{connection_roll, decide, Fault, RequestInfo, Verdict};
-use crate::metrics::Outcome;
+use crate::metrics::{ActiveConnection, Outcome};
 use crate::shutdown::Shutdown;
 
 /// The body of every response firedrill sends: streamed from the upstream,
@@ -47,8 +50,10 @@ pub enum Refused {
 
 struct Proxy {
     context: Arc<ServiceContext>,
-    client: Client<HttpConnector, Counted<Incoming>>,
+    client: origin::Pooled,
     authority: Authority,
+    /// `https` for an `https://` upstream, else `http`.
+    scheme: Scheme,
     shutdown: Shutdown,
 }
 
@@ -69,20 +74,28 @@ pub async fn serve(
             return None;
         }
     };
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(service.connect_timeout));
-    let client = Client::builder(TokioExecutor::new())
-        // Without a timer the pool never notices that a connection idles.
-        .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(Duration::from_secs(60))
-        .build(connector);
     let proxy = Arc::new(Proxy {
         context: Arc::clone(&context),
-        client,
+        client: origin::Pooled::new(service),
         authority,
+        scheme: match service.upstream_tls {
+            Some(_) => Scheme::HTTPS,
+            None => Scheme::HTTP,
+        },
         shutdown: shutdown.clone(),
     });
+    if service
+        .upstream_tls
+        .as_ref()
+        .is_some_and(|tls| tls.skip_verify)
+    {
+        tracing::warn!(
+            service = %service.name,
+            upstream = %service.upstream,
+            "upstream_skip_verify = true: the upstream's certificate is NOT verified, so anyone on the path can pose as it"
+        );
+    }
+    let acceptor = service.tls.clone().map(TlsAcceptor::from);
     let builder = auto::Builder::new(TokioExecutor::new());
     loop {
         let accepted = tokio::select! {
@@ -99,7 +112,6 @@ pub async fn serve(
             }
         };
         let _ = stream.set_nodelay(true);
-        context.metrics.connection(Outcome::Accepted);
         let active = context.metrics.connection_opened();
         let forwarded_for = HeaderValue::from_str(&peer.ip().to_string())
             .expect("an IP address is a valid header value");
@@ -111,30 +123,61 @@ pub async fn serve(
             let sticky = Arc::clone(&sticky);
             async move { proxy.handle(request, forwarded_for, &sticky).await }
         });
-        let connection = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
-        let draining = shutdown.draining.clone();
         let hard_stop = shutdown.hard_stop.clone();
+        let draining = shutdown.draining.clone();
+        let Some(acceptor) = &acceptor else {
+            context.metrics.connection(Outcome::Accepted);
+            let connection = builder
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                .into_owned();
+            shutdown
+                .tracker
+                .spawn(drive(connection, peer, active, draining, hard_stop));
+            continue;
+        };
+        let acceptor = acceptor.clone();
+        let builder = builder.clone();
+        let context = Arc::clone(&context);
         shutdown.tracker.spawn(async move {
-            let _active = active;
-            let mut connection = std::pin::pin!(connection);
-            let ended = tokio::select! {
-                result = connection.as_mut() => Some(result),
-                () = draining.cancelled() => {
-                    // Finish the requests in flight, then close.
-                    connection.as_mut().graceful_shutdown();
-                    tokio::select! {
-                        result = connection => Some(result),
-                        () = hard_stop.cancelled() => None,
-                    }
-                }
-                () = hard_stop.cancelled() => None,
+            let handshake = terminate::handshake(&acceptor, stream, peer, &context, &hard_stop);
+            let Some(stream) = handshake.await else {
+                return;
             };
-            if let Some(Err(e)) = ended {
-                tracing::debug!(%peer, "http connection ended: {e}");
-            }
+            let connection = builder
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                .into_owned();
+            drive(connection, peer, active, draining, hard_stop).await;
         });
+    }
+}
+
+/// Serves one client connection until it ends: when shutdown starts it
+/// finishes the requests in flight and closes, and the hard stop cuts it.
+async fn drive<C>(
+    connection: C,
+    peer: SocketAddr,
+    active: ActiveConnection,
+    draining: CancellationToken,
+    hard_stop: CancellationToken,
+) where
+    C: GracefulConnection,
+    C::Error: std::fmt::Display,
+{
+    let _active = active;
+    let mut connection = std::pin::pin!(connection);
+    let ended = tokio::select! {
+        result = connection.as_mut() => Some(result),
+        () = draining.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            tokio::select! {
+                result = connection => Some(result),
+                () = hard_stop.cancelled() => None,
+            }
+        }
+        () = hard_stop.cancelled() => None,
+    };
+    if let Some(Err(e)) = ended {
+        tracing::debug!(%peer, "http connection ended: {e}");
     }
 }
 
@@ -366,13 +409,7 @@ impl Proxy {
             } else {
                 self.send_sticky(sticky, request)
                     .await
-                    .map_err(|failure| match failure {
-                        sticky::Failure::Connect(e) => self.connect_failed(&e),
-                        sticky::Failure::ConnectTimedOut => self.connect_timed_out(),
-                        sticky::Failure::Http(e) => {
-                            self.failure(StatusCode::BAD_GATEWAY, format!("failed: {e}"))
-                        }
-                    })
+                    .map_err(|failure| self.refuse(failure))
             }
         };
         match tokio::time::timeout(service.timeout, sent).await {
@@ -404,6 +441,9 @@ impl Proxy {
     fn upstream_failed(&self, error: &hyper_util::client::legacy::Error) -> Response<ProxyBody> {
         let root: &(dyn std::error::Error + 'static) = error;
         let chain = || std::iter::successors(Some(root), |e| e.source());
+        if let Some(tls) = chain().find(|e| origin::tls_reason(*e).is_some()) {
+            return self.tls_failed(tls);
+        }
         if error.is_connect() {
             if let Some(io) = chain().find_map(|e| e.downcast_ref::<std::io::Error>()) {
                 return self.connect_failed(io);

@@ -105,6 +105,24 @@ impl PlanText {
             .lines(lines)
     }
 
+    /// Like [`PlanText::service`], with the upstream written as given
+    /// (like `"https://127.0.0.1:9001"`).
+    pub fn service_to(
+        self,
+        name: &str,
+        datacenter: &str,
+        protocol: &str,
+        upstream: &str,
+        lines: &str,
+    ) -> PlanText {
+        let required = format!(
+            "datacenter = '{datacenter}'; protocol = '{protocol}'; \
+             listen = '127.0.0.1:0'; upstream = '{upstream}'"
+        );
+        self.table(&format!("[services.{name}]"), &required)
+            .lines(lines)
+    }
+
     /// Adds an http service in front of `upstream`.
     pub fn http(self, name: &str, datacenter: &str, upstream: SocketAddr) -> PlanText {
         self.service(name, datacenter, "http", upstream, "")
@@ -204,6 +222,40 @@ pub async fn http_upstream(name: &str) -> SocketAddr {
             let name = name.clone();
             let builder = builder.clone();
             tokio::spawn(async move {
+                let service = service_fn(move |request: Request<Incoming>| {
+                    let name = name.clone();
+                    async move { Ok::<_, Infallible>(answer(&name, request).await) }
+                });
+                let _ = builder
+                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// Like [`http_upstream`], over TLS with `config` (its ALPN decides
+/// between HTTP/1.1 and h2). A failed handshake just closes the connection.
+pub async fn https_upstream(
+    name: &str,
+    config: std::sync::Arc<rustls::ServerConfig>,
+) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let name = name.to_owned();
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    tokio::spawn(async move {
+        let builder = auto::Builder::new(TokioExecutor::new());
+        while let Ok((stream, _)) = listener.accept().await {
+            let name = name.clone();
+            let builder = builder.clone();
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(Ok(stream)) = tokio::time::timeout(STEP, acceptor.accept(stream)).await
+                else {
+                    return;
+                };
                 let service = service_fn(move |request: Request<Incoming>| {
                     let name = name.clone();
                     async move { Ok::<_, Infallible>(answer(&name, request).await) }

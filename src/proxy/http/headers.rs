@@ -1,10 +1,11 @@
 //! Header and target rewriting between client and upstream: RFC 9110
-//! hop-by-hop fields, h2 to HTTP/1.1 translation, `X-Forwarded-For`.
+//! hop-by-hop fields, h2 to HTTP/1.1 translation, `X-Forwarded-For`, and
+//! `X-Forwarded-Proto: https` behind a TLS listener.
 
 use std::sync::Arc;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::uri::{PathAndQuery, Scheme};
+use http::uri::PathAndQuery;
 use http::{Request, Response, Uri, Version};
 use http_body_util::Either;
 use hyper::body::Incoming;
@@ -23,10 +24,12 @@ static HOP_BY_HOP: [HeaderName; 6] = [
 ];
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
 impl Proxy {
     /// Rewrites a client request for the upstream: target URI, HTTP/1.1,
-    /// hop-by-hop fields removed (kept for an upgrade), X-Forwarded-For.
+    /// hop-by-hop fields removed (kept for an upgrade), X-Forwarded-For,
+    /// and X-Forwarded-Proto for clients that came over TLS.
     pub(super) fn prepare<B>(
         &self,
         request: &mut Request<B>,
@@ -64,7 +67,7 @@ impl Proxy {
             // The pooled client connects to the URI's authority and sends
             // origin form itself.
             let mut parts = http::uri::Parts::default();
-            parts.scheme = Some(Scheme::HTTP);
+            parts.scheme = Some(self.scheme.clone());
             parts.authority = Some(self.authority.clone());
             parts.path_and_query = Some(path);
             Uri::from_parts(parts).expect("scheme, authority and path make a URI")
@@ -82,6 +85,10 @@ impl Proxy {
             strip_hop_by_hop(headers);
         }
         forward_for(headers, forwarded_for);
+        if self.context.service.tls.is_some() {
+            // The client came over TLS (every client of a TLS listener does).
+            headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("https"));
+        }
     }
 
     pub(super) fn downstream(

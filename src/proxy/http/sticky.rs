@@ -9,14 +9,10 @@ use std::sync::{Arc, Mutex};
 
 use http::{Request, Response};
 use hyper::body::Incoming;
-use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 
+use super::origin::{Failure, Sender};
 use super::Proxy;
 use crate::proxy::Counted;
-
-type Sender = SendRequest<Counted<Incoming>>;
 
 /// The upstream connection of one client connection, while idle.
 #[derive(Default)]
@@ -24,13 +20,6 @@ pub(super) struct Sticky {
     // A std mutex, held only to take or return the sender, never across an
     // await; only the client connection's own requests touch it.
     idle: Mutex<Option<Sender>>,
-}
-
-/// Why a request could not be sent upstream.
-pub(super) enum Failure {
-    Connect(std::io::Error),
-    ConnectTimedOut,
-    Http(hyper::Error),
 }
 
 impl Sticky {
@@ -71,28 +60,9 @@ impl Proxy {
                 }
             }
         }
-        let mut sender = self.connect_sticky().await?;
+        let mut sender = self.open_upstream(false).await?;
         let response = sender.send_request(request).await.map_err(Failure::Http)?;
         sticky.put(sender);
         Ok(response)
-    }
-
-    async fn connect_sticky(&self) -> Result<Sender, Failure> {
-        let service = &self.context.service;
-        let connect = TcpStream::connect(service.upstream.authority.as_str());
-        let stream = tokio::time::timeout(service.connect_timeout, connect)
-            .await
-            .map_err(|_| Failure::ConnectTimedOut)?
-            .map_err(Failure::Connect)?;
-        let _ = stream.set_nodelay(true);
-        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(Failure::Http)?;
-        self.shutdown.tracker.spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!("upstream connection ended: {e}");
-            }
-        });
-        Ok(sender)
     }
 }

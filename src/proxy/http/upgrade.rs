@@ -8,7 +8,6 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 
 use super::{Proxy, ProxyBody};
 use crate::metrics::Outcome;
@@ -50,23 +49,10 @@ impl Proxy {
         let service = &self.context.service;
         let client_upgrade = hyper::upgrade::on(&mut request);
         self.prepare(&mut request, forwarded_for, true);
-        let connect = tokio::time::timeout(
-            service.connect_timeout,
-            TcpStream::connect(service.upstream.authority.as_str()),
-        );
-        let stream = connect
+        let mut sender = self
+            .open_upstream(true)
             .await
-            .map_err(|_| self.connect_timed_out())?
-            .map_err(|e| self.connect_failed(&e))?;
-        let _ = stream.set_nodelay(true);
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| self.failure(StatusCode::BAD_GATEWAY, format!("failed: {e}")))?;
-        self.shutdown.tracker.spawn(async move {
-            if let Err(e) = connection.with_upgrades().await {
-                tracing::debug!("upstream upgrade connection ended: {e}");
-            }
-        });
+            .map_err(|failure| self.refuse(failure))?;
         let request =
             request.map(|body| Counted::new(body, Arc::clone(&self.context), Flow::Upstream));
         let mut response = tokio::time::timeout(service.timeout, sender.send_request(request))

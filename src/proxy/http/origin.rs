@@ -1,0 +1,216 @@
+//! Connections to the upstream: plain TCP, or TLS for an `https://`
+//! upstream. The pooled client (h2 clients) and the connections of each
+//! client's own (HTTP/1.1 clients, upgrades) both go through here, and
+//! the connect timeout covers the TLS handshake too.
+
+use std::error::Error;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::{Request, Response, StatusCode, Uri};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
+use hyper_rustls::{FixedServerNameResolver, HttpsConnector, MaybeHttpsStream};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::{Client, ResponseFuture};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+use super::{Proxy, ProxyBody};
+use crate::proxy::Counted;
+use crate::topology::{Service, UpstreamTls};
+
+/// The sending half of an upstream HTTP/1.1 connection.
+pub(super) type Sender = SendRequest<Counted<Incoming>>;
+
+/// Why a request could not be sent upstream.
+pub(super) enum Failure {
+    Connect(std::io::Error),
+    ConnectTimedOut,
+    /// The TLS handshake with an `https://` upstream failed.
+    Tls(std::io::Error),
+    Http(hyper::Error),
+}
+
+/// The pooled upstream client of a service, for h2 clients.
+pub(super) enum Pooled {
+    Plain(Client<HttpConnector, Counted<Incoming>>),
+    Tls(Client<TimedConnector, Counted<Incoming>>),
+}
+
+impl Pooled {
+    pub(super) fn new(service: &Service) -> Pooled {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(service.connect_timeout));
+        let mut builder = Client::builder(TokioExecutor::new());
+        // Without a timer the pool never notices that a connection idles.
+        builder
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(60));
+        match &service.upstream_tls {
+            None => Pooled::Plain(builder.build(connector)),
+            Some(tls) => {
+                connector.enforce_http(false);
+                // hyper-rustls sets ALPN itself (to http/1.1 here) and
+                // refuses a configuration that already has some.
+                let mut config = (*tls.config).clone();
+                config.alpn_protocols.clear();
+                let https = hyper_rustls::HttpsConnectorBuilder::new()
+                    .with_tls_config(config)
+                    .https_only()
+                    .with_server_name_resolver(FixedServerNameResolver::new(
+                        tls.server_name.clone(),
+                    ))
+                    .enable_http1()
+                    .wrap_connector(connector);
+                Pooled::Tls(builder.build(TimedConnector {
+                    inner: https,
+                    timeout: service.connect_timeout,
+                }))
+            }
+        }
+    }
+
+    pub(super) fn request(&self, request: Request<Counted<Incoming>>) -> ResponseFuture {
+        match self {
+            Pooled::Plain(client) => client.request(request),
+            Pooled::Tls(client) => client.request(request),
+        }
+    }
+}
+
+/// hyper-rustls's connector with one limit on TCP connect and TLS
+/// handshake together, as the plan's `connect_timeout` promises.
+#[derive(Clone)]
+pub(super) struct TimedConnector {
+    inner: HttpsConnector<HttpConnector>,
+    timeout: Duration,
+}
+
+type BoxError = Box<dyn Error + Send + Sync>;
+type Connecting =
+    Pin<Box<dyn Future<Output = Result<MaybeHttpsStream<TokioIo<TcpStream>>, BoxError>> + Send>>;
+
+impl tower_service::Service<Uri> for TimedConnector {
+    type Response = MaybeHttpsStream<TokioIo<TcpStream>>;
+    type Error = BoxError;
+    type Future = Connecting;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let connecting = self.inner.call(uri);
+        let timeout = self.timeout;
+        Box::pin(async move {
+            match tokio::time::timeout(timeout, connecting).await {
+                Ok(result) => result,
+                Err(_) => Err(std::io::Error::from(std::io::ErrorKind::TimedOut).into()),
+            }
+        })
+    }
+}
+
+impl Proxy {
+    /// Opens an HTTP/1.1 connection of its own to the upstream, over TLS
+    /// for an `https://` upstream, and drives it on a task of its own.
+    /// With `upgrades` the connection survives `101 Switching Protocols`.
+    pub(super) async fn open_upstream(&self, upgrades: bool) -> Result<Sender, Failure> {
+        let service = &self.context.service;
+        let limit = service.connect_timeout;
+        let address = service.upstream.authority.as_str();
+        match &service.upstream_tls {
+            None => {
+                let stream = tokio::time::timeout(limit, TcpStream::connect(address))
+                    .await
+                    .map_err(|_| Failure::ConnectTimedOut)?
+                    .map_err(Failure::Connect)?;
+                let _ = stream.set_nodelay(true);
+                self.drive_upstream(stream, upgrades).await
+            }
+            Some(tls) => {
+                let stream = tokio::time::timeout(limit, connect_tls(address, tls))
+                    .await
+                    .map_err(|_| Failure::ConnectTimedOut)??;
+                self.drive_upstream(stream, upgrades).await
+            }
+        }
+    }
+
+    async fn drive_upstream<S>(&self, stream: S, upgrades: bool) -> Result<Sender, Failure>
+    where
+        S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(Failure::Http)?;
+        if upgrades {
+            self.shutdown.tracker.spawn(async move {
+                if let Err(e) = connection.with_upgrades().await {
+                    tracing::debug!("upstream upgrade connection ended: {e}");
+                }
+            });
+        } else {
+            self.shutdown.tracker.spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::debug!("upstream connection ended: {e}");
+                }
+            });
+        }
+        Ok(sender)
+    }
+
+    /// The answer to a request that could not be sent upstream: 504 for a
+    /// connect timeout, else 502.
+    pub(super) fn refuse(&self, failure: Failure) -> Response<ProxyBody> {
+        match failure {
+            Failure::Connect(e) => self.connect_failed(&e),
+            Failure::ConnectTimedOut => self.connect_timed_out(),
+            Failure::Tls(e) => self.tls_failed(&e),
+            Failure::Http(e) => self.failure(StatusCode::BAD_GATEWAY, format!("failed: {e}")),
+        }
+    }
+
+    /// 502 for a failed TLS handshake, with rustls's reason when there is one
+    /// (say, a certificate not valid for the name).
+    pub(super) fn tls_failed(&self, error: &(dyn Error + 'static)) -> Response<ProxyBody> {
+        let reason = match tls_reason(error) {
+            Some(tls) => tls.to_string(),
+            None => error.to_string(),
+        };
+        self.failure(
+            StatusCode::BAD_GATEWAY,
+            format!("failed the TLS handshake: {reason}"),
+        )
+    }
+}
+
+async fn connect_tls(
+    address: &str,
+    tls: &UpstreamTls,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, Failure> {
+    let stream = TcpStream::connect(address)
+        .await
+        .map_err(Failure::Connect)?;
+    let _ = stream.set_nodelay(true);
+    TlsConnector::from(Arc::clone(&tls.config))
+        .connect(tls.server_name.clone(), stream)
+        .await
+        .map_err(Failure::Tls)
+}
+
+/// The rustls error inside `error`, which may be wrapped in I/O errors.
+pub(super) fn tls_reason<'e>(error: &'e (dyn Error + 'static)) -> Option<&'e rustls::Error> {
+    if let Some(tls) = error.downcast_ref::<rustls::Error>() {
+        return Some(tls);
+    }
+    let io = error.downcast_ref::<std::io::Error>()?;
+    tls_reason(io.get_ref()?)
+}

@@ -1,0 +1,50 @@
+//! TLS from clients. The handshake runs in the connection's own task under
+//! a time limit, so a client that connects and never speaks holds only its
+//! own task, never the accept loop, and not for long.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Outcome;
+use crate::proxy::ServiceContext;
+
+/// How long a client has to finish its TLS handshake.
+pub(super) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Completes the TLS handshake of an accepted client. A failed or
+/// unfinished handshake is logged (debug) and counted as `tls_error`, and
+/// the connection closed; a successful one counts as `accepted`.
+pub(super) async fn handshake(
+    acceptor: &TlsAcceptor,
+    stream: TcpStream,
+    peer: SocketAddr,
+    context: &ServiceContext,
+    hard_stop: &CancellationToken,
+) -> Option<TlsStream<TcpStream>> {
+    let service = &context.service.name;
+    let result = tokio::select! {
+        result = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)) => result,
+        () = hard_stop.cancelled() => return None,
+    };
+    match result {
+        Ok(Ok(stream)) => {
+            context.metrics.connection(Outcome::Accepted);
+            Some(stream)
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(%service, %peer, "TLS handshake failed: {e}");
+            context.metrics.connection(Outcome::TlsError);
+            None
+        }
+        Err(_) => {
+            tracing::debug!(%service, %peer, "TLS handshake not finished within {HANDSHAKE_TIMEOUT:?}");
+            context.metrics.connection(Outcome::TlsError);
+            None
+        }
+    }
+}
