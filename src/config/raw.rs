@@ -184,6 +184,11 @@ pub struct Service {
     pub description: String,
     pub connect_timeout: Option<HumanDuration>,
     pub timeout: Option<HumanDuration>,
+    pub max_connections: Option<Spanned<u32>>,
+    pub max_header_bytes: Option<Spanned<u32>>,
+    pub max_headers: Option<Spanned<u32>>,
+    pub idle_timeout: Option<Spanned<HumanDuration>>,
+    pub upstream_idle_timeout: Option<Spanned<HumanDuration>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -12,6 +12,7 @@ use std::time::Duration;
 use toml::Spanned;
 
 mod fault;
+mod limits;
 
 use super::raw;
 use super::{Admin, Plan, DEFAULT_ADMIN_LISTEN};
@@ -166,6 +167,7 @@ fn topology(raw: &raw::Plan, base: &Path, report: Report<'_>) -> Topology {
                 .connect_timeout
                 .map_or(DEFAULT_CONNECT_TIMEOUT, |d| d.0),
             timeout: service.timeout.map_or(DEFAULT_TIMEOUT, |d| d.0),
+            limits: limits::limits(name.get_ref(), service, report),
         });
     }
     Topology {
