@@ -144,6 +144,7 @@ pub async fn start(mut plan: Plan) -> Result<Running, StartError> {
                     .iter()
                     .flat_map(|s| s.faults.iter().map(|f| &**f)),
             ),
+            open: Default::default(),
         });
         let handle = shutdown.clone();
         // Listener tasks are not tracked: the tracker counts connections.

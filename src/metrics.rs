@@ -68,7 +68,7 @@ fn describe() {
     describe_counter!(
         CONNECTIONS_TOTAL,
         Unit::Count,
-        "Client connections accepted, by service, data center and outcome (tcp: forwarded, delayed, dropped, blackholed, upstream_error; http: accepted)."
+        "Client connections accepted, by service, data center and outcome (tcp: forwarded, delayed, dropped, blackholed, upstream_error; http: accepted; both: refused at max_connections)."
     );
     describe_gauge!(
         CONNECTIONS_ACTIVE,
@@ -104,10 +104,13 @@ pub enum Outcome {
     UpstreamError,
     /// An HTTP client connection; its requests carry their own outcomes.
     Accepted,
+    /// A client connection refused because the service was at its
+    /// `max_connections`.
+    Refused,
 }
 
 impl Outcome {
-    const ALL: [Outcome; 7] = [
+    const ALL: [Outcome; 8] = [
         Outcome::Forwarded,
         Outcome::Delayed,
         Outcome::Dropped,
@@ -115,6 +118,7 @@ impl Outcome {
         Outcome::Error,
         Outcome::UpstreamError,
         Outcome::Accepted,
+        Outcome::Refused,
     ];
 
     pub fn name(self) -> &'static str {
@@ -126,6 +130,7 @@ impl Outcome {
             Outcome::Error => "error",
             Outcome::UpstreamError => "upstream_error",
             Outcome::Accepted => "accepted",
+            Outcome::Refused => "refused",
         }
     }
 }
@@ -134,8 +139,8 @@ impl Outcome {
 /// series that can move for the service's protocol are registered.
 #[derive(Debug, Clone)]
 pub struct ServiceMetrics {
-    requests: [Counter; 7],
-    connections: [Counter; 7],
+    requests: [Counter; 8],
+    connections: [Counter; 8],
     active: Gauge,
     duration: Histogram,
     bytes_upstream: Counter,
@@ -179,9 +184,12 @@ impl ServiceMetrics {
             })
             .collect();
         ServiceMetrics {
-            requests: by_outcome(REQUESTS_TOTAL, &|o| http && o != Outcome::Accepted),
+            requests: by_outcome(REQUESTS_TOTAL, &|o| {
+                http && !matches!(o, Outcome::Accepted | Outcome::Refused)
+            }),
             connections: by_outcome(CONNECTIONS_TOTAL, &|o| match o {
                 Outcome::Accepted => http,
+                Outcome::Refused => true,
                 // An injected error response means nothing to a byte stream.
                 Outcome::Error => false,
                 _ => !http,

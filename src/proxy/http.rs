@@ -2,6 +2,9 @@
 //! upstream, bodies streamed both ways. The rules are read once per
 //! request, so kept-alive connections see new faults on their next request.
 //! `Upgrade` requests (WebSocket) are passed on by `http/upgrade.rs`.
+//! Header limits are hyper's own; a connection with no request in flight
+//! for the idle timeout is closed, and over `max_connections` a client gets
+//! a short 503.
 
 mod headers;
 mod sticky;
@@ -25,14 +28,17 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::time::Instant;
 
+use super::idle::{Activity, Stalling, Tracked};
+use super::limits::{self, Refusals};
 use super::{Counted, Flow, ServiceContext};
 use crate::fault::{connection_roll, decide, Fault, RequestInfo, Verdict};
 use crate::metrics::Outcome;
 use crate::shutdown::Shutdown;
+use crate::topology::Limits;
 
 /// The body of every response firedrill sends: streamed from the upstream,
 /// or a small one of its own (injected errors, 502, 504).
-pub type ProxyBody = Either<Counted<Incoming>, Full<Bytes>>;
+pub type ProxyBody = Either<Stalling<Counted<Incoming>>, Full<Bytes>>;
 
 /// Why a request got no response; hyper closes its connection.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +54,9 @@ pub enum Refused {
 struct Proxy {
     context: Arc<ServiceContext>,
     client: Client<HttpConnector, Counted<Incoming>>,
+    /// Opens the upstream connections that are not pooled, with the
+    /// service's limits on response headers.
+    upstream: hyper::client::conn::http1::Builder,
     authority: Authority,
     shutdown: Shutdown,
 }
@@ -66,18 +75,31 @@ pub async fn serve(listener: TcpListener, context: Arc<ServiceContext>, shutdown
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     connector.set_connect_timeout(Some(service.connect_timeout));
-    let client = Client::builder(TokioExecutor::new())
-        // Without a timer the pool never notices that a connection idles.
+    let limits = service.limits;
+    let mut client = Client::builder(TokioExecutor::new());
+    // Without a timer the pool never notices that a connection idles.
+    client
         .pool_timer(TokioTimer::new())
         .pool_idle_timeout(Duration::from_secs(60))
-        .build(connector);
+        // The pooled client has no limit of its own for response headers;
+        // its read buffer, which must hold them, is the bound.
+        .http1_max_buf_size(limits.max_header_bytes);
+    let mut upstream = hyper::client::conn::http1::Builder::new();
+    upstream.max_header_size(limits.max_header_bytes);
+    if limits.max_headers != Limits::DEFAULT_MAX_HEADERS {
+        client.http1_max_headers(limits.max_headers);
+        upstream.max_headers(limits.max_headers);
+    }
     let proxy = Arc::new(Proxy {
         context: Arc::clone(&context),
-        client,
+        client: client.build(connector),
+        upstream,
         authority,
         shutdown: shutdown.clone(),
     });
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let builder = server_builder(limits);
+    let refusal = limits::refusal_response(&context);
+    let mut refusals = Refusals::default();
     let graceful = GracefulShutdown::new();
     loop {
         let accepted = tokio::select! {
@@ -91,31 +113,46 @@ pub async fn serve(listener: TcpListener, context: Arc<ServiceContext>, shutdown
                 continue;
             }
         };
+        let Some(slot) = limits::admit(&context) else {
+            refusals.record(&context);
+            limits::refuse_http(stream, refusal.clone());
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         context.metrics.connection(Outcome::Accepted);
-        let active = context.metrics.connection_opened();
         let forwarded_for = HeaderValue::from_str(&peer.ip().to_string())
             .expect("an IP address is a valid header value");
         let proxy = Arc::clone(&proxy);
         let sticky = Arc::new(sticky::Sticky::default());
+        let activity = Arc::new(Activity::new());
+        let watched = Arc::clone(&activity);
         let service = service_fn(move |request| {
+            let busy = activity.begin();
             let proxy = Arc::clone(&proxy);
             let forwarded_for = forwarded_for.clone();
             let sticky = Arc::clone(&sticky);
-            async move { proxy.handle(request, forwarded_for, &sticky).await }
+            async move {
+                let response = proxy.handle(request, forwarded_for, &sticky).await?;
+                Ok::<_, Refused>(response.map(|body| Tracked::new(body, busy)))
+            }
         });
         let connection = builder
             .serve_connection_with_upgrades(TokioIo::new(stream), service)
             .into_owned();
         let connection = graceful.watch(connection);
         let hard_stop = shutdown.hard_stop.clone();
+        let idle_timeout = limits.idle_timeout;
         shutdown.tracker.spawn(async move {
-            let _active = active;
+            let _slot = slot;
             tokio::select! {
                 result = connection => {
                     if let Err(e) = result {
                         tracing::debug!(%peer, "http connection ended: {e}");
                     }
+                }
+                // Dropping the connection closes it.
+                () = watched.idle_for(idle_timeout) => {
+                    tracing::debug!(%peer, "closing a connection idle for {}", humantime::format_duration(idle_timeout));
                 }
                 () = hard_stop.cancelled() => {}
             }
@@ -130,10 +167,26 @@ pub async fn serve(listener: TcpListener, context: Arc<ServiceContext>, shutdown
     }
 }
 
+/// hyper's server with the service's header limits. HTTP/1.1 has no limit
+/// on header bytes in the server builder that serves both versions, so the
+/// read buffer, which must hold the whole head, is the bound: over it hyper
+/// answers 431 and closes. h2 bounds the header list the same way and
+/// answers 431 on that stream.
+fn server_builder(limits: Limits) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().max_buf_size(limits.max_header_bytes);
+    if limits.max_headers != Limits::DEFAULT_MAX_HEADERS {
+        builder.http1().max_headers(limits.max_headers);
+    }
+    let list = u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX);
+    builder.http2().max_header_list_size(list);
+    builder
+}
+
 /// What the rules say to do with one request.
 enum Step {
     Forward,
-    Respond(Response<ProxyBody>),
+    Respond(Box<Response<ProxyBody>>),
     Drop,
     Blackhole,
 }
@@ -200,7 +253,7 @@ impl Proxy {
                 tally.outcome = outcome;
                 result
             }
-            Step::Respond(response) => Ok(response),
+            Step::Respond(response) => Ok(*response),
             Step::Drop => Err(Refused::Dropped),
             Step::Blackhole => {
                 self.blackhole(&request, seed).await;
@@ -249,7 +302,7 @@ impl Proxy {
                         HeaderValue::from_static("text/plain; charset=utf-8"),
                     );
                 }
-                Step::Respond(response)
+                Step::Respond(Box::new(response))
             }
         };
         (step, delay)

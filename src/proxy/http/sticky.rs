@@ -85,7 +85,9 @@ impl Proxy {
             .map_err(|_| Failure::ConnectTimedOut)?
             .map_err(Failure::Connect)?;
         let _ = stream.set_nodelay(true);
-        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        let (sender, connection) = self
+            .upstream
+            .handshake(TokioIo::new(stream))
             .await
             .map_err(Failure::Http)?;
         self.shutdown.tracker.spawn(async move {

@@ -12,6 +12,7 @@ use tokio::net::TcpStream;
 
 use super::{Proxy, ProxyBody};
 use crate::metrics::Outcome;
+use crate::proxy::limits;
 use crate::proxy::relay::{self, Connection};
 use crate::proxy::{Counted, Flow};
 
@@ -59,7 +60,9 @@ impl Proxy {
             .map_err(|_| self.connect_timed_out())?
             .map_err(|e| self.connect_failed(&e))?;
         let _ = stream.set_nodelay(true);
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        let (mut sender, connection) = self
+            .upstream
+            .handshake(TokioIo::new(stream))
             .await
             .map_err(|e| self.failure(StatusCode::BAD_GATEWAY, format!("failed: {e}")))?;
         self.shutdown.tracker.spawn(async move {
@@ -89,9 +92,10 @@ impl Proxy {
                         return;
                     }
                 };
-                // hyper counts the client connection as closed once it hands
-                // it over; it stays open here until the relay ends.
-                let _active = context.metrics.connection_opened();
+                // hyper's connection task ends, and gives back its slot,
+                // once it hands the connection over; it stays open here
+                // until the relay ends.
+                let _slot = limits::occupy(&context);
                 let (client_read, client_write) = tokio::io::split(TokioIo::new(client));
                 let (upstream_read, upstream_write) = tokio::io::split(TokioIo::new(upstream));
                 let mut connection = Connection::new(&context, seed);
@@ -104,6 +108,7 @@ impl Proxy {
                     &context,
                     &mut connection,
                     effect,
+                    context.service.limits.idle_timeout,
                     &hard_stop,
                 )
                 .await;
