@@ -29,7 +29,7 @@ use tokio::net::TcpListener;
 use tokio::time::Instant;
 
 use super::idle::{Activity, Stalling, Tracked};
-use super::limits::{self, Refusals};
+use super::limits::{admit, refusal_response, refuse_http, Refusals};
 use super::{Counted, Flow, ServiceContext};
 use crate::fault::{connection_roll, decide, Fault, RequestInfo, Verdict};
 use crate::metrics::Outcome;
@@ -98,7 +98,7 @@ pub async fn serve(listener: TcpListener, context: Arc<ServiceContext>, shutdown
         shutdown: shutdown.clone(),
     });
     let builder = server_builder(limits);
-    let refusal = limits::refusal_response(&context);
+    let refusal = refusal_response(&context);
     let mut refusals = Refusals::default();
     let graceful = GracefulShutdown::new();
     loop {
@@ -113,9 +113,9 @@ pub async fn serve(listener: TcpListener, context: Arc<ServiceContext>, shutdown
                 continue;
             }
         };
-        let Some(slot) = limits::admit(&context) else {
+        let Some(slot) = admit(&context) else {
             refusals.record(&context);
-            limits::refuse_http(stream, refusal.clone());
+            refuse_http(stream, refusal.clone());
             continue;
         };
         let _ = stream.set_nodelay(true);
@@ -186,6 +186,8 @@ fn server_builder(limits: Limits) -> auto::Builder<TokioExecutor> {
 /// What the rules say to do with one request.
 enum Step {
     Forward,
+    /// Boxed: injected answers are rare, and a streamed body's idle timer
+    /// makes the response large.
     Respond(Box<Response<ProxyBody>>),
     Drop,
     Blackhole,
