@@ -2,7 +2,9 @@
 //! its requests in flight ([`Activity`]), a relayed byte stream raises a
 //! flag per read ([`Traffic`]), and an upstream response body arms a timer
 //! only while it waits ([`Stalling`]). Each is one or two atomics per
-//! request or chunk, never an allocation or a lock.
+//! request or chunk, never an allocation or a lock. (hyper's own
+//! `header_read_timeout` would box a new timer per request and covers
+//! neither h2 nor a client that sends no bytes at all.)
 
 use std::future::Future;
 use std::pin::Pin;
@@ -139,7 +141,8 @@ impl Traffic {
     /// Returns once no bytes have moved either way for at least `timeout`
     /// (and at most a quarter of it more).
     pub(crate) async fn silent_for(&self, timeout: Duration) {
-        let period = timeout / CHECKS;
+        // interval() refuses a zero period, which "1ns" / 4 would be.
+        let period = (timeout / CHECKS).max(Duration::from_millis(1));
         let mut ticks = tokio::time::interval_at(Instant::now() + period, period);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut quiet = 0;
