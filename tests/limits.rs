@@ -221,6 +221,56 @@ async fn h2_header_lists_over_max_header_bytes_get_431() {
     assert_eq!(ran.stdout, "2 431", "{ran:?}");
 }
 
+#[tokio::test]
+async fn upstream_response_heads_over_the_limits_give_502() {
+    let talk = unique("talk");
+    let upstream = padded_upstream().await;
+    let running = PlanText::new(&["pangyo"])
+        .service(
+            &talk,
+            "pangyo",
+            "http",
+            upstream,
+            "max_header_bytes = 8192; max_headers = 10",
+        )
+        .start()
+        .await;
+    let proxy = addr(&running, &talk);
+    let (status, body) = get(proxy, "/small").await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "padded\n"));
+    let (status, body) = get(proxy, "/big").await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    assert!(body.contains(&format!("service `{talk}`")), "{body}");
+    let (status, body) = get(proxy, "/many").await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    // h2 clients' requests go through the pooled upstream client.
+    if programs_present(&["curl"], "apt-get install curl") {
+        for path in ["/small", "/big", "/many"] {
+            let url = format!("http://{proxy}{path}");
+            let ran = tokio::task::spawn_blocking(move || {
+                run_captured(
+                    Command::new("curl").args([
+                        "-s",
+                        "-m",
+                        "5",
+                        "--http2-prior-knowledge",
+                        "-o",
+                        "/dev/null",
+                        "-w",
+                        "%{http_code}",
+                        &url,
+                    ]),
+                    STEP,
+                )
+            })
+            .await
+            .unwrap();
+            let expected = if path == "/small" { "200" } else { "502" };
+            assert_eq!(ran.stdout, expected, "h2 {path}: {ran:?}");
+        }
+    }
+}
+
 // --- Idle timeouts --------------------------------------------------------------
 
 #[tokio::test]
@@ -548,6 +598,41 @@ async fn stalling_upstream() -> SocketAddr {
                 }
                 // Hold the connection open until the proxy lets go.
                 while matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {}
+            });
+        }
+    });
+    addr
+}
+
+/// An HTTP upstream whose response heads are small for `/small`, 10 KB for
+/// `/big` and 20 fields for `/many`; one request per connection.
+async fn padded_upstream() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.ends_with(b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(n) if n > 0 => head.extend_from_slice(&buf[..n]),
+                        _ => return,
+                    }
+                }
+                let head = String::from_utf8_lossy(&head);
+                let extra = if head.contains("/big HTTP/1.1") {
+                    format!("x-pad: {}\r\n", "a".repeat(10_000))
+                } else if head.contains("/many HTTP/1.1") {
+                    (0..20).map(|i| format!("x-field-{i}: {i}\r\n")).collect()
+                } else {
+                    String::new()
+                };
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\n{extra}content-length: 7\r\nconnection: close\r\n\r\npadded\n"
+                );
+                let _ = stream.write_all(answer.as_bytes()).await;
+                let _ = stream.shutdown().await;
             });
         }
     });
