@@ -68,7 +68,7 @@ fn describe() {
     describe_counter!(
         CONNECTIONS_TOTAL,
         Unit::Count,
-        "Client connections accepted, by service, data center and outcome (tcp: forwarded, delayed, dropped, blackholed, upstream_error; http: accepted, and tls_error for a failed TLS handshake)."
+        "Client connections accepted, by service, data center and outcome (tcp: forwarded, delayed, dropped, blackholed, upstream_error; http: accepted, and tls_error for a failed TLS handshake; both: refused at max_connections)."
     );
     describe_gauge!(
         CONNECTIONS_ACTIVE,
@@ -106,10 +106,13 @@ pub enum Outcome {
     Accepted,
     /// An HTTP client connection whose TLS handshake failed or timed out.
     TlsError,
+    /// A client connection refused because the service was at its
+    /// `max_connections`.
+    Refused,
 }
 
 impl Outcome {
-    const ALL: [Outcome; 8] = [
+    const ALL: [Outcome; 9] = [
         Outcome::Forwarded,
         Outcome::Delayed,
         Outcome::Dropped,
@@ -118,6 +121,7 @@ impl Outcome {
         Outcome::UpstreamError,
         Outcome::Accepted,
         Outcome::TlsError,
+        Outcome::Refused,
     ];
 
     pub fn name(self) -> &'static str {
@@ -130,6 +134,7 @@ impl Outcome {
             Outcome::UpstreamError => "upstream_error",
             Outcome::Accepted => "accepted",
             Outcome::TlsError => "tls_error",
+            Outcome::Refused => "refused",
         }
     }
 }
@@ -138,8 +143,8 @@ impl Outcome {
 /// series that can move for the service's protocol are registered.
 #[derive(Debug, Clone)]
 pub struct ServiceMetrics {
-    requests: [Counter; 8],
-    connections: [Counter; 8],
+    requests: [Counter; 9],
+    connections: [Counter; 9],
     active: Gauge,
     duration: Histogram,
     bytes_upstream: Counter,
@@ -184,11 +189,12 @@ impl ServiceMetrics {
             .collect();
         ServiceMetrics {
             requests: by_outcome(REQUESTS_TOTAL, &|o| {
-                http && !matches!(o, Outcome::Accepted | Outcome::TlsError)
+                http && !matches!(o, Outcome::Accepted | Outcome::TlsError | Outcome::Refused)
             }),
             connections: by_outcome(CONNECTIONS_TOTAL, &|o| match o {
                 Outcome::Accepted => http,
                 Outcome::TlsError => service.tls.is_some(),
+                Outcome::Refused => true,
                 // An injected error response means nothing to a byte stream.
                 Outcome::Error => false,
                 _ => !http,

@@ -1,8 +1,11 @@
 //! The data plane: one listener per service. `http.rs` decides per request,
 //! `tcp.rs` per connection, and `relay.rs` moves bytes for TCP connections
-//! and upgraded HTTP connections while watching the live rules.
+//! and upgraded HTTP connections while watching the live rules. `limits.rs`
+//! caps each service's connections; `idle.rs` ends what has gone quiet.
 
 pub mod http;
+mod idle;
+pub mod limits;
 mod relay;
 pub mod tcp;
 
@@ -23,6 +26,8 @@ pub struct ServiceContext {
     pub service: Arc<Service>,
     pub live: Arc<Live>,
     pub metrics: ServiceMetrics,
+    /// Client connections open now, held against `max_connections`.
+    pub open: Arc<limits::OpenConnections>,
 }
 
 /// Which way payload bytes flow, for the bytes counter.

@@ -30,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{self, Plan};
 use crate::engine::Engine;
 use crate::fault::live::{Live, Rules};
+use crate::proxy::limits::OpenConnections;
 use crate::proxy::{self, ServiceContext};
 use crate::shutdown::Shutdown;
 use crate::topology::{Protocol, Service, Upstream};
@@ -150,6 +151,9 @@ struct RunningService {
     bound: SocketAddr,
     upstream: Upstream,
     slot: usize,
+    /// Its connections open now, counted against `max_connections`; a kept
+    /// service's new accept loop goes on counting from here.
+    open: Arc<OpenConnections>,
     /// Stops the accept loop, which hands its listener back.
     stop: CancellationToken,
     /// Closes the service's open connections (a child of the hard stop).
@@ -177,11 +181,17 @@ impl RunningService {
             && self.upstream == service.upstream
     }
 
-    /// Stops the accept loop and takes its listener back.
-    async fn stop(self) -> (Option<TcpListener>, CancellationToken) {
+    /// Stops the accept loop and takes its listener back, with what its
+    /// connections share: the token that cuts them and their count.
+    async fn stop(
+        self,
+    ) -> (
+        Option<TcpListener>,
+        (CancellationToken, Arc<OpenConnections>),
+    ) {
         self.stop.cancel();
         let listener = self.task.await.ok().flatten();
-        (listener, self.cut)
+        (listener, (self.cut, self.open))
     }
 }
 
@@ -248,8 +258,8 @@ async fn start_inner(mut plan: Plan, source: Option<PathBuf>) -> Result<Running,
     {
         let mut running = services.running.lock().await;
         for (service, (declared, listener)) in plan.topology.services.iter().zip(listeners) {
-            let cut = shutdown.hard_stop.child_token();
-            running.push(services.spawn(&plan, service, declared, listener, cut));
+            let fresh = (shutdown.hard_stop.child_token(), Arc::default());
+            running.push(services.spawn(&plan, service, declared, listener, fresh));
         }
         services.record_addresses(&running);
     }
@@ -285,7 +295,7 @@ impl Services {
         service: &Service,
         declared: SocketAddr,
         listener: TcpListener,
-        cut: CancellationToken,
+        (cut, open): (CancellationToken, Arc<OpenConnections>),
     ) -> RunningService {
         tracing::info!(
             service = %service.name,
@@ -304,6 +314,7 @@ impl Services {
                     .iter()
                     .flat_map(|s| s.faults.iter().map(|f| &**f)),
             ),
+            open: Arc::clone(&open),
         });
         // The service's connections stop at the hard stop, or earlier when a
         // reload removes or replaces the service.
@@ -331,6 +342,7 @@ impl Services {
             bound: service.listen,
             upstream: service.upstream.clone(),
             slot: service.slot,
+            open,
             stop,
             cut,
             task,
@@ -436,29 +448,29 @@ impl Reloader {
             .iter()
             .zip(fates.into_iter().zip(declared))
         {
-            let (listener, cut) = match fate {
+            let fresh = || (services.shutdown.hard_stop.child_token(), Arc::default());
+            let (listener, shared) = match fate {
                 Fate::Keep(i) => {
                     let previous = old[i].take().expect("each old service is matched once");
-                    let (listener, cut) = previous.stop().await;
-                    (listener, cut)
+                    previous.stop().await
                 }
                 Fate::Replace(i) => {
                     let previous = old[i].take().expect("each old service is matched once");
-                    let (listener, cut) = previous.stop().await;
+                    let (listener, (cut, _)) = previous.stop().await;
                     cut.cancel();
-                    (listener, services.shutdown.hard_stop.child_token())
+                    (listener, fresh())
                 }
-                Fate::New(listener) => (Some(listener), services.shutdown.hard_stop.child_token()),
+                Fate::New(listener) => (Some(listener), fresh()),
             };
             let Some(listener) = listener else {
                 // Only when shutdown started meanwhile: nothing to serve.
                 continue;
             };
-            running.push(services.spawn(&plan, service, declared, listener, cut));
+            running.push(services.spawn(&plan, service, declared, listener, shared));
         }
         for removed in old.into_iter().flatten() {
             report.removed.push(removed.name.to_string());
-            let (listener, cut) = removed.stop().await;
+            let (listener, (cut, _)) = removed.stop().await;
             drop(listener);
             cut.cancel();
         }

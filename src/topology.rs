@@ -70,6 +70,8 @@ pub struct Service {
     /// start-up; a reload keeps the slot of a service that stays as it was,
     /// so its open connections keep seeing their faults.
     pub slot: usize,
+    /// Connection cap, header limits and idle timeouts.
+    pub limits: Limits,
 }
 
 /// TLS towards an `https://` upstream.
@@ -81,6 +83,49 @@ pub struct UpstreamTls {
     pub server_name: ServerName<'static>,
     /// The plan said `upstream_skip_verify = true`: any certificate passes.
     pub skip_verify: bool,
+}
+
+/// What one service allows its clients and its upstream, each with a
+/// default (see the README's plan reference for what happens when hit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Client connections open at once; more are refused.
+    pub max_connections: usize,
+    /// HTTP: bytes of a request's start line and headers (h2: the header
+    /// list); also bounds the upstream's response headers.
+    pub max_header_bytes: usize,
+    /// HTTP/1.1: header fields in a request or an upstream response.
+    pub max_headers: usize,
+    /// HTTP: how long a client connection may wait with no request in
+    /// flight. TCP: how long a relayed connection may move no bytes.
+    pub idle_timeout: Duration,
+    /// HTTP: the longest pause in an upstream response body.
+    pub upstream_idle_timeout: Duration,
+}
+
+impl Limits {
+    pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+    pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
+    /// hyper's own default, which it keeps on the stack: any other value
+    /// costs an allocation per request.
+    pub const DEFAULT_MAX_HEADERS: usize = 100;
+    pub const DEFAULT_HTTP_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+    pub const DEFAULT_TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+    pub const DEFAULT_UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+    /// The defaults for a service speaking `protocol`.
+    pub fn defaults(protocol: Protocol) -> Limits {
+        Limits {
+            max_connections: Self::DEFAULT_MAX_CONNECTIONS,
+            max_header_bytes: Self::DEFAULT_MAX_HEADER_BYTES,
+            max_headers: Self::DEFAULT_MAX_HEADERS,
+            idle_timeout: match protocol {
+                Protocol::Http => Self::DEFAULT_HTTP_IDLE_TIMEOUT,
+                Protocol::Tcp => Self::DEFAULT_TCP_IDLE_TIMEOUT,
+            },
+            upstream_idle_timeout: Self::DEFAULT_UPSTREAM_IDLE_TIMEOUT,
+        }
+    }
 }
 
 /// How a service's traffic is understood.

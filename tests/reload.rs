@@ -439,3 +439,26 @@ async fn a_reload_revokes_tokens_but_cannot_move_the_admin_api() {
     assert!(body.contains("restart"), "{body}");
     assert_eq!(call("fresh-value").await, StatusCode::OK);
 }
+
+/// A kept service goes on counting its open connections against
+/// `max_connections` across a reload.
+#[tokio::test]
+async fn a_kept_service_keeps_counting_its_connections() {
+    let echo = echo_upstream().await;
+    let plan =
+        PlanText::new(&["pangyo"]).service("cache", "pangyo", "tcp", echo, "max_connections = 1");
+    let firedrill = Reloadable::start(&plan).await;
+    let cache = addr(&firedrill.running, "cache");
+    let mut first = connect(cache).await;
+    carry_echo(&mut first, b"one").await;
+    let (status, answer) = firedrill.reload(plan.toml()).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(names(&answer["reloaded"]["kept"]), ["cache"]);
+    let mut second = connect(cache).await;
+    let refused = closed_within(&mut second, STEP).await;
+    assert!(
+        matches!(refused, Some(Ok(0)) | Some(Err(_))),
+        "over the cap after the reload: {refused:?}"
+    );
+    carry_echo(&mut first, b"still one").await;
+}

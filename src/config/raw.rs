@@ -213,6 +213,11 @@ pub struct Service {
     pub upstream_ca: Option<Spanned<String>>,
     pub upstream_server_name: Option<Spanned<String>>,
     pub upstream_skip_verify: Option<Spanned<bool>>,
+    pub max_connections: Option<Spanned<u32>>,
+    pub max_header_bytes: Option<Spanned<u32>>,
+    pub max_headers: Option<Spanned<u32>>,
+    pub idle_timeout: Option<Spanned<HumanDuration>>,
+    pub upstream_idle_timeout: Option<Spanned<HumanDuration>>,
 }
 
 /// `tls = { cert = "...", key = "..." }`: PEM files, relative to the plan.

@@ -296,3 +296,101 @@ fn a_service_may_not_forward_to_itself() {
         "{message}"
     );
 }
+
+/// MINIMAL with `lines` added to the http service `talk` (from line 10)
+/// and `tcp_lines` to the tcp service `cache` (from line 16 plus the
+/// number of `lines`).
+fn with_limits(lines: &str, tcp_lines: &str) -> String {
+    MINIMAL
+        .replace(
+            "upstream = \"http://127.0.0.1:9001\"\n",
+            &format!("upstream = \"http://127.0.0.1:9001\"\n{lines}"),
+        )
+        .replace(
+            "upstream = \"127.0.0.1:6379\"\n",
+            &format!("upstream = \"127.0.0.1:6379\"\n{tcp_lines}"),
+        )
+}
+
+#[test]
+fn limits_default_per_protocol() {
+    let plan = parse(MINIMAL, "plan.toml").unwrap();
+    let talk = plan.topology.service("talk").unwrap().limits;
+    assert_eq!(talk.max_connections, 10_000);
+    assert_eq!(talk.max_header_bytes, 64 * 1024);
+    assert_eq!(talk.max_headers, 100);
+    assert_eq!(talk.idle_timeout, Duration::from_secs(60));
+    assert_eq!(talk.upstream_idle_timeout, Duration::from_secs(60));
+    let cache = plan.topology.service("cache").unwrap().limits;
+    assert_eq!(cache.max_connections, 10_000);
+    assert_eq!(cache.idle_timeout, Duration::from_secs(3600));
+}
+
+#[test]
+fn limits_given_in_the_plan_are_used() {
+    let source = with_limits(
+        "max_connections = 50\nmax_header_bytes = 8192\nmax_headers = 20\nidle_timeout = \"300ms\"\nupstream_idle_timeout = \"2s\"\n",
+        "max_connections = 3\nidle_timeout = \"10m\"\n",
+    );
+    let plan = parse(&source, "plan.toml").unwrap_or_else(|e| panic!("{e}"));
+    let talk = plan.topology.service("talk").unwrap().limits;
+    assert_eq!(talk.max_connections, 50);
+    assert_eq!(talk.max_header_bytes, 8192);
+    assert_eq!(talk.max_headers, 20);
+    assert_eq!(talk.idle_timeout, Duration::from_millis(300));
+    assert_eq!(talk.upstream_idle_timeout, Duration::from_secs(2));
+    let cache = plan.topology.service("cache").unwrap().limits;
+    assert_eq!(cache.max_connections, 3);
+    assert_eq!(cache.idle_timeout, Duration::from_secs(600));
+}
+
+#[test]
+fn limits_out_of_range_are_reported_at_their_values() {
+    let source = with_limits(
+        "max_connections = 0\nmax_header_bytes = 4096\nmax_headers = 0\nidle_timeout = \"0s\"\nupstream_idle_timeout = \"0ms\"\n",
+        "",
+    );
+    let found: Vec<(usize, usize, String)> = errors(&source)
+        .into_iter()
+        .map(|d| (d.line, d.column, d.message))
+        .collect();
+    let expected = [
+        (10, 19, "service `talk` has max_connections 0; allow at least 1 connection"),
+        (11, 20, "service `talk` has max_header_bytes 4096; give 8192 (8 KiB, the least the HTTP parser accepts) to 16777216 (16 MiB)"),
+        (12, 15, "service `talk` has max_headers 0; give 1 to 10000"),
+        (13, 16, "service `talk` has idle_timeout 0; give it a positive duration like \"60s\""),
+        (14, 25, "service `talk` has upstream_idle_timeout 0; give it a positive duration like \"60s\""),
+    ];
+    let expected: Vec<(usize, usize, String)> = expected
+        .into_iter()
+        .map(|(line, column, message)| (line, column, message.to_owned()))
+        .collect();
+    assert_eq!(found, expected);
+}
+
+#[test]
+fn http_limits_on_a_tcp_service_are_errors() {
+    let source = with_limits(
+        "",
+        "max_header_bytes = 65536\nmax_headers = 10\nupstream_idle_timeout = \"5s\"\n",
+    );
+    let found: Vec<(usize, String)> = errors(&source)
+        .into_iter()
+        .map(|d| (d.line, d.message))
+        .collect();
+    assert_eq!(
+        found,
+        [
+            (16, "service `cache` is tcp; `max_header_bytes` applies to http services only, remove it".to_owned()),
+            (17, "service `cache` is tcp; `max_headers` applies to http services only, remove it".to_owned()),
+            (18, "service `cache` is tcp; `upstream_idle_timeout` applies to http services only, remove it".to_owned()),
+        ]
+    );
+}
+
+#[test]
+fn a_negative_connection_cap_is_a_type_error_at_the_value() {
+    let (line, column, message) = one_error(&with_limits("max_connections = -1\n", ""));
+    assert_eq!((line, column), (10, 19));
+    assert!(message.contains("-1"), "{message}");
+}

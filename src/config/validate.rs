@@ -13,6 +13,7 @@ use toml::Spanned;
 
 mod admin;
 mod fault;
+mod limits;
 mod tls;
 
 use super::raw;
@@ -167,6 +168,7 @@ fn topology(raw: &raw::Plan, base: &Path, report: Report<'_>) -> Topology {
             timeout: service.timeout.map_or(DEFAULT_TIMEOUT, |d| d.0),
             tls: tls.listener,
             upstream_tls: tls.upstream,
+            limits: limits::limits(name.get_ref(), service, report),
             slot: i,
         });
     }

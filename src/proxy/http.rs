@@ -2,6 +2,9 @@
 //! upstream, bodies streamed both ways. The rules are read once per
 //! request, so kept-alive connections see new faults on their next request.
 //! `Upgrade` requests (WebSocket) are passed on by `http/upgrade.rs`.
+//! Header limits are hyper's own; a connection with no request in flight
+//! for the idle timeout is closed, and over `max_connections` a client gets
+//! a short 503.
 
 mod headers;
 mod origin;
@@ -28,14 +31,17 @@ use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
+use super::idle::{Activity, Stalling, Tracked};
+use super::limits::{admit, refusal_response, refuse_http, Refusals, Slot};
 use super::{Counted, Flow, ServiceContext};
 use crate::fault::{connection_roll, decide, Fault, RequestInfo, Verdict};
-use crate::metrics::{ActiveConnection, Outcome};
+use crate::metrics::Outcome;
 use crate::shutdown::Shutdown;
+use crate::topology::Limits;
 
 /// The body of every response firedrill sends: streamed from the upstream,
 /// or a small one of its own (injected errors, 502, 504).
-pub type ProxyBody = Either<Counted<Incoming>, Full<Bytes>>;
+pub type ProxyBody = Either<Stalling<Counted<Incoming>>, Full<Bytes>>;
 
 /// Why a request got no response; hyper closes its connection.
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +57,9 @@ pub enum Refused {
 struct Proxy {
     context: Arc<ServiceContext>,
     client: origin::Pooled,
+    /// Opens the upstream connections that are not pooled, with the
+    /// service's limits on response headers.
+    upstream: hyper::client::conn::http1::Builder,
     authority: Authority,
     /// `https` for an `https://` upstream, else `http`.
     scheme: Scheme,
@@ -74,9 +83,16 @@ pub async fn serve(
             return None;
         }
     };
+    let limits = service.limits;
+    let mut upstream = hyper::client::conn::http1::Builder::new();
+    upstream.max_header_size(limits.max_header_bytes);
+    if limits.max_headers != Limits::DEFAULT_MAX_HEADERS {
+        upstream.max_headers(limits.max_headers);
+    }
     let proxy = Arc::new(Proxy {
         context: Arc::clone(&context),
         client: origin::Pooled::new(service),
+        upstream,
         authority,
         scheme: match service.upstream_tls {
             Some(_) => Scheme::HTTPS,
@@ -96,7 +112,9 @@ pub async fn serve(
         );
     }
     let acceptor = service.tls.clone().map(TlsAcceptor::from);
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let builder = server_builder(limits);
+    let refusal = refusal_response(&context);
+    let mut refusals = Refusals::default();
     loop {
         let accepted = tokio::select! {
             // Dropping the listener refuses new clients at once.
@@ -111,28 +129,40 @@ pub async fn serve(
                 continue;
             }
         };
+        let Some(slot) = admit(&context) else {
+            refusals.record(&context);
+            refuse_http(stream, refusal.clone());
+            continue;
+        };
         let _ = stream.set_nodelay(true);
-        let active = context.metrics.connection_opened();
         let forwarded_for = HeaderValue::from_str(&peer.ip().to_string())
             .expect("an IP address is a valid header value");
         let proxy = Arc::clone(&proxy);
         let sticky = Arc::new(sticky::Sticky::default());
+        let activity = Arc::new(Activity::new());
+        let watched = Arc::clone(&activity);
         let service = service_fn(move |request| {
+            let busy = activity.begin();
             let proxy = Arc::clone(&proxy);
             let forwarded_for = forwarded_for.clone();
             let sticky = Arc::clone(&sticky);
-            async move { proxy.handle(request, forwarded_for, &sticky).await }
+            async move {
+                let response = proxy.handle(request, forwarded_for, &sticky).await?;
+                Ok::<_, Refused>(response.map(|body| Tracked::new(body, busy)))
+            }
         });
         let hard_stop = shutdown.hard_stop.clone();
         let draining = shutdown.draining.clone();
+        let idle_timeout = limits.idle_timeout;
         let Some(acceptor) = &acceptor else {
             context.metrics.connection(Outcome::Accepted);
             let connection = builder
                 .serve_connection_with_upgrades(TokioIo::new(stream), service)
                 .into_owned();
+            let stops = (draining, hard_stop);
             shutdown
                 .tracker
-                .spawn(drive(connection, peer, active, draining, hard_stop));
+                .spawn(drive(connection, peer, slot, watched, idle_timeout, stops));
             continue;
         };
         let acceptor = acceptor.clone();
@@ -146,27 +176,36 @@ pub async fn serve(
             let connection = builder
                 .serve_connection_with_upgrades(TokioIo::new(stream), service)
                 .into_owned();
-            drive(connection, peer, active, draining, hard_stop).await;
+            let stops = (draining, hard_stop);
+            drive(connection, peer, slot, watched, idle_timeout, stops).await;
         });
     }
 }
 
-/// Serves one client connection until it ends: when shutdown starts it
-/// finishes the requests in flight and closes, and the hard stop cuts it.
+/// Serves one client connection until it ends, or has been idle for
+/// `idle_timeout`. When shutdown starts (`stops.0`) it finishes the
+/// requests in flight and closes; the hard stop (`stops.1`) cuts it.
 async fn drive<C>(
     connection: C,
     peer: SocketAddr,
-    active: ActiveConnection,
-    draining: CancellationToken,
-    hard_stop: CancellationToken,
+    slot: Slot,
+    activity: Arc<Activity>,
+    idle_timeout: Duration,
+    (draining, hard_stop): (CancellationToken, CancellationToken),
 ) where
     C: GracefulConnection,
     C::Error: std::fmt::Display,
 {
-    let _active = active;
+    let _slot = slot;
     let mut connection = std::pin::pin!(connection);
     let ended = tokio::select! {
         result = connection.as_mut() => Some(result),
+        // Dropping the connection closes it.
+        () = activity.idle_for(idle_timeout) => {
+            let idle = humantime::format_duration(idle_timeout);
+            tracing::debug!(%peer, "closing a connection idle for {idle}");
+            None
+        }
         () = draining.cancelled() => {
             connection.as_mut().graceful_shutdown();
             tokio::select! {
@@ -181,10 +220,28 @@ async fn drive<C>(
     }
 }
 
+/// hyper's server with the service's header limits. HTTP/1.1 has no limit
+/// on header bytes in the server builder that serves both versions, so the
+/// read buffer, which must hold the whole head, is the bound: over it hyper
+/// answers 431 and closes. h2 bounds the header list the same way and
+/// answers 431 on that stream.
+fn server_builder(limits: Limits) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().max_buf_size(limits.max_header_bytes);
+    if limits.max_headers != Limits::DEFAULT_MAX_HEADERS {
+        builder.http1().max_headers(limits.max_headers);
+    }
+    let list = u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX);
+    builder.http2().max_header_list_size(list);
+    builder
+}
+
 /// What the rules say to do with one request.
 enum Step {
     Forward,
-    Respond(Response<ProxyBody>),
+    /// Boxed: injected answers are rare, and a streamed body's idle timer
+    /// makes the response large.
+    Respond(Box<Response<ProxyBody>>),
     Drop,
     Blackhole,
 }
@@ -251,7 +308,7 @@ impl Proxy {
                 tally.outcome = outcome;
                 result
             }
-            Step::Respond(response) => Ok(response),
+            Step::Respond(response) => Ok(*response),
             Step::Drop => Err(Refused::Dropped),
             Step::Blackhole => {
                 self.blackhole(&request, seed).await;
@@ -300,7 +357,7 @@ impl Proxy {
                         HeaderValue::from_static("text/plain; charset=utf-8"),
                     );
                 }
-                Step::Respond(response)
+                Step::Respond(Box::new(response))
             }
         };
         (step, delay)

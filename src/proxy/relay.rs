@@ -12,6 +12,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::idle::Traffic;
 use super::{Flow, ServiceContext};
 use crate::fault::{connection_roll, decide, Latency, Verdict};
 
@@ -161,10 +162,15 @@ pub(crate) enum End {
     Released,
     /// Shutdown's deadline passed.
     Stopped,
+    /// No bytes moved either way for the idle timeout: close both sides.
+    Idle,
 }
 
 /// Relays between the client halves and the upstream halves until both
-/// sides close, a cut arrives, or shutdown's deadline passes.
+/// sides close, a cut arrives, no bytes move for `idle_timeout`, or
+/// shutdown's deadline passes. A blackhole's hold is exempt from the idle
+/// timeout: a dead data center leaves connections hanging, and so does the
+/// drill.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn relay<CR, CW, UR, UW>(
     mut client_read: CR,
@@ -174,6 +180,7 @@ pub(crate) async fn relay<CR, CW, UR, UW>(
     context: &ServiceContext,
     connection: &mut Connection,
     effect: Effect,
+    idle_timeout: Duration,
     hard_stop: &CancellationToken,
 ) -> End
 where
@@ -195,6 +202,7 @@ where
     let delays = [SharedLatency::default(), SharedLatency::default()];
     delays[0].set(effect.upstream);
     delays[1].set(effect.downstream);
+    let traffic = Traffic::default();
     let cut = {
         let pumps = async {
             tokio::try_join!(
@@ -202,6 +210,7 @@ where
                     &mut client_read,
                     &mut upstream_write,
                     &delays[0],
+                    &traffic,
                     context,
                     Flow::Upstream
                 ),
@@ -209,6 +218,7 @@ where
                     &mut upstream_read,
                     &mut client_write,
                     &delays[1],
+                    &traffic,
                     context,
                     Flow::Downstream
                 ),
@@ -224,6 +234,10 @@ where
                     tracing::debug!(service = %context.service.name, "connection ended: {e}");
                 }
                 return End::Closed;
+            }
+            () = traffic.silent_for(idle_timeout) => {
+                tracing::debug!(service = %context.service.name, "closing a connection idle for {}", humantime::format_duration(idle_timeout));
+                return End::Idle;
             }
         }
     };
@@ -295,6 +309,7 @@ async fn pump<R, W>(
     reader: &mut R,
     writer: &mut W,
     delay: &SharedLatency,
+    traffic: &Traffic,
     context: &ServiceContext,
     flow: Flow,
 ) -> std::io::Result<()>
@@ -333,6 +348,7 @@ where
             eof = true;
             continue;
         }
+        traffic.moved();
         // The delay in force when the bytes arrive is the one they get, so
         // a delay that starts or ends while a read waits applies at once.
         let latency = delay.get();

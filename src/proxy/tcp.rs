@@ -1,6 +1,7 @@
 //! TCP services: an accept loop, and per connection one decision at setup
 //! (blackhole, drop, delay, forward) and a relay that keeps obeying the
-//! rules while the connection is open.
+//! rules while the connection is open. Over the service's
+//! `max_connections`, a new connection is reset at once.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -9,6 +10,7 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
+use super::limits::{self, Refusals};
 use super::relay::{self, Connection, Cut, Effect, End};
 use super::ServiceContext;
 use crate::fault::Latency;
@@ -24,6 +26,7 @@ pub async fn serve(
     shutdown: Shutdown,
     stop: CancellationToken,
 ) -> Option<TcpListener> {
+    let mut refusals = Refusals::default();
     loop {
         let accepted = tokio::select! {
             // Dropping the listener refuses new clients at once.
@@ -33,9 +36,15 @@ pub async fn serve(
         };
         match accepted {
             Ok((stream, peer)) => {
+                let Some(slot) = limits::admit(&context) else {
+                    refusals.record(&context);
+                    reset(&stream);
+                    continue;
+                };
                 let context = Arc::clone(&context);
                 let hard_stop = shutdown.hard_stop.clone();
                 shutdown.tracker.spawn(async move {
+                    let _slot = slot;
                     handle(stream, peer, &context, &hard_stop).await;
                 });
             }
@@ -57,7 +66,6 @@ async fn handle(
     context: &ServiceContext,
     hard_stop: &tokio_util::sync::CancellationToken,
 ) {
-    let _active = context.metrics.connection_opened();
     let _ = client.set_nodelay(true);
     let mut connection = Connection::new(context, rand::random());
     let mut client = client;
@@ -128,6 +136,7 @@ async fn handle(
         context,
         &mut connection,
         effect,
+        service.limits.idle_timeout,
         hard_stop,
     )
     .await;

@@ -11,6 +11,7 @@ use http_body_util::Either;
 use hyper::body::Incoming;
 
 use super::{Proxy, ProxyBody};
+use crate::proxy::idle::Stalling;
 use crate::proxy::{Counted, Flow};
 
 /// RFC 9110 section 7.6.1: connection-specific fields a proxy must not forward.
@@ -96,12 +97,10 @@ impl Proxy {
         response: Response<Incoming>,
         upgrade: bool,
     ) -> Response<ProxyBody> {
+        let stall = self.context.service.limits.upstream_idle_timeout;
         let mut response = response.map(|body| {
-            Either::Left(Counted::new(
-                body,
-                Arc::clone(&self.context),
-                Flow::Downstream,
-            ))
+            let counted = Counted::new(body, Arc::clone(&self.context), Flow::Downstream);
+            Either::Left(Stalling::new(counted, stall))
         });
         if !upgrade {
             strip_hop_by_hop(response.headers_mut());

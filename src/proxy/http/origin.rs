@@ -23,7 +23,7 @@ use tokio_rustls::TlsConnector;
 
 use super::{Proxy, ProxyBody};
 use crate::proxy::Counted;
-use crate::topology::{Service, UpstreamTls};
+use crate::topology::{Limits, Service, UpstreamTls};
 
 /// The sending half of an upstream HTTP/1.1 connection.
 pub(super) type Sender = SendRequest<Counted<Incoming>>;
@@ -52,7 +52,13 @@ impl Pooled {
         // Without a timer the pool never notices that a connection idles.
         builder
             .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(60));
+            .pool_idle_timeout(Duration::from_secs(60))
+            // The pooled client has no limit of its own for response
+            // headers; its read buffer, which must hold them, is the bound.
+            .http1_max_buf_size(service.limits.max_header_bytes);
+        if service.limits.max_headers != Limits::DEFAULT_MAX_HEADERS {
+            builder.http1_max_headers(service.limits.max_headers);
+        }
         match &service.upstream_tls {
             None => Pooled::Plain(builder.build(connector)),
             Some(tls) => {
@@ -148,7 +154,9 @@ impl Proxy {
     where
         S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
-        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        let (sender, connection) = self
+            .upstream
+            .handshake(TokioIo::new(stream))
             .await
             .map_err(Failure::Http)?;
         if upgrades {

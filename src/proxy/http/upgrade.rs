@@ -11,6 +11,7 @@ use hyper_util::rt::TokioIo;
 
 use super::{Proxy, ProxyBody};
 use crate::metrics::Outcome;
+use crate::proxy::limits;
 use crate::proxy::relay::{self, Connection};
 use crate::proxy::{Counted, Flow};
 
@@ -75,9 +76,10 @@ impl Proxy {
                         return;
                     }
                 };
-                // hyper counts the client connection as closed once it hands
-                // it over; it stays open here until the relay ends.
-                let _active = context.metrics.connection_opened();
+                // hyper's connection task ends, and gives back its slot,
+                // once it hands the connection over; it stays open here
+                // until the relay ends.
+                let _slot = limits::occupy(&context);
                 let (client_read, client_write) = tokio::io::split(TokioIo::new(client));
                 let (upstream_read, upstream_write) = tokio::io::split(TokioIo::new(upstream));
                 let mut connection = Connection::new(&context, seed);
@@ -90,6 +92,7 @@ impl Proxy {
                     &context,
                     &mut connection,
                     effect,
+                    context.service.limits.idle_timeout,
                     &hard_stop,
                 )
                 .await;
