@@ -490,7 +490,11 @@ async fn run_starts_logs_where_it_listens_and_exits_0_on_sigterm() {
     assert!(kill.success());
     let status = child.wait_within(Duration::from_secs(15));
     assert_eq!(status.and_then(|s| s.code()), Some(0), "log:\n{text}");
-    log.extend(received.try_iter());
+    // The reader thread may still be forwarding the last lines; it hangs
+    // up at the end of the output.
+    while let Ok(line) = received.recv_timeout(Duration::from_secs(5)) {
+        log.push(line);
+    }
     assert!(
         log.iter().any(|l| l.contains("SIGTERM received")),
         "{log:#?}"
