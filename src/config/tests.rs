@@ -394,3 +394,21 @@ fn a_negative_connection_cap_is_a_type_error_at_the_value() {
     assert_eq!((line, column), (10, 19));
     assert!(message.contains("-1"), "{message}");
 }
+
+#[test]
+fn a_wildcard_listener_conflicts_with_every_address_on_its_port() {
+    let wildcard = MINIMAL.replace("listen = \"127.0.0.1:16379\"", "listen = \"0.0.0.0:8001\"");
+    let (line, column, message) = one_error(&wildcard);
+    assert_eq!((line, column), (14, 10));
+    assert_eq!(
+        message,
+        "service `cache` listens on 0.0.0.0:8001, which service `talk` already uses as 127.0.0.1:8001; give each listener its own port"
+    );
+    // `[::]` takes IPv4 too; another port or another address is fine.
+    let v6 = MINIMAL.replace("listen = \"127.0.0.1:16379\"", "listen = \"[::]:8001\"");
+    assert_eq!(one_error(&v6).0, 14);
+    for fine in ["127.0.0.2:8001", "0.0.0.0:8002", "[::1]:8001"] {
+        let text = MINIMAL.replace("127.0.0.1:16379", fine);
+        parse(&text, "plan.toml").unwrap_or_else(|e| panic!("{fine}: {e}"));
+    }
+}

@@ -2,7 +2,7 @@
 //! resolve, listeners are unique, each fault's fields fit its action. Every
 //! problem is reported with the span of the value to fix.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -31,22 +31,27 @@ pub(super) type Report<'r> = &'r mut dyn FnMut(Range<usize>, String);
 pub(super) fn validate(raw: raw::Plan, base: &Path, report: Report<'_>) -> Plan {
     let admin = admin::admin(&raw.admin, base, report);
     let topology = topology(&raw, base, report);
-    let mut listeners: HashMap<SocketAddr, String> = HashMap::new();
-    listeners.insert(admin.listen, "the admin API".to_owned());
+    let mut listeners: Vec<(SocketAddr, String)> = vec![(admin.listen, "the admin API".to_owned())];
     for (name, service) in &raw.services {
         let addr = *service.listen.get_ref();
         if addr.port() == 0 {
             continue;
         }
-        if let Some(owner) = listeners.insert(addr, format!("service `{}`", name.get_ref())) {
+        if let Some((taken, owner)) = listeners.iter().find(|(other, _)| overlaps(addr, *other)) {
+            let name = name.get_ref();
+            let detail = if *taken == addr {
+                String::new()
+            } else {
+                format!(" as {taken}")
+            };
             report(
                 service.listen.span(),
                 format!(
-                    "service `{}` listens on {addr}, which {owner} already uses; give each listener its own port",
-                    name.get_ref()
+                    "service `{name}` listens on {addr}, which {owner} already uses{detail}; give each listener its own port"
                 ),
             );
         }
+        listeners.push((addr, format!("service `{}`", name.get_ref())));
     }
     if raw.services.is_empty() {
         report(
@@ -74,6 +79,19 @@ pub(super) fn validate(raw: raw::Plan, base: &Path, report: Report<'_>) -> Plan 
         topology,
         scenarios,
     }
+}
+
+/// Whether two listen addresses cannot both be bound: the same port on the
+/// same address, or on the wildcard address of the family (`0.0.0.0`
+/// takes every IPv4 address; `[::]` every address, IPv4 included, as Linux
+/// binds it by default).
+fn overlaps(a: SocketAddr, b: SocketAddr) -> bool {
+    if a.port() != b.port() || a.port() == 0 {
+        return false;
+    }
+    let wild =
+        |x: SocketAddr, y: SocketAddr| x.ip().is_unspecified() && (x.is_ipv6() || y.is_ipv4());
+    a.ip() == b.ip() || wild(a, b) || wild(b, a)
 }
 
 /// A path from the plan: relative paths start at the plan file's directory.
