@@ -79,6 +79,12 @@ impl Running {
         &self.engine
     }
 
+    /// Connection tasks still running: client connections and the
+    /// upstream connections they hold. 0 once everything has closed.
+    pub fn connection_tasks(&self) -> usize {
+        self.shutdown.tracker.len()
+    }
+
     /// Stops accepting, lets in-flight work finish for up to `grace`, then
     /// closes what is left. Returns how many tasks had to be cut.
     pub async fn shutdown(self, grace: Duration) -> usize {
