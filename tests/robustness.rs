@@ -1,7 +1,8 @@
 //! firedrill surviving bad upstreams and big streams: 100 MiB each way
 //! through tcp and http services byte for byte, half-closes in both orders,
-//! and upstreams that refuse, reset mid-stream or hang, while a healthy
-//! service in the same firedrill keeps answering.
+//! upstreams that refuse, reset mid-stream or hang, while a healthy
+//! service in the same firedrill keeps answering, and a killed firedrill
+//! that comes back in pass-through.
 
 mod support;
 
@@ -657,4 +658,52 @@ async fn a_refusing_tcp_upstream_closes_the_client_and_spares_other_services() {
         })
         .await;
     assert_eq!(results, vec![0; 10]);
+}
+
+// --- Faults are never persisted -------------------------------------------------
+
+#[tokio::test]
+async fn a_firedrill_killed_mid_blackout_restarts_in_pass_through_and_says_so() {
+    let dir = TempDir::new("restart");
+    let plan = dir.path().join("plan.toml");
+    let text = PlanText::new(&["pangyo"])
+        .http("web", "pangyo", http_upstream("web").await)
+        .tcp("cache", "pangyo", echo_upstream().await)
+        .scenario_with(
+            "pangyo-fire",
+            "max_duration = '30m'",
+            &["datacenter = 'pangyo'; action = 'blackhole'"],
+        );
+    std::fs::write(&plan, text.toml()).unwrap();
+
+    let mut first = Binary::run(&plan, &["--threads", "1"]);
+    let (status, body) = first
+        .admin(Method::POST, "/faults/pangyo-fire", "")
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let held = tokio::time::timeout(
+        Duration::from_millis(300),
+        get(first.service("web"), "/dark"),
+    )
+    .await;
+    assert!(held.is_err(), "the blackhole answered: {held:?}");
+    first.kill();
+
+    let second = Binary::run(&plan, &["--threads", "1"]);
+    let log = second.log();
+    assert!(
+        log.contains("faults are never persisted: firedrill starts in pass-through"),
+        "{log}"
+    );
+    let (status, faults) = second.admin(Method::GET, "/faults", "").await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(faults["active"], serde_json::json!([]), "{faults}");
+    let (status, body) = get(second.service("web"), "/light").await;
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::OK, "web answered GET /light\n")
+    );
+    let mut cache = connect(second.service("cache")).await;
+    carry_echo(&mut cache, b"still here").await;
 }
