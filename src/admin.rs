@@ -13,7 +13,7 @@ pub use listen::serve;
 use std::time::{Duration, SystemTime};
 
 use axum::body::Bytes;
-use axum::extract::rejection::PathRejection;
+use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -44,6 +44,8 @@ pub enum ApiError {
     UnknownScenario(#[from] UnknownScenario),
     #[error("{0}")]
     BadRequest(String),
+    #[error("request body too large; expected {{\"duration\": \"10m\"}} or no body")]
+    TooLarge,
     #[error("no endpoint {0}; see GET /scenarios, GET /faults, POST /faults/NAME, DELETE /faults[/NAME], GET /events, GET /topology, POST /reload, GET /metrics")]
     NotFound(String),
     #[error("{0}")]
@@ -63,11 +65,24 @@ impl From<PathRejection> for ApiError {
     }
 }
 
+impl From<BytesRejection> for ApiError {
+    fn from(rejection: BytesRejection) -> ApiError {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            return ApiError::TooLarge;
+        }
+        ApiError::BadRequest(format!(
+            "cannot read the request body: {}",
+            rejection.body_text()
+        ))
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = match &self {
             ApiError::UnknownScenario(_) | ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden => StatusCode::FORBIDDEN,
@@ -139,9 +154,11 @@ async fn activate(
     State(state): State<AdminState>,
     Extension(caller): Extension<Caller>,
     scenario: Result<Path<String>, PathRejection>,
-    body: Bytes,
+    // Without the `Result` an oversized body gets axum's plain-text 413.
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let Path(scenario) = scenario?;
+    let body = body?;
     let duration = parse_activate_body(&body)?;
     let activated = state
         .engine

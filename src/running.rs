@@ -109,6 +109,12 @@ impl Running {
         &self.engine
     }
 
+    /// Connection tasks still running: client connections and the
+    /// upstream connections they hold. 0 once everything has closed.
+    pub fn connection_tasks(&self) -> usize {
+        self.shutdown.tracker.len()
+    }
+
     /// Re-reads the plan file and applies it, as `POST /reload` does.
     pub fn reloader(&self) -> &Reloader {
         &self.services

@@ -9,6 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use http::{Method, StatusCode};
+use tokio::io::AsyncWriteExt;
 
 use firedrill::Running;
 use support::*;
@@ -93,7 +94,10 @@ async fn an_invalid_plan_changes_nothing_and_says_where_it_is_wrong() {
     let (_, scenarios) = admin(&firedrill.running, Method::GET, "/scenarios", "").await;
     assert_eq!(scenarios["scenarios"].as_array().unwrap().len(), 1);
     activate(&firedrill.running, "fire").await;
-    assert!(closed_within(&mut open, STEP).await.is_none());
+    // Blackholed: what is written gets no echo, and the connection stays.
+    open.write_all(b"into the dark").await.unwrap();
+    let heard = closed_within(&mut open, Duration::from_millis(500)).await;
+    assert!(heard.is_none(), "blackholed: {heard:?}");
 }
 
 #[tokio::test]

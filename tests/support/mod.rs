@@ -659,3 +659,133 @@ fn run(command: &mut Command, input: Option<&[u8]>, limit: Duration) -> Ran {
         elapsed,
     }
 }
+
+// --- The firedrill binary -------------------------------------------------------
+
+/// The real firedrill binary running a plan, its stderr log collected as it
+/// comes; killed by its PID when dropped.
+pub struct Binary {
+    pub process: Process,
+    log: std::sync::Arc<std::sync::Mutex<String>>,
+    /// Where the admin API listens, read from the log.
+    pub admin: SocketAddr,
+    /// Where each service listens, by name, read from the log.
+    pub services: std::collections::HashMap<String, SocketAddr>,
+}
+
+impl Binary {
+    /// Runs `firedrill run --config PLAN` plus `args` and waits (up to
+    /// [`STEP`]) until it logs that it serves; panics with its log if it
+    /// exits or stays silent instead.
+    pub fn run(plan: &std::path::Path, args: &[&str]) -> Binary {
+        use std::io::BufRead;
+        let child = Command::new(env!("CARGO_BIN_EXE_firedrill"))
+            .arg("run")
+            .arg("--config")
+            .arg(plan)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting firedrill");
+        let mut process = Process(child);
+        let stderr = process.0.stderr.take().expect("piped stderr");
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let (ready, started) = std::sync::mpsc::channel();
+        let shared = std::sync::Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let serving = line.contains("faults are never persisted");
+                {
+                    let mut log = shared.lock().unwrap();
+                    *log += &line;
+                    *log += "\n";
+                }
+                if serving {
+                    let _ = ready.send(());
+                }
+            }
+        });
+        let deadline = Instant::now() + STEP;
+        while started.recv_timeout(Duration::from_millis(50)).is_err() {
+            let exited = process.0.try_wait().expect("polling firedrill").is_some();
+            if exited || Instant::now() >= deadline {
+                std::thread::sleep(Duration::from_millis(100));
+                panic!("firedrill did not start:\n{}", log.lock().unwrap());
+            }
+        }
+        let text = log.lock().unwrap().clone();
+        let listen = |line: &str| -> SocketAddr {
+            let value = line.split("listen=").nth(1).expect("a listen field");
+            value.split_whitespace().next().unwrap().parse().unwrap()
+        };
+        let mut admin = None;
+        let mut services = std::collections::HashMap::new();
+        for line in text.lines() {
+            if line.contains("admin API listening") {
+                admin = Some(listen(line));
+            } else if line.contains("service listening") {
+                let name = line.split(" service=").nth(1).expect("a service field");
+                let name = name.split_whitespace().next().unwrap().to_owned();
+                services.insert(name, listen(line));
+            }
+        }
+        Binary {
+            process,
+            log,
+            admin: admin.unwrap_or_else(|| panic!("no admin address in the log:\n{text}")),
+            services,
+        }
+    }
+
+    /// Its log (stderr) so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Where `service` listens.
+    pub fn service(&self, name: &str) -> SocketAddr {
+        *self
+            .services
+            .get(name)
+            .unwrap_or_else(|| panic!("service `{name}` in the log:\n{}", self.log()))
+    }
+
+    /// Calls its admin API and parses the JSON answer.
+    pub async fn admin(
+        &self,
+        method: Method,
+        path: &str,
+        body: &str,
+    ) -> Result<(StatusCode, serde_json::Value), String> {
+        let url = format!("http://{}{path}", self.admin);
+        let (status, text) = send(&client(), method, &url, body)
+            .await
+            .map_err(|e| format!("admin API: {e}"))?;
+        let json = serde_json::from_str(&text)
+            .map_err(|e| format!("admin answer is not JSON ({e}): {text}"))?;
+        Ok((status, json))
+    }
+
+    /// Its resident set size in KiB, from /proc/PID/status.
+    pub fn rss_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.process.0.id()));
+        status
+            .ok()?
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    }
+
+    /// Kills it with SIGKILL (by PID) and reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.process.0.kill();
+        let _ = self.process.0.wait();
+    }
+}
