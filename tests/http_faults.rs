@@ -381,6 +381,69 @@ async fn when_a_blackhole_ends_held_connections_close_and_new_requests_pass() {
     assert_eq!(body, "search-upstream answered GET /q\n");
 }
 
+/// A streaming response under way when a fault starts: returns the
+/// firedrill, the chunk sender and the response body after its first chunk.
+async fn streaming(
+    service: &str,
+    faults: &[(&str, &str)],
+) -> (Running, mpsc::Sender<Bytes>, Incoming) {
+    let upstream = http_upstream("stream-upstream").await;
+    let running = serve(service, upstream, faults).await;
+    let client = Client::builder(TokioExecutor::new()).build_http::<ChannelBody>();
+    let (chunks, body) = channel_body();
+    chunks.send(Bytes::from_static(b"first;")).await.unwrap();
+    let request = Request::post(url(&running, service, "/echo"))
+        .body(body)
+        .unwrap();
+    let response = within(STEP, client.request(request)).await.unwrap();
+    let mut body = response.into_body();
+    assert_eq!(read_at_least(&mut body, 6).await, b"first;");
+    (running, chunks, body)
+}
+
+#[tokio::test]
+async fn drop_fault_cuts_a_response_that_is_streaming() {
+    let service = unique("cut");
+    let (running, chunks, mut body) = streaming(&service, &[("cut", "action = 'drop'")]).await;
+    activate(&running, "cut").await;
+    // Cut at once, not at the next chunk: nothing more is sent.
+    let ended = within(STEP, body.frame()).await;
+    assert!(
+        matches!(ended, Some(Err(_)) | None),
+        "the response is cut: {ended:?}"
+    );
+    drop(chunks);
+    let text = metrics(&running).await;
+    assert_eq!(
+        sample(&text, INJECTED, &by_fault(&service, "cut", "drop")),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn blackhole_holds_a_streaming_response_and_cuts_it_when_lifted() {
+    let service = unique("hold");
+    let faults = [("dark", "action = 'blackhole'")];
+    let (running, chunks, mut body) = streaming(&service, &faults).await;
+    activate(&running, "dark").await;
+    chunks.send(Bytes::from_static(b"second;")).await.unwrap();
+    let held = tokio::time::timeout(HOLD, body.frame()).await;
+    assert!(held.is_err(), "nothing reaches the client: {held:?}");
+    lift(&running, "dark").await;
+    // Like a held tcp connection, it closes when the blackhole ends.
+    let ended = within(STEP, body.frame()).await;
+    assert!(
+        matches!(ended, Some(Err(_)) | None),
+        "the response is cut: {ended:?}"
+    );
+    drop(chunks);
+    let text = metrics(&running).await;
+    assert_eq!(
+        sample(&text, INJECTED, &by_fault(&service, "dark", "blackhole")),
+        1.0
+    );
+}
+
 #[tokio::test]
 async fn delay_fault_adds_latency_before_forwarding() {
     let (maps, slow) = (unique("maps"), unique("slow"));

@@ -16,6 +16,8 @@ use crate::topology::Topology;
 #[derive(Debug, Default)]
 pub struct Rules {
     slots: Vec<Vec<Arc<Fault>>>,
+    /// Counts publishes: a body that streams compares it to see a change.
+    generation: u64,
 }
 
 impl Rules {
@@ -23,6 +25,7 @@ impl Rules {
     pub fn empty(slots: usize) -> Rules {
         Rules {
             slots: vec![Vec::new(); slots],
+            generation: 0,
         }
     }
 
@@ -36,6 +39,11 @@ impl Rules {
             }
             self.slots[slot].push(Arc::clone(fault));
         }
+    }
+
+    /// Which publish made this snapshot; each makes a higher one.
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// The faults active on the service in `slot`, in plan order; none for a
@@ -72,8 +80,12 @@ impl Live {
     }
 
     /// Swaps in a new snapshot, then wakes everyone watching.
-    pub fn publish(&self, rules: Rules) {
-        self.current.store(Arc::new(rules));
-        self.changed.send_modify(|generation| *generation += 1);
+    pub fn publish(&self, mut rules: Rules) {
+        self.changed.send_modify(|generation| {
+            *generation += 1;
+            rules.generation = *generation;
+            // Stored before the receivers are told.
+            self.current.store(Arc::new(rules));
+        });
     }
 }

@@ -11,6 +11,7 @@ mod origin;
 mod sticky;
 mod terminate;
 mod upgrade;
+mod watched;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -38,10 +39,11 @@ use crate::fault::{connection_roll, decide, Fault, RequestInfo, Verdict};
 use crate::metrics::Outcome;
 use crate::shutdown::Shutdown;
 use crate::topology::Limits;
+use watched::{Watch, Watched};
 
 /// The body of every response firedrill sends: streamed from the upstream,
 /// or a small one of its own (injected errors, 502, 504).
-pub type ProxyBody = Either<Stalling<Counted<Incoming>>, Full<Bytes>>;
+pub type ProxyBody = Either<Watched<Stalling<Counted<Incoming>>>, Full<Bytes>>;
 
 /// Why a request got no response; hyper closes its connection.
 #[derive(Debug, thiserror::Error)]
@@ -453,6 +455,13 @@ impl Proxy {
         // HTTP/1.1 client's requests come one at a time over its own
         // upstream connection.
         let multiplexed = request.version() == Version::HTTP_2;
+        // Faults that start while the response streams still reach it.
+        let watch = Watch::new(
+            Arc::clone(&self.context),
+            request.method().clone(),
+            request.uri().clone(),
+            seed,
+        );
         self.prepare(&mut request, forwarded_for, false);
         let request =
             request.map(|body| Counted::new(body, Arc::clone(&self.context), Flow::Upstream));
@@ -476,7 +485,7 @@ impl Proxy {
                 } else {
                     Outcome::Forwarded
                 };
-                (outcome, Ok(self.downstream(response, false)))
+                (outcome, Ok(self.downstream(response, Some(watch))))
             }
             Ok(Err(failure)) => (Outcome::UpstreamError, Ok(failure)),
             Err(_) => (

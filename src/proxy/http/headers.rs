@@ -10,6 +10,7 @@ use http::{Request, Response, Uri, Version};
 use http_body_util::Either;
 use hyper::body::Incoming;
 
+use super::watched::{Watch, Watched};
 use super::{Proxy, ProxyBody};
 use crate::proxy::idle::Stalling;
 use crate::proxy::{Counted, Flow};
@@ -92,20 +93,38 @@ impl Proxy {
         }
     }
 
+    /// A forwarded response, its body watched by `watch` if given.
     pub(super) fn downstream(
         &self,
         response: Response<Incoming>,
-        upgrade: bool,
+        watch: Option<Watch>,
     ) -> Response<ProxyBody> {
-        let stall = self.context.service.limits.upstream_idle_timeout;
-        let mut response = response.map(|body| {
-            let counted = Counted::new(body, Arc::clone(&self.context), Flow::Downstream);
-            Either::Left(Stalling::new(counted, stall))
-        });
-        if !upgrade {
+        let mut response = self.wrap(response, watch);
+        strip_hop_by_hop(response.headers_mut());
+        response
+    }
+
+    /// The upstream's answer to an `Upgrade` request; a switch keeps the
+    /// headers that negotiate the new protocol, and the relay that follows
+    /// obeys the rules itself.
+    pub(super) fn downstream_upgrade(
+        &self,
+        response: Response<Incoming>,
+        switched: bool,
+    ) -> Response<ProxyBody> {
+        let mut response = self.wrap(response, None);
+        if !switched {
             strip_hop_by_hop(response.headers_mut());
         }
         response
+    }
+
+    fn wrap(&self, response: Response<Incoming>, watch: Option<Watch>) -> Response<ProxyBody> {
+        let stall = self.context.service.limits.upstream_idle_timeout;
+        response.map(|body| {
+            let counted = Counted::new(body, Arc::clone(&self.context), Flow::Downstream);
+            Either::Left(Watched::new(Stalling::new(counted, stall), watch))
+        })
     }
 }
 

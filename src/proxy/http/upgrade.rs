@@ -100,6 +100,6 @@ impl Proxy {
         }
         // An upstream that declines the upgrade answers an ordinary
         // response, whose hop-by-hop fields go like any other's.
-        Ok(self.downstream(response, switched))
+        Ok(self.downstream_upgrade(response, switched))
     }
 }
