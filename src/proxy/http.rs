@@ -201,6 +201,8 @@ async fn drive<C>(
     let _slot = slot;
     let mut connection = std::pin::pin!(connection);
     let ended = tokio::select! {
+        // The connection first: it is what wakes this task nearly always.
+        biased;
         result = connection.as_mut() => Some(result),
         // Dropping the connection closes it.
         () = activity.idle_for(idle_timeout) => {
@@ -298,8 +300,11 @@ impl Proxy {
             outcome: step.outcome(delayed),
         };
         if delayed {
+            // Boxed, like every path a plain request does not take: hyper
+            // moves each request's future into place, so its size is paid
+            // on every request.
             let wait = self.wait_out(&request, seed, &mut counted, started, step, delay);
-            step = wait.await?;
+            step = Box::pin(wait).await?;
             tally.outcome = step.outcome(delayed);
         }
         match step {
@@ -313,7 +318,7 @@ impl Proxy {
             Step::Respond(response) => Ok(*response),
             Step::Drop => Err(Refused::Dropped),
             Step::Blackhole => {
-                self.blackhole(&request, seed).await;
+                Box::pin(self.blackhole(&request, seed)).await;
                 Err(Refused::Blackholed)
             }
         }
@@ -444,7 +449,8 @@ impl Proxy {
         sticky: &Arc<sticky::Sticky>,
     ) -> (Outcome, Result<Response<ProxyBody>, Refused>) {
         if upgrade::is_upgrade(request.headers()) {
-            let (outcome, response) = self.upgrade(request, forwarded_for, seed).await;
+            let upgrade = self.upgrade(request, forwarded_for, seed);
+            let (outcome, response) = Box::pin(upgrade).await;
             let outcome = match outcome {
                 Outcome::Forwarded if delayed => Outcome::Delayed,
                 outcome => outcome,

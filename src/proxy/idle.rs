@@ -172,8 +172,9 @@ pin_project_lite::pin_project! {
     pub struct Stalling<B> {
         #[pin]
         inner: B,
-        #[pin]
-        deadline: Option<Sleep>,
+        // Boxed: responses are moved several times on their way out, and a
+        // timer inline would make every move copy it.
+        deadline: Option<Pin<Box<Sleep>>>,
         timeout: Duration,
         waiting: bool,
     }
@@ -201,7 +202,7 @@ where
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        let mut this = self.project();
+        let this = self.project();
         if let Poll::Ready(frame) = this.inner.poll_frame(cx) {
             *this.waiting = false;
             return Poll::Ready(frame.map(|result| result.map_err(Into::into)));
@@ -210,13 +211,13 @@ where
             // The pause starts now.
             *this.waiting = true;
             let due = Instant::now() + *this.timeout;
-            match this.deadline.as_mut().as_pin_mut() {
-                Some(deadline) => deadline.reset(due),
-                None => this.deadline.set(Some(tokio::time::sleep_until(due))),
+            match this.deadline.as_mut() {
+                Some(deadline) => deadline.as_mut().reset(due),
+                None => *this.deadline = Some(Box::pin(tokio::time::sleep_until(due))),
             }
         }
-        if let Some(deadline) = this.deadline.as_pin_mut() {
-            if deadline.poll(cx).is_ready() {
+        if let Some(deadline) = this.deadline.as_mut() {
+            if deadline.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Some(Err(Box::new(Stalled(*this.timeout)))));
             }
         }

@@ -97,7 +97,7 @@ impl Proxy {
     pub(super) fn downstream(
         &self,
         response: Response<Incoming>,
-        watch: Option<Watch>,
+        watch: Option<Box<Watch>>,
     ) -> Response<ProxyBody> {
         let mut response = self.wrap(response, watch);
         strip_hop_by_hop(response.headers_mut());
@@ -119,7 +119,7 @@ impl Proxy {
         response
     }
 
-    fn wrap(&self, response: Response<Incoming>, watch: Option<Watch>) -> Response<ProxyBody> {
+    fn wrap(&self, response: Response<Incoming>, watch: Option<Box<Watch>>) -> Response<ProxyBody> {
         let stall = self.context.service.limits.upstream_idle_timeout;
         response.map(|body| {
             let counted = Counted::new(body, Arc::clone(&self.context), Flow::Downstream);

@@ -60,7 +60,9 @@ impl Proxy {
                 }
             }
         }
-        let mut sender = self.open_upstream(false).await?;
+        // Boxed: a connect happens once per client connection, and its
+        // future (TLS included) would otherwise swell every request's.
+        let mut sender = Box::pin(self.open_upstream(false)).await?;
         let response = sender.send_request(request).await.map_err(Failure::Http)?;
         sticky.put(sender);
         Ok(response)

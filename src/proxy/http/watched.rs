@@ -42,9 +42,14 @@ pub(crate) struct Watch {
 }
 
 impl Watch {
-    pub(crate) fn new(context: Arc<ServiceContext>, method: Method, uri: Uri, seed: u64) -> Watch {
+    pub(crate) fn new(
+        context: Arc<ServiceContext>,
+        method: Method,
+        uri: Uri,
+        seed: u64,
+    ) -> Box<Watch> {
         let seen = context.live.load().generation();
-        Watch {
+        Box::new(Watch {
             context,
             method,
             uri,
@@ -52,7 +57,7 @@ impl Watch {
             seen,
             held: false,
             changes: None,
-        }
+        })
     }
 
     /// Decides again if the rules changed since the last look; `Err` when
@@ -91,12 +96,13 @@ pin_project_lite::pin_project! {
     pub struct Watched<B> {
         #[pin]
         inner: B,
-        watch: Option<Watch>,
+        // Boxed: responses are moved several times on their way out.
+        watch: Option<Box<Watch>>,
     }
 }
 
 impl<B> Watched<B> {
-    pub(crate) fn new(inner: B, watch: Option<Watch>) -> Watched<B> {
+    pub(crate) fn new(inner: B, watch: Option<Box<Watch>>) -> Watched<B> {
         Watched { inner, watch }
     }
 }
