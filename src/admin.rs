@@ -229,6 +229,7 @@ async fn reload(State(state): State<AdminState>, Extension(caller): Extension<Ca
                 ReloadError::Plan(_) => StatusCode::BAD_REQUEST,
                 ReloadError::NoSource
                 | ReloadError::Bind(_)
+                | ReloadError::Conflict(_)
                 | ReloadError::AdminListen { .. }
                 | ReloadError::ShuttingDown => StatusCode::CONFLICT,
             };

@@ -20,6 +20,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -56,6 +57,8 @@ pub enum ReloadError {
     Plan(#[source] config::Error),
     #[error("{0}; nothing changed")]
     Bind(#[source] StartError),
+    #[error("{0}; nothing changed")]
+    Conflict(String),
     #[error("[admin] listen changed from {from} to {to}, which only a restart can apply; nothing changed")]
     AdminListen { from: SocketAddr, to: SocketAddr },
     #[error("firedrill is shutting down")]
@@ -140,6 +143,9 @@ struct Services {
     shutdown: Shutdown,
     /// One reload at a time.
     running: tokio::sync::Mutex<Vec<RunningService>>,
+    /// The next unused rule slot; slots are never reused, so connections
+    /// of a service that is gone never see another service's faults.
+    next_slot: AtomicUsize,
     /// The admin settings as the plan firedrill started with declared them;
     /// they apply on restart only.
     admin: config::Admin,
@@ -258,6 +264,7 @@ async fn start_inner(mut plan: Plan, source: Option<PathBuf>) -> Result<Running,
         live,
         shutdown: shutdown.clone(),
         running: tokio::sync::Mutex::new(Vec::new()),
+        next_slot: AtomicUsize::new(plan.topology.slot_count()),
         admin: declared_admin,
         addresses: Mutex::new(Vec::new()),
     });
@@ -367,8 +374,13 @@ impl Reloader {
     /// Re-reads the plan file and applies it; `by` names who asked, for the
     /// log and the history of lifted scenarios.
     pub async fn reload(&self, by: &str) -> Result<Reloaded, ReloadError> {
-        let path = self.0.source.as_ref().ok_or(ReloadError::NoSource)?;
-        let plan = config::load(path).map_err(ReloadError::Plan)?;
+        let path = self.0.source.clone().ok_or(ReloadError::NoSource)?;
+        // Reading files and certificates blocks; keep it off the workers
+        // that carry traffic.
+        let loaded = tokio::task::spawn_blocking(move || config::load(&path)).await;
+        let plan = loaded
+            .map_err(|e| ReloadError::Conflict(format!("loading the plan failed: {e}")))?
+            .map_err(ReloadError::Plan)?;
         self.apply(plan, by).await
     }
 
@@ -409,12 +421,24 @@ impl Reloader {
             Replace(usize),
             New(TcpListener),
         }
-        let mut next_slot = running.iter().map(|r| r.slot + 1).max().unwrap_or(0);
+        let mut next_slot = services.next_slot.load(Ordering::Relaxed);
         let mut fates = Vec::new();
         let mut declared = Vec::new();
+        // Which new service took each running listener: two may not.
+        let mut claimed: Vec<Option<Arc<str>>> = vec![None; running.len()];
         for service in &mut plan.topology.services {
             declared.push(service.listen);
-            let fate = match running.iter().position(|r| r.same_listener(service)) {
+            let matched = running.iter().position(|r| r.same_listener(service));
+            if let Some(i) = matched {
+                if let Some(other) = &claimed[i] {
+                    return Err(ReloadError::Conflict(format!(
+                        "services `{other}` and `{}` both take the listener of `{}` on {}; give one of them another port",
+                        service.name, running[i].name, running[i].bound
+                    )));
+                }
+                claimed[i] = Some(Arc::clone(&service.name));
+            }
+            let fate = match matched {
                 Some(i) if running[i].same_service(service) => {
                     service.slot = running[i].slot;
                     service.listen = running[i].bound;
@@ -439,6 +463,7 @@ impl Reloader {
             };
             fates.push(fate);
         }
+        services.next_slot.store(next_slot, Ordering::Relaxed);
         let plan = Arc::new(plan);
         report.lifted = services.engine.replace_plan(Arc::clone(&plan), by);
 
@@ -469,7 +494,9 @@ impl Reloader {
                 Fate::New(listener) => (Some(listener), fresh()),
             };
             let Some(listener) = listener else {
-                // Only when shutdown started meanwhile: nothing to serve.
+                // Shutdown started meanwhile, or the accept loop had ended:
+                // nothing serves the service, so its connections go too.
+                shared.0.cancel();
                 continue;
             };
             running.push(services.spawn(&plan, service, declared, listener, shared));

@@ -466,3 +466,33 @@ async fn a_kept_service_keeps_counting_its_connections() {
     );
     carry_echo(&mut first, b"still one").await;
 }
+
+/// Two new services that would take the same running listener (one by
+/// name on port 0, one by naming the port it was given) fail the reload.
+#[tokio::test]
+async fn two_services_cannot_take_one_listener() {
+    let web = http_upstream("web").await;
+    let plan = PlanText::new(&["pangyo"]).http("talk", "pangyo", web);
+    let firedrill = Reloadable::start(&plan).await;
+    let talk = addr(&firedrill.running, "talk");
+    let next = format!(
+        "{}[services.mail]\ndatacenter = 'pangyo'\nprotocol = 'http'\nlisten = '{talk}'\nupstream = '{web}'\n",
+        plan.toml()
+    );
+    let (status, answer) = firedrill.reload(&next).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{answer}");
+    let error = answer["error"].as_str().unwrap();
+    assert!(
+        error.contains("`talk`") && error.contains("`mail`") && error.contains("nothing changed"),
+        "{error}"
+    );
+    // Still serving, and a later reload still works.
+    let (status, body) = get(talk, "/x").await;
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::OK, "web answered GET /x\n")
+    );
+    let (status, answer) = firedrill.reload(plan.toml()).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(names(&answer["reloaded"]["kept"]), ["talk"]);
+}
