@@ -62,10 +62,8 @@ pub(super) fn validate(raw: raw::Plan, base: &Path, report: Report<'_>) -> Plan 
     let scenarios = raw
         .scenarios
         .iter()
-        .enumerate()
-        .map(|(i, (name, scenario))| {
+        .map(|(name, scenario)| {
             Arc::new(self::scenario(
-                i,
                 name,
                 scenario,
                 &topology,
@@ -206,7 +204,6 @@ fn known<'a>(names: impl Iterator<Item = &'a Spanned<String>>) -> String {
 }
 
 fn scenario(
-    index: usize,
     name: &Spanned<String>,
     raw: &raw::Scenario,
     topology: &Topology,
@@ -243,7 +240,7 @@ fn scenario(
                 broken,
                 report: &mut *report,
             };
-            Arc::new(check.fault(index, fault.get_ref(), max_duration, topology))
+            Arc::new(check.fault(fault.get_ref(), max_duration, topology))
         })
         .collect();
     Scenario {

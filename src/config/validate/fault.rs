@@ -68,7 +68,6 @@ impl FaultCheck<'_, '_> {
 
     pub(super) fn fault(
         &mut self,
-        scenario_index: usize,
         raw: &raw::Fault,
         max_duration: Duration,
         topology: &Topology,
@@ -139,7 +138,7 @@ impl FaultCheck<'_, '_> {
             }
         }
         Fault {
-            uid: ((scenario_index as u64) << 32) | self.index as u64,
+            uid: fault_uid(self.scenario, self.index),
             scenario: Arc::from(self.scenario),
             index: self.index,
             selector,
@@ -331,4 +330,17 @@ impl FaultCheck<'_, '_> {
             headers,
         }
     }
+}
+
+/// A fault's identity: its scenario's name and its place in it, so a
+/// reload that adds or reorders scenarios leaves the probability rolls of
+/// open connections as they were.
+fn fault_uid(scenario: &str, index: usize) -> u64 {
+    // FNV-1a: the same in every process and build, unlike std's hasher.
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in scenario.bytes().chain((index as u64).to_le_bytes()) {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash
 }
