@@ -315,6 +315,43 @@ async fn a_silent_client_on_a_tls_listener_does_not_stop_others_being_served() {
 }
 
 #[tokio::test]
+async fn a_tls_listener_over_its_cap_resets_instead_of_answering_in_plain_text() {
+    let pki = Pki::new();
+    let talk = unique("capped");
+    let upstream = http_upstream("plain-upstream").await;
+    let files = pki.issue("listener", &["localhost", "127.0.0.1"]);
+    let lines = format!("{}; max_connections = 1", tls_line(&files));
+    let running = PlanText::new(&["pangyo"])
+        .service(&talk, "pangyo", "http", upstream, &lines)
+        .start()
+        .await;
+    let proxy = addr(&running, &talk);
+    let first = tls_connect(proxy, pki.client(&[b"http/1.1"]), "localhost")
+        .await
+        .expect("the first client fits");
+    let mut second = connect(proxy).await;
+    let mut heard = Vec::new();
+    let read = within(STEP, second.read_to_end(&mut heard)).await;
+    // Reset (or closed) with no plain-text 503 a TLS client could not read.
+    assert!(
+        read.is_err() || heard.is_empty(),
+        "refused without an answer: {read:?} {:?}",
+        String::from_utf8_lossy(&heard)
+    );
+    wait_for_sample(
+        &running,
+        "firedrill_connections_total",
+        &labels(&talk, "refused"),
+        1.0,
+    )
+    .await;
+    let (status, _) = get_h1(first, "/")
+        .await
+        .expect("the first client is served");
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
 async fn faults_apply_to_requests_on_a_tls_listener() {
     let pki = Pki::new();
     let talk = unique("talk");

@@ -133,7 +133,7 @@ pub async fn serve(
         };
         let Some(slot) = admit(&context) else {
             refusals.record(&context);
-            refuse_http(stream, refusal.clone());
+            refuse_http(stream, refusal.clone(), acceptor.is_some());
             continue;
         };
         let _ = stream.set_nodelay(true);

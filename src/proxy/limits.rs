@@ -108,12 +108,28 @@ pub(crate) fn refusal_response(context: &ServiceContext) -> Bytes {
     ))
 }
 
+/// Refused HTTP clients being answered at once, process-wide; past it a
+/// refused connection is reset like a tcp one, so a flood over the cap
+/// cannot pile up sockets.
+const ANSWERING: usize = 256;
+
+static ANSWERING_NOW: AtomicUsize = AtomicUsize::new(0);
+
 /// Answers a refused HTTP client with `response` and closes. The request
 /// is read and discarded for a moment first: closing a socket with unread
 /// input sends a reset, which may destroy the answer before the client
-/// reads it.
-pub(crate) fn refuse_http(stream: TcpStream, response: Bytes) {
+/// reads it. A TLS listener's clients could not read a plain answer: they,
+/// and everyone past [`ANSWERING`], get a reset.
+pub(crate) fn refuse_http(stream: TcpStream, response: Bytes, tls: bool) {
+    if tls || ANSWERING_NOW.fetch_add(1, Ordering::Relaxed) >= ANSWERING {
+        if !tls {
+            ANSWERING_NOW.fetch_sub(1, Ordering::Relaxed);
+        }
+        let _ = stream.set_zero_linger();
+        return;
+    }
     tokio::spawn(async move {
+        let _answering = Answering;
         let mut stream = stream;
         let _ = tokio::time::timeout(LINGER, async {
             stream.write_all(&response).await?;
@@ -124,4 +140,13 @@ pub(crate) fn refuse_http(stream: TcpStream, response: Bytes) {
         })
         .await;
     });
+}
+
+/// One refused client being answered; counted down however the task ends.
+struct Answering;
+
+impl Drop for Answering {
+    fn drop(&mut self) {
+        ANSWERING_NOW.fetch_sub(1, Ordering::Relaxed);
+    }
 }
