@@ -4,7 +4,8 @@
 //! # Reload
 //! A reloaded plan is validated whole before anything changes. Then, per
 //! service:
-//! - **kept**: same name, protocol, listen and upstream. Its listener and
+//! - **kept**: same name, protocol, listen and upstream (and the same
+//!   upstream certificate check, if any). Its listener and
 //!   open connections stay; new connections get its new settings. It keeps
 //!   its rule slot, so open connections keep obeying the faults.
 //! - **changed**: the listen address stays but the service behind it is
@@ -24,6 +25,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use rustls::pki_types::ServerName;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -162,6 +164,9 @@ struct RunningService {
     declared: SocketAddr,
     bound: SocketAddr,
     upstream: Upstream,
+    /// How the upstream's certificate is checked: skipped or not, and for
+    /// which name. Loosening or moving it is not "the same service".
+    upstream_trust: Option<(bool, ServerName<'static>)>,
     slot: usize,
     /// Its connections open now, counted against `max_connections`; a kept
     /// service's new accept loop goes on counting from here.
@@ -191,6 +196,7 @@ impl RunningService {
             && self.name == service.name
             && self.protocol == service.protocol
             && self.upstream == service.upstream
+            && self.upstream_trust == trust(service)
     }
 
     /// Stops the accept loop and takes its listener back, with what its
@@ -205,6 +211,14 @@ impl RunningService {
         let listener = self.task.await.ok().flatten();
         (listener, (self.cut, self.open))
     }
+}
+
+/// How `service` checks its upstream's certificate, if it speaks TLS to it.
+fn trust(service: &Service) -> Option<(bool, ServerName<'static>)> {
+    service
+        .upstream_tls
+        .as_ref()
+        .map(|tls| (tls.skip_verify, tls.server_name.clone()))
 }
 
 /// Binds a listener at `addr` and replaces `addr` with the bound address
@@ -354,6 +368,7 @@ impl Services {
             declared,
             bound: service.listen,
             upstream: service.upstream.clone(),
+            upstream_trust: trust(service),
             slot: service.slot,
             open,
             stop,
