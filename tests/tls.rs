@@ -710,3 +710,45 @@ fn check_refuses_tls_settings_where_they_make_no_sense() {
     }
     assert!(errors.ends_with("3 errors in plan"), "{errors}");
 }
+
+/// Turning certificate checks back on is not "the same service": a reload
+/// replaces it, so no open client keeps reaching the upstream unchecked.
+#[tokio::test]
+async fn a_reload_that_checks_the_upstream_again_replaces_the_service() {
+    let pki = Pki::new();
+    let files = pki.self_signed("stranger", &["stranger.example"]);
+    let upstream = https_upstream("stranger-upstream", server(&files, &[b"http/1.1"])).await;
+    let name = unique("rechecked");
+    let plan = |line: &str| {
+        PlanText::new(&["pangyo"])
+            .service_to(
+                &name,
+                "pangyo",
+                "http",
+                &format!("https://{upstream}"),
+                line,
+            )
+            .toml()
+            .to_owned()
+    };
+    let dir = TempDir::new("recheck");
+    let path = dir.path().join("plan.toml");
+    std::fs::write(&path, plan("upstream_skip_verify = true")).unwrap();
+    let loaded = firedrill::config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    let running = firedrill::start_reloadable(loaded, path.clone())
+        .await
+        .unwrap();
+    let (status, body) = through_to_https(&running, &name).await[0].clone();
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    std::fs::write(&path, plan("upstream_skip_verify = false")).unwrap();
+    let (status, answer) = admin(&running, Method::POST, "/reload", "").await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(
+        answer["reloaded"]["changed"],
+        serde_json::json!([name]),
+        "{answer}"
+    );
+    let (status, body) = through_to_https(&running, &name).await[0].clone();
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "checked again: {body}");
+}
