@@ -8,7 +8,7 @@ mod auth;
 mod listen;
 
 pub use auth::Caller;
-pub use listen::serve;
+pub use listen::{serve, HEADER_TIMEOUT};
 
 use std::time::{Duration, SystemTime};
 

@@ -4,7 +4,7 @@
 //! caps each service's connections; `idle.rs` ends what has gone quiet.
 
 pub mod http;
-mod idle;
+pub(crate) mod idle;
 pub mod limits;
 mod relay;
 pub mod tcp;

@@ -803,3 +803,35 @@ async fn curl_calls_the_tls_admin_api_with_cacert_and_a_token() {
         ran.stdout
     );
 }
+
+/// Nobody holds admin connections open without sending requests: a client
+/// that sends nothing, or trickles a request's headers, is closed after
+/// the header timeout, while others are served meanwhile.
+#[tokio::test]
+async fn clients_that_send_no_whole_request_are_closed_after_the_header_timeout() {
+    use tokio::io::AsyncWriteExt;
+    let running = PlanText::new(&["pangyo"])
+        .http("talk", "pangyo", http_upstream("web").await)
+        .start()
+        .await;
+    let admin = running.admin_addr();
+    let opened = std::time::Instant::now();
+    let mut silent = connect(admin).await;
+    let mut trickling = connect(admin).await;
+    trickling
+        .write_all(b"POST /faults/fire HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let (status, _) = get(admin, "/healthz").await;
+    assert_eq!(status, StatusCode::OK, "others are served meanwhile");
+    let limit = firedrill::admin::HEADER_TIMEOUT + STEP;
+    for (what, stream) in [("silent", &mut silent), ("trickling", &mut trickling)] {
+        let ended = closed_within(stream, limit).await;
+        assert!(
+            matches!(ended, Some(Ok(0)) | Some(Err(_))),
+            "{what} client closed: {ended:?}"
+        );
+    }
+    // Lower bound only: not before the timeout.
+    assert!(opened.elapsed() >= firedrill::admin::HEADER_TIMEOUT - Duration::from_millis(100));
+}

@@ -1,8 +1,11 @@
-//! Serving the admin router: plain HTTP through `axum::serve`, or an accept
-//! loop of TLS handshakes (bounded in time, so a silent client cannot hold
-//! a task) in front of hyper-util's HTTP/1.1 + h2 server. Both stop on the
-//! hard-stop token and give handlers the peer address.
+//! Serving the admin router: an accept loop, with TLS handshakes when the
+//! plan asks for TLS, in front of hyper-util's HTTP/1.1 + h2 server. A
+//! client gets [`HEADER_TIMEOUT`] for its handshake and for each request's
+//! headers, so nobody holds connections open without sending requests,
+//! with or without a token. Stops on the hard-stop token and gives handlers
+//! the peer address.
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,7 +14,7 @@ use axum::extract::ConnectInfo;
 use axum::Router;
 use hyper::body::Incoming;
 use hyper::service::{service_fn, Service};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
@@ -21,9 +24,12 @@ use tokio_util::sync::CancellationToken;
 
 use super::auth::PeerCertificate;
 use crate::config::{self, AdminTls};
+use crate::proxy::idle::{Activity, Tracked};
 
-/// How long a client may take to complete its TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client may take to complete its TLS handshake, to send a
+/// request's headers (HTTP/1.1), and to start a request on a connection
+/// with none in flight; then its connection is closed.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long open admin connections may take to finish once `stop` fires.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
@@ -46,29 +52,26 @@ pub fn serve(
         },
         tokens = %if names.is_empty() { "none".to_owned() } else { names.join(",") },
         reads = %if !settings.protected() || settings.open_reads { "open" } else { "token" },
-        "admin API listening (GET /scenarios, POST /faults/NAME, DELETE /faults, GET /metrics)"
+        "admin API listening (GET /scenarios, POST /faults/NAME, DELETE /faults, POST /reload, GET /metrics)"
     );
-    match settings.tls.clone() {
-        None => {
-            tokio::spawn(async move {
-                let app = router.into_make_service_with_connect_info::<SocketAddr>();
-                if let Err(e) = axum::serve(listener, app)
-                    .with_graceful_shutdown(stop.cancelled_owned())
-                    .await
-                {
-                    tracing::error!("admin API stopped: {e}");
-                }
-            });
-        }
-        Some(tls) => {
-            tokio::spawn(serve_tls(listener, router, tls, stop));
-        }
-    }
+    let acceptor = settings
+        .tls
+        .as_ref()
+        .map(|tls: &AdminTls| TlsAcceptor::from(Arc::clone(&tls.config)));
+    tokio::spawn(accept(listener, router, acceptor, stop));
 }
 
-async fn serve_tls(listener: TcpListener, router: Router, tls: AdminTls, stop: CancellationToken) {
-    let acceptor = TlsAcceptor::from(Arc::clone(&tls.config));
-    let builder = auto::Builder::new(TokioExecutor::new());
+async fn accept(
+    listener: TcpListener,
+    router: Router,
+    acceptor: Option<TlsAcceptor>,
+    stop: CancellationToken,
+) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT);
     let graceful = GracefulShutdown::new();
     loop {
         let accepted = tokio::select! {
@@ -97,9 +100,9 @@ async fn serve_tls(listener: TcpListener, router: Router, tls: AdminTls, stop: C
     let _ = tokio::time::timeout(CLOSE_GRACE, graceful.shutdown()).await;
 }
 
-/// What one TLS connection needs from its listener.
+/// What one connection needs from its listener.
 struct Connection {
-    acceptor: TlsAcceptor,
+    acceptor: Option<TlsAcceptor>,
     router: Router,
     builder: auto::Builder<TokioExecutor>,
     watcher: hyper_util::server::graceful::Watcher,
@@ -107,10 +110,14 @@ struct Connection {
 }
 
 impl Connection {
-    async fn serve(self, stream: TcpStream, peer: SocketAddr) {
+    async fn serve(mut self, stream: TcpStream, peer: SocketAddr) {
+        let Some(acceptor) = self.acceptor.take() else {
+            self.http(stream, peer, None).await;
+            return;
+        };
         let handshake = tokio::select! {
             () = self.stop.cancelled() => return,
-            handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, self.acceptor.accept(stream)) => handshake,
+            handshake = tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(stream)) => handshake,
         };
         let stream = match handshake {
             Ok(Ok(stream)) => stream,
@@ -130,13 +137,31 @@ impl Connection {
             .and_then(|chain| chain.first())
             .and_then(|cert| common_name(cert))
             .map(PeerCertificate);
+        self.http(stream, peer, certificate).await;
+    }
+
+    /// Serves requests on an open (and, for TLS, handshaken) connection.
+    async fn http<S>(self, stream: S, peer: SocketAddr, certificate: Option<PeerCertificate>)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+    {
         let router = TowerToHyperService::new(self.router);
+        // Counts requests in flight, so a connection idle for the header
+        // timeout (from its start, or since its last answer) is closed:
+        // hyper's own timeout only starts with a request's first byte.
+        let activity = Arc::new(Activity::new());
+        let watched = Arc::clone(&activity);
         let service = service_fn(move |mut request: http::Request<Incoming>| {
+            let busy = activity.begin();
             request.extensions_mut().insert(ConnectInfo(peer));
             if let Some(certificate) = &certificate {
                 request.extensions_mut().insert(certificate.clone());
             }
-            router.call(request)
+            let answer = router.call(request);
+            async move {
+                let response = answer.await?;
+                Ok::<_, Infallible>(response.map(|body| Tracked::new(body, busy)))
+            }
         });
         let connection = self
             .builder
@@ -148,6 +173,10 @@ impl Connection {
                 if let Err(e) = result {
                     tracing::debug!(%peer, "admin connection ended: {e}");
                 }
+            }
+            // Dropping the connection closes it.
+            () = watched.idle_for(HEADER_TIMEOUT) => {
+                tracing::debug!(%peer, "closing an admin connection that sent no request");
             }
             // A connection that did not close in the grace is cut.
             () = async { self.stop.cancelled().await; tokio::time::sleep(CLOSE_GRACE).await } => {}
