@@ -55,7 +55,7 @@ else
 fi
 out=${OUT:-/tmp/firedrill-bench.md}
 workloads=${WORKLOADS:-http-ka http-close http-1mib redis-set redis-get redis-set-p16 redis-get-p16 idle fidelity reaction}
-fault_bin=${FAULT:-$(command -v fault || echo /opt/fault-cli/bin/fault)}
+fault_bin=${FAULT:-$(command -v fault || true)}
 started=$(date +%s)
 
 for program in nginx wrk redis-server redis-benchmark haproxy python3 curl; do
