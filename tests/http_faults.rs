@@ -834,6 +834,34 @@ async fn upstream_connections_left_idle_for_the_pool_timeout_are_closed() {
 }
 
 #[tokio::test]
+async fn clients_that_connect_per_request_share_upstream_connections_that_soon_expire() {
+    let name = unique("percall");
+    let (upstream, accepted, mut closed) = counting_upstream().await;
+    let running = serve(&name, upstream, &[]).await;
+    for _ in 0..20 {
+        let mut stream = connect(addr(&running, &name)).await;
+        stream
+            .write_all(b"GET /x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        within(STEP, stream.read_to_end(&mut answer)).await.unwrap();
+        assert!(answer.starts_with(b"HTTP/1.1 200"), "{answer:?}");
+        // Let the departing client hand its upstream connection over.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let opened = accepted.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        (1..=5).contains(&opened),
+        "20 clients needed {opened} upstream connections"
+    );
+    // Spares do not linger: the upstream sees them closed soon after.
+    within(STEP, closed.recv())
+        .await
+        .expect("an idle spare upstream connection was closed");
+}
+
+#[tokio::test]
 async fn a_kept_alive_client_survives_an_upstream_that_closes_after_every_answer() {
     let maps = unique("maps");
     let upstream = one_answer_upstream().await;
@@ -1343,6 +1371,36 @@ async fn closing_upstream() -> (SocketAddr, mpsc::UnboundedReceiver<()>) {
         }
     });
     (addr, receiver)
+}
+
+/// An HTTP/1.1 upstream that counts the connections it accepts and says
+/// when one closes.
+async fn counting_upstream() -> (
+    SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    mpsc::UnboundedReceiver<()>,
+) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = std::sync::Arc::clone(&accepted);
+    let (closed, receiver) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let closed = closed.clone();
+            tokio::spawn(async move {
+                let service = service_fn(|_: Request<Incoming>| async {
+                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok\n"))))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+                let _ = closed.send(());
+            });
+        }
+    });
+    (addr, accepted, receiver)
 }
 
 /// An HTTP/1.1 upstream that answers one request per connection, then

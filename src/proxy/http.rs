@@ -116,6 +116,7 @@ pub async fn serve(
     let acceptor = service.tls.clone().map(TlsAcceptor::from);
     let builder = server_builder(limits);
     let refusal = refusal_response(&context);
+    let spares = sticky::Spares::new(shutdown.draining.clone());
     let mut refusals = Refusals::default();
     loop {
         let accepted = tokio::select! {
@@ -140,7 +141,7 @@ pub async fn serve(
         let forwarded_for = HeaderValue::from_str(&peer.ip().to_string())
             .expect("an IP address is a valid header value");
         let proxy = Arc::clone(&proxy);
-        let sticky = Arc::new(sticky::Sticky::default());
+        let sticky = Arc::new(sticky::Sticky::new(Arc::clone(&spares)));
         let activity = Arc::new(Activity::new());
         let watched = Arc::clone(&activity);
         let service = service_fn(move |request| {

@@ -1,28 +1,49 @@
 //! An upstream HTTP/1.1 connection of each client connection's own. A
 //! kept-alive client's requests go over one upstream connection with no
-//! pool in between: no shared lock, no checkout, and the upstream sees the
-//! same connection pattern the client has. (Driving the upstream
+//! pool in between: no shared lock and no checkout per request. When the
+//! client goes, its idle upstream connection waits among the service's
+//! [`Spares`] for the next client, so a client that connects per request
+//! does not cost a connect to the upstream as well. (Driving the upstream
 //! connection inside the client connection's task was measured too: it
 //! cost more CPU per request than a task of its own.)
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use super::origin::{Failure, Sender};
 use super::Proxy;
 use crate::proxy::Counted;
 
+/// Idle upstream connections kept per service for new clients.
+const SPARES: usize = 64;
+
+/// How long a spare may wait for a new client: long enough to carry a
+/// client that connects per request, short enough that an idle service
+/// soon holds no upstream connections (and far under common upstreams'
+/// keep-alive timeouts, so a spare is rarely found closed).
+const SPARE_FOR: Duration = Duration::from_secs(2);
+
 /// The upstream connection of one client connection, while idle.
-#[derive(Default)]
 pub(super) struct Sticky {
     // A std mutex, held only to take or return the sender, never across an
     // await; only the client connection's own requests touch it.
     idle: Mutex<Option<Sender>>,
+    spares: Arc<Spares>,
 }
 
 impl Sticky {
+    pub(super) fn new(spares: Arc<Spares>) -> Sticky {
+        Sticky {
+            idle: Mutex::new(None),
+            spares,
+        }
+    }
+
     fn take(&self) -> Option<Sender> {
         self.idle.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
@@ -35,17 +56,103 @@ impl Sticky {
     }
 }
 
+impl Drop for Sticky {
+    fn drop(&mut self) {
+        let idle = self.idle.get_mut().unwrap_or_else(|e| e.into_inner());
+        if let Some(sender) = idle.take() {
+            self.spares.put(sender);
+        }
+    }
+}
+
+/// Idle upstream connections whose clients have gone, newest last.
+pub(super) struct Spares {
+    // A std mutex: taken once when a client connection ends and once when a
+    // new one sends its first request, never across an await.
+    idle: Mutex<Vec<(Sender, Instant)>>,
+    /// Once shutdown starts, spares are closed and no more are kept.
+    draining: CancellationToken,
+}
+
+impl Spares {
+    /// Spares for one accept loop, with a task that closes them as they
+    /// expire and all at once when shutdown starts. The task ends with the
+    /// last connection of the loop.
+    pub(super) fn new(draining: CancellationToken) -> Arc<Spares> {
+        let spares = Arc::new(Spares {
+            idle: Mutex::new(Vec::new()),
+            draining: draining.clone(),
+        });
+        tokio::spawn(sweep(Arc::downgrade(&spares), draining));
+        spares
+    }
+
+    fn expire(&self, now: Instant) {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        idle.retain(|(sender, since)| !sender.is_closed() && now - *since < SPARE_FOR);
+    }
+
+    /// The newest spare that is still open and fresh.
+    fn take(&self) -> Option<Sender> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        while let Some((sender, since)) = idle.pop() {
+            if !sender.is_closed() && since.elapsed() < SPARE_FOR {
+                return Some(sender);
+            }
+        }
+        None
+    }
+
+    /// Keeps `sender` if it is idle and open; the oldest spare makes room.
+    fn put(&self, sender: Sender) {
+        if !sender.is_ready() || self.draining.is_cancelled() {
+            return;
+        }
+        let now = Instant::now();
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        idle.retain(|(sender, since)| !sender.is_closed() && now - *since < SPARE_FOR);
+        if idle.len() >= SPARES {
+            idle.remove(0);
+        }
+        idle.push((sender, now));
+    }
+}
+
+/// Closes expired spares every [`SPARE_FOR`], and every spare when
+/// shutdown starts.
+async fn sweep(spares: Weak<Spares>, draining: CancellationToken) {
+    loop {
+        let drain = tokio::select! {
+            () = tokio::time::sleep(SPARE_FOR) => false,
+            () = draining.cancelled() => true,
+        };
+        let Some(spares) = spares.upgrade() else {
+            return;
+        };
+        if drain {
+            spares
+                .idle
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clear();
+            return;
+        }
+        spares.expire(Instant::now());
+    }
+}
+
 impl Proxy {
     /// Sends `request` over the client connection's own upstream
-    /// connection, opening one when there is none or it has closed. A
-    /// request the closed connection never took is sent again on a new one.
+    /// connection, taking a spare or opening one when there is none or it
+    /// has closed. A request a closed connection never took is sent again
+    /// on a new one.
     pub(super) async fn send_sticky(
         &self,
         sticky: &Arc<Sticky>,
         request: Request<Counted<Incoming>>,
     ) -> Result<Response<Incoming>, Failure> {
         let mut request = request;
-        if let Some(mut sender) = sticky.take() {
+        if let Some(mut sender) = sticky.take().or_else(|| sticky.spares.take()) {
             if sender.ready().await.is_ok() {
                 match sender.try_send_request(request).await {
                     Ok(response) => {
@@ -60,9 +167,7 @@ impl Proxy {
                 }
             }
         }
-        // Boxed: a connect happens once per client connection, and its
-        // future (TLS included) would otherwise swell every request's.
-        let mut sender = Box::pin(self.open_upstream(false)).await?;
+        let mut sender = self.open_upstream(false).await?;
         let response = sender.send_request(request).await.map_err(Failure::Http)?;
         sticky.put(sender);
         Ok(response)
