@@ -121,15 +121,13 @@ static ANSWERING_NOW: AtomicUsize = AtomicUsize::new(0);
 /// reads it. A TLS listener's clients could not read a plain answer: they,
 /// and everyone past [`ANSWERING`], get a reset.
 pub(crate) fn refuse_http(stream: TcpStream, response: Bytes, tls: bool) {
-    if tls || ANSWERING_NOW.fetch_add(1, Ordering::Relaxed) >= ANSWERING {
-        if !tls {
-            ANSWERING_NOW.fetch_sub(1, Ordering::Relaxed);
-        }
+    let answering = if tls { None } else { Answering::take() };
+    let Some(answering) = answering else {
         let _ = stream.set_zero_linger();
         return;
-    }
+    };
     tokio::spawn(async move {
-        let _answering = Answering;
+        let _answering = answering;
         let mut stream = stream;
         let _ = tokio::time::timeout(LINGER, async {
             stream.write_all(&response).await?;
@@ -144,6 +142,18 @@ pub(crate) fn refuse_http(stream: TcpStream, response: Bytes, tls: bool) {
 
 /// One refused client being answered; counted down however the task ends.
 struct Answering;
+
+impl Answering {
+    /// A place among the [`ANSWERING`] refused clients answered at once.
+    fn take() -> Option<Answering> {
+        if ANSWERING_NOW.fetch_add(1, Ordering::Relaxed) < ANSWERING {
+            Some(Answering)
+        } else {
+            ANSWERING_NOW.fetch_sub(1, Ordering::Relaxed);
+            None
+        }
+    }
+}
 
 impl Drop for Answering {
     fn drop(&mut self) {

@@ -104,13 +104,13 @@ impl Spares {
     }
 
     /// Keeps `sender` if it is idle and open; the oldest spare makes room.
+    /// Expired spares are left to [`sweep`] and to [`Spares::take`].
     fn put(&self, sender: Sender) {
         if !sender.is_ready() || self.draining.is_cancelled() {
             return;
         }
         let now = Instant::now();
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        idle.retain(|(sender, since)| !sender.is_closed() && now - *since < SPARE_FOR);
         if idle.len() >= SPARES {
             idle.remove(0);
         }
