@@ -9,6 +9,7 @@ use http::uri::PathAndQuery;
 use http::{Request, Response, Uri, Version};
 use http_body_util::Either;
 use hyper::body::Incoming;
+use smallvec::SmallVec;
 
 use super::watched::{Watch, Watched};
 use super::{Proxy, ProxyBody};
@@ -130,19 +131,43 @@ impl Proxy {
 
 /// Removes the hop-by-hop fields, including any that `Connection` names.
 /// `Connection` is a list and may be split over several lines (RFC 9110
-/// section 5.3), so every line counts.
+/// section 5.3), so every line counts. Runs twice per request: one pass
+/// over the fields, comparing names without hashing, finds the few to
+/// remove (usually none, or just `Connection: keep-alive`).
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|line| line.to_str().ok())
-        .flat_map(|line| line.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
+    let mut listed = false;
+    let mut found = false;
+    for name in headers.keys() {
+        listed |= *name == header::CONNECTION;
+        found |= HOP_BY_HOP.contains(name);
     }
-    for name in &HOP_BY_HOP {
+    if !found {
+        return;
+    }
+    // On the stack: a message rarely names more than a few.
+    let named: SmallVec<[&str; 4]> = if listed {
+        headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|line| line.to_str().ok())
+            .flat_map(|line| line.split(','))
+            .map(str::trim)
+            .collect()
+    } else {
+        SmallVec::new()
+    };
+    let doomed: SmallVec<[HeaderName; 4]> = headers
+        .keys()
+        .filter(|name| {
+            HOP_BY_HOP.contains(name)
+                || named
+                    .iter()
+                    .any(|named| named.eq_ignore_ascii_case(name.as_str()))
+        })
+        .cloned()
+        .collect();
+    drop(named);
+    for name in doomed {
         headers.remove(name);
     }
 }
@@ -186,5 +211,53 @@ fn forward_for(headers: &mut HeaderMap, client: HeaderValue) {
     joined.extend_from_slice(client.as_bytes());
     if let Ok(joined) = HeaderValue::from_bytes(&joined) {
         entry.insert(joined);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(fields: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for (name, value) in fields {
+            headers.append(*name, HeaderValue::from_static(value));
+        }
+        headers
+    }
+
+    fn names(headers: &HeaderMap) -> Vec<&str> {
+        headers.keys().map(HeaderName::as_str).collect()
+    }
+
+    #[test]
+    fn messages_without_hop_by_hop_fields_are_left_alone() {
+        let mut headers = map(&[("host", "a"), ("x-one", "1"), ("x-one", "2")]);
+        strip_hop_by_hop(&mut headers);
+        assert_eq!(names(&headers), ["host", "x-one"]);
+        assert_eq!(headers.get_all("x-one").iter().count(), 2);
+    }
+
+    #[test]
+    fn names_listed_in_connection_go_whatever_their_case_and_spacing() {
+        let mut headers = map(&[
+            ("connection", "X-Custom ,  keep-alive"),
+            ("Connection", "close"),
+            ("x-custom", "1"),
+            ("x-custom", "2"),
+            ("keep-alive", "timeout=5"),
+            ("transfer-encoding", "chunked"),
+            ("close", "not a real field, still listed"),
+            ("x-kept", "yes"),
+        ]);
+        strip_hop_by_hop(&mut headers);
+        assert_eq!(names(&headers), ["x-kept"]);
+    }
+
+    #[test]
+    fn fixed_hop_by_hop_fields_go_without_a_connection_field() {
+        let mut headers = map(&[("te", "trailers"), ("upgrade", "h2c"), ("x-kept", "yes")]);
+        strip_hop_by_hop(&mut headers);
+        assert_eq!(names(&headers), ["x-kept"]);
     }
 }

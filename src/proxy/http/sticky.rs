@@ -167,7 +167,9 @@ impl Proxy {
                 }
             }
         }
-        let mut sender = self.open_upstream(false).await?;
+        // Boxed: connecting (and a TLS handshake) is the rare path, and
+        // hyper moves each request's future, this one inside, into place.
+        let mut sender = Box::pin(self.open_upstream(false)).await?;
         let response = sender.send_request(request).await.map_err(Failure::Http)?;
         sticky.put(sender);
         Ok(response)
