@@ -28,7 +28,11 @@ pub mod proxy;
 pub mod shutdown;
 pub mod tls;
 pub mod topology;
+pub mod workers;
 
 mod running;
 
-pub use running::{start, start_reloadable, ReloadError, Reloaded, Reloader, Running, StartError};
+pub use running::{
+    start, start_reloadable, start_with, ReloadError, Reloaded, Reloader, Running, StartError,
+};
+pub use workers::Workers;

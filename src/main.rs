@@ -40,8 +40,7 @@ enum Command {
         /// How long in-flight requests may take to finish on shutdown.
         #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
         grace: Duration,
-        /// Worker threads for the data plane; default: half the cores, at
-        /// least one.
+        /// Worker threads for client connections; default: one per core.
         #[arg(long)]
         threads: Option<usize>,
     },
@@ -135,18 +134,18 @@ fn serve(
     threads: Option<usize>,
     demo: bool,
 ) -> ExitCode {
-    // Half the cores by default: on a 2-core machine that also runs the load
-    // and the services, one worker spent 7 % less CPU per request than
-    // HAProxy where two spent 20 % more (cross-core wake-ups), at the same
-    // throughput. `--threads` overrides it.
+    // One worker per core by default, each a single-threaded runtime:
+    // see `firedrill::workers`. `--threads` overrides it.
     let threads = threads.filter(|&t| t > 0).unwrap_or_else(|| {
-        std::thread::available_parallelism().map_or(1, |cores| (cores.get() / 2).max(1))
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
     });
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    builder.worker_threads(threads);
-    let runtime = match builder.enable_all().build() {
-        Ok(runtime) => runtime,
-        Err(e) => {
+    // Accept loops, the admin API and the engine: light work, one thread.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build();
+    let (runtime, workers) = match (runtime, firedrill::Workers::spawn(threads)) {
+        (Ok(runtime), Ok(workers)) => (runtime, workers),
+        (Err(e), _) | (_, Err(e)) => {
             eprintln!("cannot start the async runtime: {e}");
             return ExitCode::FAILURE;
         }
@@ -169,10 +168,7 @@ fn serve(
             }
         }
         let demo_hints = demo.then(|| demo_hints(&plan));
-        let started = match source {
-            Some(path) => firedrill::start_reloadable(plan, path).await,
-            None => firedrill::start(plan).await,
-        };
+        let started = firedrill::start_with(plan, source, workers).await;
         let running = match started {
             Ok(running) => running,
             Err(e) => {

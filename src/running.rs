@@ -37,6 +37,7 @@ use crate::proxy::limits::OpenConnections;
 use crate::proxy::{self, ServiceContext};
 use crate::shutdown::Shutdown;
 use crate::topology::{Protocol, Service, Upstream};
+use crate::workers::Workers;
 use crate::{admin, metrics};
 
 /// Why firedrill could not start.
@@ -247,16 +248,22 @@ fn bind(addr: &mut SocketAddr, what: &str) -> Result<TcpListener, StartError> {
 /// service until [`Running::shutdown`]. Must run inside a tokio runtime.
 /// `POST /reload` answers that there is no plan file to re-read.
 pub async fn start(plan: Plan) -> Result<Running, StartError> {
-    start_inner(plan, None).await
+    start_with(plan, None, Workers::current()).await
 }
 
 /// Like [`start`], for a plan read from `path`: `POST /reload` and
 /// [`Reloader::reload`] re-read that file.
 pub async fn start_reloadable(plan: Plan, path: PathBuf) -> Result<Running, StartError> {
-    start_inner(plan, Some(path)).await
+    start_with(plan, Some(path), Workers::current()).await
 }
 
-async fn start_inner(mut plan: Plan, source: Option<PathBuf>) -> Result<Running, StartError> {
+/// Like [`start`], or [`start_reloadable`] when `source` is given, with
+/// client connections running on `workers`.
+pub async fn start_with(
+    mut plan: Plan,
+    source: Option<PathBuf>,
+    workers: Workers,
+) -> Result<Running, StartError> {
     let metrics_handle = metrics::install();
     let declared_admin = plan.admin.clone();
     // Bind everything first, so a taken port fails start-up as a whole, and
@@ -271,7 +278,10 @@ async fn start_inner(mut plan: Plan, source: Option<PathBuf>) -> Result<Running,
     let plan = Arc::new(plan);
     let live = Arc::new(Live::new(Rules::empty(plan.topology.slot_count())));
     let engine = Engine::new(Arc::clone(&plan), Arc::clone(&live));
-    let shutdown = Shutdown::default();
+    let shutdown = Shutdown {
+        workers,
+        ..Shutdown::default()
+    };
     let services = Arc::new(Services {
         source,
         engine: engine.clone(),

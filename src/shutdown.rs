@@ -7,6 +7,8 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::workers::Workers;
+
 /// Shared by every listener and connection task; clones are cheap.
 #[derive(Debug, Clone, Default)]
 pub struct Shutdown {
@@ -17,6 +19,8 @@ pub struct Shutdown {
     pub hard_stop: CancellationToken,
     /// Tracks every listener and connection task.
     pub tracker: TaskTracker,
+    /// Where client connections run.
+    pub workers: Workers,
 }
 
 impl Shutdown {

@@ -1373,36 +1373,6 @@ async fn closing_upstream() -> (SocketAddr, mpsc::UnboundedReceiver<()>) {
     (addr, receiver)
 }
 
-/// An HTTP/1.1 upstream that counts the connections it accepts and says
-/// when one closes.
-async fn counting_upstream() -> (
-    SocketAddr,
-    std::sync::Arc<std::sync::atomic::AtomicUsize>,
-    mpsc::UnboundedReceiver<()>,
-) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let counted = std::sync::Arc::clone(&accepted);
-    let (closed, receiver) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let closed = closed.clone();
-            tokio::spawn(async move {
-                let service = service_fn(|_: Request<Incoming>| async {
-                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok\n"))))
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-                let _ = closed.send(());
-            });
-        }
-    });
-    (addr, accepted, receiver)
-}
-
 /// An HTTP/1.1 upstream that answers one request per connection, then
 /// closes it.
 async fn one_answer_upstream() -> SocketAddr {

@@ -44,7 +44,9 @@ async fn ten_thousand_connections_leave_no_descriptor_task_or_gauge_behind() {
         .http(&web, "pangyo", http_upstream("web").await)
         .tcp(&cache, "pangyo", echo_upstream().await)
         .scenario(&blackout, &["datacenter = 'pangyo'; action = 'blackhole'"])
-        .start()
+        // On worker threads, as the binary runs: every connection also
+        // moves from the accepting runtime to a worker's.
+        .start_on(firedrill::Workers::spawn(2).unwrap())
         .await;
     let (web_addr, cache_addr) = (addr(&running, &web), addr(&running, &cache));
 

@@ -225,6 +225,16 @@ fn labels<'a>(service: &'a str, outcome: &'a str) -> [(&'a str, &'a str); 2] {
 /// certificate for localhost and 127.0.0.1, in front of a plain upstream,
 /// plus the given fault scenarios on it.
 async fn tls_listener(pki: &Pki, name: &str, faults: &[(&str, &str)]) -> Running {
+    tls_listener_on(pki, name, faults, firedrill::Workers::current()).await
+}
+
+/// [`tls_listener`] with its client connections on `workers`.
+async fn tls_listener_on(
+    pki: &Pki,
+    name: &str,
+    faults: &[(&str, &str)],
+    workers: firedrill::Workers,
+) -> Running {
     let upstream = http_upstream("plain-upstream").await;
     let files = pki.issue("listener", &["localhost", "127.0.0.1"]);
     let mut plan =
@@ -232,7 +242,7 @@ async fn tls_listener(pki: &Pki, name: &str, faults: &[(&str, &str)]) -> Running
     for (scenario, lines) in faults {
         plan = plan.fault(scenario, name, lines);
     }
-    plan.start().await
+    plan.start_on(workers).await
 }
 
 // --- Terminating TLS ------------------------------------------------------------
@@ -241,7 +251,10 @@ async fn tls_listener(pki: &Pki, name: &str, faults: &[(&str, &str)]) -> Running
 async fn an_https_client_gets_http1_or_h2_by_alpn_through_a_tls_listener() {
     let pki = Pki::new();
     let talk = unique("talk");
-    let running = tls_listener(&pki, &talk, &[]).await;
+    // On worker threads, as the binary serves: the handshake, h2's stream
+    // tasks and the upstream connections all run there.
+    let workers = firedrill::Workers::spawn(2).unwrap();
+    let running = tls_listener_on(&pki, &talk, &[], workers).await;
     let proxy = addr(&running, &talk);
 
     let stream = tls_connect(proxy, pki.client(&[b"http/1.1"]), "localhost")

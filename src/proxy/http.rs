@@ -114,9 +114,9 @@ pub async fn serve(
         );
     }
     let acceptor = service.tls.clone().map(TlsAcceptor::from);
-    let builder = server_builder(limits);
+    let builder = Arc::new(server_builder(limits));
     let refusal = refusal_response(&context);
-    let spares = sticky::Spares::new(shutdown.draining.clone());
+    let spares = sticky::Spares::new(shutdown.workers.clone(), shutdown.draining.clone());
     let mut refusals = Refusals::default();
     loop {
         let accepted = tokio::select! {
@@ -154,34 +154,36 @@ pub async fn serve(
                 Ok::<_, Refused>(response.map(|body| Tracked::new(body, busy)))
             }
         });
-        let hard_stop = shutdown.hard_stop.clone();
-        let draining = shutdown.draining.clone();
+        let stops = (shutdown.draining.clone(), shutdown.hard_stop.clone());
         let idle_timeout = limits.idle_timeout;
+        let builder = Arc::clone(&builder);
         let Some(acceptor) = &acceptor else {
             context.metrics.connection(Outcome::Accepted);
-            let connection = builder
-                .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                .into_owned();
-            let stops = (draining, hard_stop);
-            shutdown
-                .tracker
-                .spawn(drive(connection, peer, slot, watched, idle_timeout, stops));
+            let serve = move |stream| {
+                let connection = builder
+                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                    .into_owned();
+                drive(connection, peer, slot, watched, idle_timeout, stops)
+            };
+            let workers = &shutdown.workers;
+            workers.run_connection(&shutdown.tracker, stream, serve);
             continue;
         };
         let acceptor = acceptor.clone();
-        let builder = builder.clone();
         let context = Arc::clone(&context);
-        shutdown.tracker.spawn(async move {
-            let handshake = terminate::handshake(&acceptor, stream, peer, &context, &hard_stop);
+        let serve = move |stream| async move {
+            let hard_stop = &stops.1;
+            let handshake = terminate::handshake(&acceptor, stream, peer, &context, hard_stop);
             let Some(stream) = handshake.await else {
                 return;
             };
             let connection = builder
                 .serve_connection_with_upgrades(TokioIo::new(stream), service)
                 .into_owned();
-            let stops = (draining, hard_stop);
             drive(connection, peer, slot, watched, idle_timeout, stops).await;
-        });
+        };
+        let workers = &shutdown.workers;
+        workers.run_connection(&shutdown.tracker, stream, serve);
     }
 }
 

@@ -43,10 +43,12 @@ pub async fn serve(
                 };
                 let context = Arc::clone(&context);
                 let hard_stop = shutdown.hard_stop.clone();
-                shutdown.tracker.spawn(async move {
+                let serve = move |stream| async move {
                     let _slot = slot;
                     handle(stream, peer, &context, &hard_stop).await;
-                });
+                };
+                let workers = &shutdown.workers;
+                workers.run_connection(&shutdown.tracker, stream, serve);
             }
             Err(e) => accept_failed(&context.service.name, e).await,
         }

@@ -50,8 +50,16 @@ pub fn unique(prefix: &str) -> String {
 
 /// Parses a plan and starts firedrill on it.
 pub async fn start(plan: &str) -> Running {
+    start_on(plan, firedrill::Workers::current()).await
+}
+
+/// Parses a plan and starts firedrill on it, its client connections on
+/// `workers`.
+pub async fn start_on(plan: &str, workers: firedrill::Workers) -> Running {
     let plan = firedrill::config::parse(plan, "test.toml").unwrap_or_else(|e| panic!("{e}"));
-    firedrill::start(plan).await.expect("firedrill starts")
+    firedrill::start_with(plan, None, workers)
+        .await
+        .expect("firedrill starts")
 }
 
 // --- Plans --------------------------------------------------------------------
@@ -165,6 +173,12 @@ impl PlanText {
         start(&self.0).await
     }
 
+    /// Parses the plan and starts firedrill on it, its client connections
+    /// on `workers`.
+    pub async fn start_on(&self, workers: firedrill::Workers) -> Running {
+        start_on(&self.0, workers).await
+    }
+
     fn table(mut self, header: &str, lines: &str) -> PlanText {
         self.0 += &format!("\n{header}\n");
         self.lines(lines)
@@ -176,6 +190,36 @@ impl PlanText {
         }
         self
     }
+}
+
+/// An HTTP/1.1 upstream that counts the connections it accepts and says
+/// when one closes.
+pub async fn counting_upstream() -> (
+    SocketAddr,
+    std::sync::Arc<AtomicUsize>,
+    tokio::sync::mpsc::UnboundedReceiver<()>,
+) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(AtomicUsize::new(0));
+    let counted = std::sync::Arc::clone(&accepted);
+    let (closed, receiver) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::Relaxed);
+            let closed = closed.clone();
+            tokio::spawn(async move {
+                let service = service_fn(|_: Request<Incoming>| async {
+                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok\n"))))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+                let _ = closed.send(());
+            });
+        }
+    });
+    (addr, accepted, receiver)
 }
 
 /// Where `service` of a running firedrill listens.

@@ -7,7 +7,7 @@
 //! connection inside the client connection's task was measured too: it
 //! cost more CPU per request than a task of its own.)
 
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use http::{Request, Response};
@@ -18,8 +18,9 @@ use tokio_util::sync::CancellationToken;
 use super::origin::{Failure, Sender};
 use super::Proxy;
 use crate::proxy::Counted;
+use crate::workers::Workers;
 
-/// Idle upstream connections kept per service for new clients.
+/// Idle upstream connections kept per service and worker for new clients.
 const SPARES: usize = 64;
 
 /// How long a spare may wait for a new client: long enough to carry a
@@ -65,11 +66,17 @@ impl Drop for Sticky {
     }
 }
 
-/// Idle upstream connections whose clients have gone, newest last.
+/// Idle upstream connections and when each became a spare, newest last.
+type List = Vec<(Sender, Instant)>;
+
+/// Idle upstream connections whose clients have gone; one
+/// list per worker thread, since a connection belongs to the thread that
+/// opened it and a client takes spares only from its own thread's list.
 pub(super) struct Spares {
-    // A std mutex: taken once when a client connection ends and once when a
-    // new one sends its first request, never across an await.
-    idle: Mutex<Vec<(Sender, Instant)>>,
+    // std mutexes: each taken once when a client connection ends and once
+    // when a new one sends its first request, never across an await.
+    lists: Box<[Mutex<List>]>,
+    workers: Workers,
     /// Once shutdown starts, spares are closed and no more are kept.
     draining: CancellationToken,
 }
@@ -78,23 +85,38 @@ impl Spares {
     /// Spares for one accept loop, with a task that closes them as they
     /// expire and all at once when shutdown starts. The task ends with the
     /// last connection of the loop.
-    pub(super) fn new(draining: CancellationToken) -> Arc<Spares> {
+    pub(super) fn new(workers: Workers, draining: CancellationToken) -> Arc<Spares> {
         let spares = Arc::new(Spares {
-            idle: Mutex::new(Vec::new()),
+            lists: (0..workers.len()).map(|_| Mutex::default()).collect(),
+            workers,
             draining: draining.clone(),
         });
         tokio::spawn(sweep(Arc::downgrade(&spares), draining));
         spares
     }
 
+    /// The calling worker thread's list.
+    fn list(&self) -> MutexGuard<'_, List> {
+        let list = &self.lists[self.workers.current_index()];
+        list.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn expire(&self, now: Instant) {
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        idle.retain(|(sender, since)| !sender.is_closed() && now - *since < SPARE_FOR);
+        for list in &self.lists {
+            let mut idle = list.lock().unwrap_or_else(|e| e.into_inner());
+            idle.retain(|(sender, since)| !sender.is_closed() && now - *since < SPARE_FOR);
+        }
+    }
+
+    fn clear(&self) {
+        for list in &self.lists {
+            list.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        }
     }
 
     /// The newest spare that is still open and fresh.
     fn take(&self) -> Option<Sender> {
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let mut idle = self.list();
         while let Some((sender, since)) = idle.pop() {
             if !sender.is_closed() && since.elapsed() < SPARE_FOR {
                 return Some(sender);
@@ -110,7 +132,7 @@ impl Spares {
             return;
         }
         let now = Instant::now();
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let mut idle = self.list();
         if idle.len() >= SPARES {
             idle.remove(0);
         }
@@ -130,11 +152,7 @@ async fn sweep(spares: Weak<Spares>, draining: CancellationToken) {
             return;
         };
         if drain {
-            spares
-                .idle
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clear();
+            spares.clear();
             return;
         }
         spares.expire(Instant::now());
