@@ -475,7 +475,9 @@ impl Proxy {
         let request =
             request.map(|body| Counted::new(body, Arc::clone(&self.context), Flow::Upstream));
         let service = &self.context.service;
-        let sent = async {
+        // Pinned where it is: a timeout around the future itself would move
+        // it (a kilobyte and more) on every request.
+        let sent = std::pin::pin!(async {
             if multiplexed {
                 self.client
                     .request(request)
@@ -486,7 +488,7 @@ impl Proxy {
                     .await
                     .map_err(|failure| self.refuse(failure))
             }
-        };
+        });
         match tokio::time::timeout(service.timeout, sent).await {
             Ok(Ok(response)) => {
                 let outcome = if delayed {
