@@ -276,7 +276,7 @@ pub async fn start_with(
         listeners.push((declared, bind(&mut service.listen, &what)?));
     }
     let plan = Arc::new(plan);
-    let live = Arc::new(Live::new(Rules::empty(plan.topology.slot_count())));
+    let live = Arc::new(Live::on(Rules::empty(plan.topology.slot_count()), &workers));
     let engine = Engine::new(Arc::clone(&plan), Arc::clone(&live));
     let shutdown = Shutdown {
         workers,

@@ -23,9 +23,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 thread_local! {
-    /// The index of the worker this thread is, if it is one.
-    static WORKER: Cell<Option<usize>> = const { Cell::new(None) };
+    /// Which pool and which worker in it this thread is, if it is one.
+    static WORKER: Cell<Option<(usize, usize)>> = const { Cell::new(None) };
 }
+
+/// Tells pools apart: tests run several in one process.
+static NEXT_POOL: AtomicUsize = AtomicUsize::new(1);
 
 /// Where new client connections go; clones share the same threads, which
 /// stop when the last clone is dropped.
@@ -37,6 +40,7 @@ pub struct Workers {
 
 #[derive(Debug)]
 struct Pool {
+    id: usize,
     handles: Vec<Handle>,
     next: AtomicUsize,
     /// Ends every worker's runtime, and with it the tasks still on it.
@@ -58,6 +62,7 @@ impl Workers {
     /// Starts `threads` worker threads (at least one), each with a
     /// single-threaded runtime; connections are handed to them in turn.
     pub fn spawn(threads: usize) -> io::Result<Workers> {
+        let id = NEXT_POOL.fetch_add(1, Ordering::Relaxed);
         let stop = CancellationToken::new();
         let mut handles = Vec::new();
         for index in 0..threads.max(1) {
@@ -69,12 +74,13 @@ impl Workers {
             std::thread::Builder::new()
                 .name(format!("firedrill-w{index}"))
                 .spawn(move || {
-                    WORKER.with(|worker| worker.set(Some(index)));
+                    WORKER.with(|worker| worker.set(Some((id, index))));
                     runtime.block_on(stop.cancelled());
                 })?;
         }
         Ok(Workers {
             pool: Some(Arc::new(Pool {
+                id,
                 handles,
                 next: AtomicUsize::new(0),
                 stop,
@@ -88,14 +94,44 @@ impl Workers {
         self.pool.as_ref().map_or(1, |pool| pool.handles.len())
     }
 
+    /// Whether connections run on worker threads of their own.
+    pub(crate) fn pooled(&self) -> bool {
+        self.pool.is_some()
+    }
+
     /// Never true: there is always somewhere to run.
     pub fn is_empty(&self) -> bool {
         false
     }
 
-    /// Which worker the calling thread is, in `0..len()`: 0 off the workers.
+    /// Which of these workers the calling thread is, in `0..len()`: 0 on
+    /// any other thread.
     pub(crate) fn current_index(&self) -> usize {
-        WORKER.with(Cell::get).unwrap_or(0) % self.len()
+        self.this_worker().unwrap_or(0)
+    }
+
+    /// Which of these workers the calling thread is, if it is one.
+    pub(crate) fn this_worker(&self) -> Option<usize> {
+        let pool = self.pool.as_ref()?;
+        match WORKER.with(Cell::get) {
+            Some((id, index)) if id == pool.id => Some(index),
+            _ => None,
+        }
+    }
+
+    /// Runs `task(index)` on every worker, untracked: for tasks that end on
+    /// their own when what they serve goes away. Nothing on the runtime
+    /// that accepts, where there are no workers.
+    pub(crate) fn spawn_on_each<T, F>(&self, task: T)
+    where
+        T: Fn(usize) -> F,
+        F: Future<Output = ()> + Send + 'static,
+    {
+        if let Some(pool) = &self.pool {
+            for (index, handle) in pool.handles.iter().enumerate() {
+                handle.spawn(task(index));
+            }
+        }
     }
 
     /// Runs `serve(stream)` as a task that `tracker` counts, on the next
