@@ -84,6 +84,8 @@ async fn pump(mut stream: TcpStream) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_take_turns_on_the_worker_threads() {
     let _serial = SERIAL.lock().await;
+    // The last test's workers end once its connections have closed.
+    wait_for_workers(0).await;
     let cache = unique("cache");
     let running = PlanText::new(&["pangyo"])
         .tcp(&cache, "pangyo", echo_upstream().await)
@@ -142,6 +144,8 @@ async fn get_status(sender: &mut SendRequest<Empty<Bytes>>) -> StatusCode {
 #[tokio::test]
 async fn faults_reach_open_connections_on_every_worker() {
     let _serial = SERIAL.lock().await;
+    // The last test's workers end once its connections have closed.
+    wait_for_workers(0).await;
     let (cache, web) = (unique("cache"), unique("web"));
     let (blackout, outage) = (unique("blackout"), unique("outage"));
     let running = PlanText::new(&["pangyo"])
@@ -194,6 +198,8 @@ async fn faults_reach_open_connections_on_every_worker() {
 #[tokio::test]
 async fn clients_that_connect_per_request_reuse_upstream_connections_on_their_worker() {
     let _serial = SERIAL.lock().await;
+    // The last test's workers end once its connections have closed.
+    wait_for_workers(0).await;
     let name = unique("percall");
     let (upstream, accepted, _closed) = counting_upstream().await;
     let running = PlanText::new(&["pangyo"])
@@ -225,6 +231,8 @@ async fn clients_that_connect_per_request_reuse_upstream_connections_on_their_wo
 #[tokio::test]
 async fn shutdown_drains_the_workers_and_their_threads_end() {
     let _serial = SERIAL.lock().await;
+    // The last test's workers end once its connections have closed.
+    wait_for_workers(0).await;
     let (cache, web) = (unique("cache"), unique("web"));
     let running = PlanText::new(&["pangyo"])
         .tcp(&cache, "pangyo", echo_upstream().await)
