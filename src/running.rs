@@ -85,12 +85,27 @@ pub struct Reloaded {
 }
 
 /// A started firedrill: its bound addresses and a handle to stop it.
+/// Dropping it stops everything at once, as [`Running::shutdown`] does at
+/// its deadline: connections on worker threads would otherwise outlive it.
 #[derive(Debug)]
 pub struct Running {
     admin: SocketAddr,
     services: Reloader,
     engine: Engine,
     shutdown: Shutdown,
+    _stop: StopOnDrop,
+}
+
+/// Stops accepting and cuts every connection, the admin API and the
+/// engine when dropped.
+#[derive(Debug)]
+struct StopOnDrop(Shutdown);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.draining.cancel();
+        self.0.hard_stop.cancel();
+    }
 }
 
 impl Running {
@@ -320,6 +335,7 @@ pub async fn start_with(
         admin,
         services: reloader,
         engine,
+        _stop: StopOnDrop(shutdown.clone()),
         shutdown,
     })
 }

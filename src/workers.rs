@@ -66,20 +66,37 @@ impl Workers {
     pub fn spawn(threads: usize) -> io::Result<Workers> {
         let id = NEXT_POOL.fetch_add(1, Ordering::Relaxed);
         let stop = CancellationToken::new();
+        // Ends the threads already started if a later one fails to start.
+        let started = stop.clone().drop_guard();
         let mut handles = Vec::new();
         for index in 0..threads.max(1) {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            handles.push(runtime.handle().clone());
+            let (handle, sent) = std::sync::mpsc::channel();
             let stop = stop.clone();
             std::thread::Builder::new()
                 .name(format!("firedrill-w{index}"))
                 .spawn(move || {
+                    // Made on its own thread: a runtime must not be dropped
+                    // inside another one, as a failed start would.
+                    let runtime = match tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    {
+                        Ok(runtime) => runtime,
+                        Err(e) => {
+                            let _ = handle.send(Err(e));
+                            return;
+                        }
+                    };
+                    let _ = handle.send(Ok(runtime.handle().clone()));
                     WORKER.with(|worker| worker.set(Some((id, index))));
                     runtime.block_on(stop.cancelled());
                 })?;
+            let handle = sent
+                .recv()
+                .map_err(|_| io::Error::other("a worker thread ended as it started"))??;
+            handles.push(handle);
         }
+        started.disarm();
         Ok(Workers {
             pool: Some(Arc::new(Pool {
                 id,

@@ -1,10 +1,10 @@
 //! Client connections on worker threads, as the binary runs them: each
 //! accepted connection moves to one of a few threads with a runtime of its
 //! own, in turn. Checked here: connections really are spread, faults reach
-//! open connections on every worker, clients that connect per request reuse
-//! upstream connections on their own worker, and shutdown drains the
-//! workers and ends their threads. The tests count the process's worker
-//! threads, so they run one at a time.
+//! open connections and held requests on every worker, clients that
+//! connect per request reuse upstream connections on their own worker, and
+//! shutdown drains the workers and ends their threads. The tests count the
+//! process's worker threads, so they run one at a time.
 
 mod support;
 
@@ -29,15 +29,17 @@ static SERIAL: Mutex<()> = Mutex::const_new(());
 /// How long a connection must stay silent to count as held by a blackhole.
 const HOLD: Duration = Duration::from_millis(300);
 
-/// The worker threads of this process, with the CPU time (clock ticks,
-/// user and system) each has used.
+/// The worker threads of this process, with how often each has gone to
+/// sleep waiting for work (voluntary context switches): a worker with a
+/// connection sleeps between that connection's round trips, an idle one
+/// stays asleep.
 fn worker_threads() -> Vec<(String, u64)> {
     let mut threads = Vec::new();
     for task in std::fs::read_dir("/proc/self/task").expect("reading /proc/self/task") {
         let path = task.expect("a task entry").path();
-        let (Ok(comm), Ok(stat)) = (
+        let (Ok(comm), Ok(status)) = (
             std::fs::read_to_string(path.join("comm")),
-            std::fs::read_to_string(path.join("stat")),
+            std::fs::read_to_string(path.join("status")),
         ) else {
             continue; // the thread ended while we looked
         };
@@ -45,11 +47,12 @@ fn worker_threads() -> Vec<(String, u64)> {
         if !name.starts_with("firedrill-w") {
             continue;
         }
-        // Fields after the command's closing parenthesis; utime and stime
-        // are the 14th and 15th of the whole line.
-        let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
-        let ticks = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-        threads.push((name, ticks));
+        let switches = status
+            .lines()
+            .find_map(|line| line.strip_prefix("voluntary_ctxt_switches:"))
+            .and_then(|n| n.trim().parse().ok())
+            .expect("voluntary_ctxt_switches in /proc/self/task/*/status");
+        threads.push((name, switches));
     }
     threads.sort();
     threads
@@ -107,11 +110,14 @@ async fn connections_take_turns_on_the_worker_threads() {
     }
     within(STEP * 6, pumps.join_all()).await;
 
+    // 128 round trips each: a worker woken for every one would count
+    // about as many switches; one without a connection, next to none.
     let after = worker_threads();
     for ((name, was), (_, is)) in before.iter().zip(&after) {
         assert!(
-            is > was,
-            "{name} used no CPU while two connections moved 16 MiB each: {before:?} -> {after:?}"
+            is - was >= 32,
+            "{name} hardly woke while each of two connections made 128 round trips: \
+             {before:?} -> {after:?}"
         );
     }
 }
@@ -147,24 +153,47 @@ async fn faults_reach_open_connections_on_every_worker() {
     // The last test's workers end once its connections have closed.
     wait_for_workers(0).await;
     let (cache, web) = (unique("cache"), unique("web"));
-    let (blackout, outage) = (unique("blackout"), unique("outage"));
+    let (blackout, outage, slow) = (unique("blackout"), unique("outage"), unique("slow"));
     let running = PlanText::new(&["pangyo"])
         .tcp(&cache, "pangyo", echo_upstream().await)
         .http(&web, "pangyo", http_upstream("web").await)
         .fault(&blackout, &cache, "action = 'blackhole'")
         .fault(&outage, &web, "action = 'error'; status = 503")
+        .fault(&slow, &web, "action = 'delay'; latency = '60s'")
         .start_on(Workers::spawn(2).unwrap())
         .await;
 
-    // Four of each: every worker holds two tcp and two http connections.
+    // Connections take turns on the workers whatever their service: four
+    // tcp ones in a row land on both workers, then four http ones.
     let mut streams = Vec::new();
-    let mut senders = Vec::new();
     for _ in 0..4 {
         let mut stream = connect(addr(&running, &cache)).await;
         carry_echo(&mut stream, b"before").await;
         streams.push(stream);
+    }
+    let mut senders = Vec::new();
+    for _ in 0..4 {
         let mut sender = http_connection(addr(&running, &web)).await;
         assert_eq!(get_status(&mut sender).await, StatusCode::OK);
+        senders.push(sender);
+    }
+
+    // Requests held by a long delay: lifting it must reach each one on its
+    // worker, through that worker's copy of the rule changes.
+    activate(&running, &slow).await;
+    let mut held = JoinSet::new();
+    for mut sender in senders.drain(..) {
+        held.spawn(async move {
+            let status = get_status(&mut sender).await;
+            (sender, status)
+        });
+    }
+    tokio::time::sleep(HOLD).await;
+    assert_eq!(held.len(), 4, "a request got through a 60 s delay");
+    lift(&running, &slow).await;
+    // `get_status` allows STEP (10 s), far less than the delay.
+    for (sender, status) in within(STEP, held.join_all()).await {
+        assert_eq!(status, StatusCode::OK);
         senders.push(sender);
     }
 
@@ -219,11 +248,12 @@ async fn clients_that_connect_per_request_reuse_upstream_connections_on_their_wo
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // Clients alternate between the two workers, and each worker keeps
-    // its own spares: one upstream connection each, a few more if a client
-    // arrives before the last one's connection is handed over.
+    // its own spares: one upstream connection each, more if a client
+    // arrives before the last one's connection is handed over (a busy
+    // machine), but far from one per client.
     let opened = accepted.load(std::sync::atomic::Ordering::Relaxed);
     assert!(
-        (2..=6).contains(&opened),
+        (2..=10).contains(&opened),
         "20 clients needed {opened} upstream connections"
     );
 }
@@ -255,5 +285,27 @@ async fn shutdown_drains_the_workers_and_their_threads_end() {
     }
 
     // Nothing holds the workers any more: their threads end.
+    wait_for_workers(0).await;
+}
+
+#[tokio::test]
+async fn dropping_the_running_proxy_cuts_its_connections_and_ends_the_threads() {
+    let _serial = SERIAL.lock().await;
+    wait_for_workers(0).await;
+    let cache = unique("cache");
+    let running = PlanText::new(&["pangyo"])
+        .tcp(&cache, "pangyo", echo_upstream().await)
+        .start_on(Workers::spawn(2).unwrap())
+        .await;
+    wait_for_workers(2).await;
+    let mut stream = connect(addr(&running, &cache)).await;
+    carry_echo(&mut stream, b"open").await;
+
+    // No shutdown: an embedder that just lets go.
+    drop(running);
+    match closed_within(&mut stream, STEP).await {
+        Some(Ok(0) | Err(_)) => {}
+        other => panic!("the tcp connection outlived the proxy: {other:?}"),
+    }
     wait_for_workers(0).await;
 }
