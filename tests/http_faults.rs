@@ -838,18 +838,7 @@ async fn clients_that_connect_per_request_share_upstream_connections_that_soon_e
     let name = unique("percall");
     let (upstream, accepted, mut closed) = counting_upstream().await;
     let running = serve(&name, upstream, &[]).await;
-    for _ in 0..20 {
-        let mut stream = connect(addr(&running, &name)).await;
-        stream
-            .write_all(b"GET /x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            .await
-            .unwrap();
-        let mut answer = Vec::new();
-        within(STEP, stream.read_to_end(&mut answer)).await.unwrap();
-        assert!(answer.starts_with(b"HTTP/1.1 200"), "{answer:?}");
-        // Let the departing client hand its upstream connection over.
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    clients_one_request_each(addr(&running, &name), 20).await;
     let opened = accepted.load(std::sync::atomic::Ordering::Relaxed);
     assert!(
         (1..=5).contains(&opened),

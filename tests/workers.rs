@@ -235,18 +235,7 @@ async fn clients_that_connect_per_request_reuse_upstream_connections_on_their_wo
         .http(&name, "pangyo", upstream)
         .start_on(Workers::spawn(2).unwrap())
         .await;
-    for _ in 0..20 {
-        let mut stream = connect(addr(&running, &name)).await;
-        stream
-            .write_all(b"GET /x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            .await
-            .unwrap();
-        let mut answer = Vec::new();
-        within(STEP, stream.read_to_end(&mut answer)).await.unwrap();
-        assert!(answer.starts_with(b"HTTP/1.1 200"), "{answer:?}");
-        // Let the departing client hand its upstream connection over.
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    clients_one_request_each(addr(&running, &name), 20).await;
     // Clients alternate between the two workers, and each worker keeps
     // its own spares: one upstream connection each, more if a client
     // arrives before the last one's connection is handed over (a busy

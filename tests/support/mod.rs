@@ -222,6 +222,23 @@ pub async fn counting_upstream() -> (
     (addr, accepted, receiver)
 }
 
+/// `n` clients in turn, each connecting for one `GET` with `Connection:
+/// close` that must answer 200, and leaving a moment before the next, so
+/// its upstream connection can be handed over.
+pub async fn clients_one_request_each(addr: SocketAddr, n: usize) {
+    for _ in 0..n {
+        let mut stream = connect(addr).await;
+        stream
+            .write_all(b"GET /x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        within(STEP, stream.read_to_end(&mut answer)).await.unwrap();
+        assert!(answer.starts_with(b"HTTP/1.1 200"), "{answer:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Where `service` of a running firedrill listens.
 pub fn addr(running: &Running, service: &str) -> SocketAddr {
     running
