@@ -12,6 +12,8 @@
 //!   [`proxy::tcp`] per connection and again whenever the rules change.
 //! - [`admin`] is the HTTP API and `/metrics`; [`metrics`] names every metric.
 //! - [`shutdown`] drains connections; [`demo`] runs stand-in upstreams.
+//! - [`workers`] runs client connections on threads with a single-threaded
+//!   runtime each.
 //! - [`tls`] turns PEM files into rustls configurations.
 //!
 //! [`start`] binds every listener of a plan and returns a [`Running`] proxy;
