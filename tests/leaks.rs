@@ -217,6 +217,9 @@ async fn blackhole_round(
     cache: SocketAddr,
 ) -> usize {
     activate(running, blackout).await;
+    let injected = "firedrill_faults_injected_total";
+    let scenario = [("scenario", blackout)];
+    let before = sample(&metrics(running).await, injected, &scenario);
     let mut held = Vec::new();
     for _ in 0..BATCH {
         let mut http = connect(web).await;
@@ -231,10 +234,22 @@ async fn blackhole_round(
         held.push(http);
         held.push(tcp);
     }
-    // Every connection is held by its own task before anything is let go.
+    // Every connection is held by its own task before anything is let go:
+    // its task runs, and the blackhole has been counted on it (a task that
+    // had not yet looked at the rules when the blackhole was lifted would
+    // pass its bytes on).
     let all = held.len();
     let reached = poll_tasks(running, |tasks| tasks >= all).await;
     assert!(reached >= all, "only {reached} of {all} connections held");
+    let counted = poll_sample(running, injected, &scenario, STEP, |n| {
+        n - before >= all as f64
+    })
+    .await;
+    assert!(
+        counted - before >= all as f64,
+        "the blackhole held only {} of {all} connections",
+        counted - before
+    );
     let mut aborted = JoinSet::new();
     let mut kept = Vec::new();
     for (i, stream) in held.into_iter().enumerate() {
