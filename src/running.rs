@@ -416,8 +416,8 @@ impl Reloader {
     /// log and the history of lifted scenarios.
     pub async fn reload(&self, by: &str) -> Result<Reloaded, ReloadError> {
         let path = self.0.source.clone().ok_or(ReloadError::NoSource)?;
-        // Reading files and certificates blocks; keep it off the workers
-        // that carry traffic.
+        // Reading files and certificates blocks; keep it off the thread
+        // that accepts connections and serves the admin API.
         let loaded = tokio::task::spawn_blocking(move || config::load(&path)).await;
         let plan = loaded
             .map_err(|e| ReloadError::Conflict(format!("loading the plan failed: {e}")))?

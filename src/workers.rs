@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use tokio::net::TcpStream;
 use tokio::runtime::Handle;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, DropGuard};
 use tokio_util::task::TaskTracker;
 
 thread_local! {
@@ -45,14 +45,9 @@ struct Pool {
     id: usize,
     handles: Vec<Handle>,
     next: AtomicUsize,
-    /// Ends every worker's runtime, and with it the tasks still on it.
-    stop: CancellationToken,
-}
-
-impl Drop for Pool {
-    fn drop(&mut self) {
-        self.stop.cancel();
-    }
+    /// Ends every worker's runtime, and with it the tasks still on it,
+    /// when the pool is dropped.
+    _stop: DropGuard,
 }
 
 impl Workers {
@@ -66,8 +61,9 @@ impl Workers {
     pub fn spawn(threads: usize) -> io::Result<Workers> {
         let id = NEXT_POOL.fetch_add(1, Ordering::Relaxed);
         let stop = CancellationToken::new();
-        // Ends the threads already started if a later one fails to start.
-        let started = stop.clone().drop_guard();
+        // Ends the threads already started if a later one fails to start,
+        // else the pool's threads when it is dropped.
+        let guard = stop.clone().drop_guard();
         let mut handles = Vec::new();
         for index in 0..threads.max(1) {
             let (handle, sent) = std::sync::mpsc::channel();
@@ -96,20 +92,19 @@ impl Workers {
                 .map_err(|_| io::Error::other("a worker thread ended as it started"))??;
             handles.push(handle);
         }
-        started.disarm();
         Ok(Workers {
             pool: Some(Arc::new(Pool {
                 id,
                 handles,
                 next: AtomicUsize::new(0),
-                stop,
+                _stop: guard,
             })),
         })
     }
 
     /// How many worker threads there are; 1 when connections run where
     /// they are accepted.
-    pub fn len(&self) -> usize {
+    pub fn threads(&self) -> usize {
         self.pool.as_ref().map_or(1, |pool| pool.handles.len())
     }
 
@@ -118,12 +113,7 @@ impl Workers {
         self.pool.is_some()
     }
 
-    /// Never true: there is always somewhere to run.
-    pub fn is_empty(&self) -> bool {
-        false
-    }
-
-    /// Which of these workers the calling thread is, in `0..len()`: 0 on
+    /// Which of these workers the calling thread is, in `0..threads()`: 0 on
     /// any other thread.
     pub(crate) fn current_index(&self) -> usize {
         self.this_worker().unwrap_or(0)

@@ -83,7 +83,9 @@ impl Live {
         if !workers.pooled() {
             return live;
         }
-        let senders: Box<[_]> = (0..workers.len()).map(|_| watch::Sender::new(0)).collect();
+        let senders: Box<[_]> = (0..workers.threads())
+            .map(|_| watch::Sender::new(0))
+            .collect();
         let global = live.changed.subscribe();
         // Each ends when `changed` is dropped with this `Live`.
         workers.spawn_on_each(|index| relay(global.clone(), senders[index].clone()));

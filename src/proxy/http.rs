@@ -165,8 +165,9 @@ pub async fn serve(
                     .into_owned();
                 drive(connection, peer, slot, watched, idle_timeout, stops)
             };
-            let workers = &shutdown.workers;
-            workers.run_connection(&shutdown.tracker, stream, serve);
+            shutdown
+                .workers
+                .run_connection(&shutdown.tracker, stream, serve);
             continue;
         };
         let acceptor = acceptor.clone();
@@ -182,8 +183,9 @@ pub async fn serve(
                 .into_owned();
             drive(connection, peer, slot, watched, idle_timeout, stops).await;
         };
-        let workers = &shutdown.workers;
-        workers.run_connection(&shutdown.tracker, stream, serve);
+        shutdown
+            .workers
+            .run_connection(&shutdown.tracker, stream, serve);
     }
 }
 

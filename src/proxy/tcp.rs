@@ -47,8 +47,9 @@ pub async fn serve(
                     let _slot = slot;
                     handle(stream, peer, &context, &hard_stop).await;
                 };
-                let workers = &shutdown.workers;
-                workers.run_connection(&shutdown.tracker, stream, serve);
+                shutdown
+                    .workers
+                    .run_connection(&shutdown.tracker, stream, serve);
             }
             Err(e) => accept_failed(&context.service.name, e).await,
         }

@@ -135,51 +135,39 @@ impl Proxy {
 /// over the fields, comparing names without hashing, finds the few to
 /// remove (usually none, or just `Connection: keep-alive`).
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let mut listed = false;
-    let mut found = false;
-    for name in headers.keys() {
-        listed |= *name == header::CONNECTION;
-        found |= HOP_BY_HOP.contains(name);
-    }
-    if !found {
+    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
         return;
     }
     // On the stack: a message rarely names more than a few.
-    let named: SmallVec<[&str; 4]> = if listed {
-        headers
+    let doomed: SmallVec<[HeaderName; 4]> = {
+        let named: SmallVec<[&str; 4]> = headers
             .get_all(header::CONNECTION)
             .iter()
             .filter_map(|line| line.to_str().ok())
             .flat_map(|line| line.split(','))
             .map(str::trim)
-            .collect()
-    } else {
-        SmallVec::new()
-    };
-    if named.len() > 16 {
-        // Many names (or a hostile list): look each up instead of comparing
-        // every name with every field.
-        let parsed: Vec<HeaderName> = named
-            .iter()
-            .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
             .collect();
-        drop(named);
-        for name in parsed.iter().chain(&HOP_BY_HOP) {
-            headers.remove(name);
+        if named.len() > 16 {
+            // Many names (or a hostile list): look each up instead of
+            // comparing every name with every field.
+            named
+                .iter()
+                .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
+                .chain(HOP_BY_HOP.iter().cloned())
+                .collect()
+        } else {
+            headers
+                .keys()
+                .filter(|name| {
+                    HOP_BY_HOP.contains(name)
+                        || named
+                            .iter()
+                            .any(|named| named.eq_ignore_ascii_case(name.as_str()))
+                })
+                .cloned()
+                .collect()
         }
-        return;
-    }
-    let doomed: SmallVec<[HeaderName; 4]> = headers
-        .keys()
-        .filter(|name| {
-            HOP_BY_HOP.contains(name)
-                || named
-                    .iter()
-                    .any(|named| named.eq_ignore_ascii_case(name.as_str()))
-        })
-        .cloned()
-        .collect();
-    drop(named);
+    };
     for name in doomed {
         headers.remove(name);
     }

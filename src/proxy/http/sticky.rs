@@ -87,7 +87,7 @@ impl Spares {
     /// last connection of the loop.
     pub(super) fn new(workers: Workers, draining: CancellationToken) -> Arc<Spares> {
         let spares = Arc::new(Spares {
-            lists: (0..workers.len()).map(|_| Mutex::default()).collect(),
+            lists: (0..workers.threads()).map(|_| Mutex::default()).collect(),
             workers,
             draining: draining.clone(),
         });
