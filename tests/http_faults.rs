@@ -818,7 +818,7 @@ async fn an_upstream_that_does_not_accept_connections_answers_504_to_upgrades_to
 #[tokio::test]
 async fn upstream_connections_left_idle_for_the_pool_timeout_are_closed() {
     let search = unique("search");
-    let (upstream, mut closed) = closing_upstream().await;
+    let (upstream, _, mut closed) = counting_upstream().await;
     let running = serve(&search, upstream, &[]).await;
     let (status, _) = get(addr(&running, &search), "/q").await;
     assert_eq!(status, StatusCode::OK);
@@ -1337,29 +1337,6 @@ fn upgrade_answer(mut request: Request<Incoming>) -> Response<Full<Bytes>> {
         response.headers_mut().insert("x-seen-host", host);
     }
     response
-}
-
-/// An HTTP/1.1 upstream that answers every request with `ok` and sends
-/// on the receiver each time one of its connections closes.
-async fn closing_upstream() -> (SocketAddr, mpsc::UnboundedReceiver<()>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (closed, receiver) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let closed = closed.clone();
-            tokio::spawn(async move {
-                let service = service_fn(|_: Request<Incoming>| async {
-                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok\n"))))
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-                let _ = closed.send(());
-            });
-        }
-    });
-    (addr, receiver)
 }
 
 /// An HTTP/1.1 upstream that answers one request per connection, then

@@ -17,7 +17,7 @@ use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, MutexGuard};
 use tokio::task::JoinSet;
 
 use firedrill::Workers;
@@ -25,6 +25,22 @@ use support::*;
 
 /// One test at a time: they count worker threads by name.
 static SERIAL: Mutex<()> = Mutex::const_new(());
+
+/// This test's turn, once the last test's workers have ended (they do
+/// once its connections have closed).
+async fn serial() -> MutexGuard<'static, ()> {
+    let turn = SERIAL.lock().await;
+    wait_for_workers(0).await;
+    turn
+}
+
+/// Asserts that the peer closed or reset `stream` within [`STEP`].
+async fn assert_closed(stream: &mut TcpStream, what: &str) {
+    match closed_within(stream, STEP).await {
+        Some(Ok(0) | Err(_)) => {}
+        other => panic!("{what} was not closed: {other:?}"),
+    }
+}
 
 /// How long a connection must stay silent to count as held by a blackhole.
 const HOLD: Duration = Duration::from_millis(300);
@@ -86,9 +102,7 @@ async fn pump(mut stream: TcpStream) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_take_turns_on_the_worker_threads() {
-    let _serial = SERIAL.lock().await;
-    // The last test's workers end once its connections have closed.
-    wait_for_workers(0).await;
+    let _serial = serial().await;
     let cache = unique("cache");
     let running = PlanText::new(&["pangyo"])
         .tcp(&cache, "pangyo", echo_upstream().await)
@@ -149,9 +163,7 @@ async fn get_status(sender: &mut SendRequest<Empty<Bytes>>) -> StatusCode {
 
 #[tokio::test]
 async fn faults_reach_open_connections_on_every_worker() {
-    let _serial = SERIAL.lock().await;
-    // The last test's workers end once its connections have closed.
-    wait_for_workers(0).await;
+    let _serial = serial().await;
     let (cache, web) = (unique("cache"), unique("web"));
     let (blackout, outage, slow) = (unique("blackout"), unique("outage"), unique("slow"));
     let running = PlanText::new(&["pangyo"])
@@ -217,18 +229,13 @@ async fn faults_reach_open_connections_on_every_worker() {
     // A lifted blackhole closes what it held, on every worker.
     lift(&running, &blackout).await;
     for (i, stream) in streams.iter_mut().enumerate() {
-        match closed_within(stream, STEP).await {
-            Some(Ok(0) | Err(_)) => {}
-            other => panic!("tcp connection {i} was not closed: {other:?}"),
-        }
+        assert_closed(stream, &format!("tcp connection {i}")).await;
     }
 }
 
 #[tokio::test]
 async fn clients_that_connect_per_request_reuse_upstream_connections_on_their_worker() {
-    let _serial = SERIAL.lock().await;
-    // The last test's workers end once its connections have closed.
-    wait_for_workers(0).await;
+    let _serial = serial().await;
     let name = unique("percall");
     let (upstream, accepted, _closed) = counting_upstream().await;
     let running = PlanText::new(&["pangyo"])
@@ -249,9 +256,7 @@ async fn clients_that_connect_per_request_reuse_upstream_connections_on_their_wo
 
 #[tokio::test]
 async fn shutdown_drains_the_workers_and_their_threads_end() {
-    let _serial = SERIAL.lock().await;
-    // The last test's workers end once its connections have closed.
-    wait_for_workers(0).await;
+    let _serial = serial().await;
     let (cache, web) = (unique("cache"), unique("web"));
     let running = PlanText::new(&["pangyo"])
         .tcp(&cache, "pangyo", echo_upstream().await)
@@ -268,10 +273,7 @@ async fn shutdown_drains_the_workers_and_their_threads_end() {
     // is still open at the deadline and is cut there.
     let cut = within(STEP, running.shutdown(Duration::from_millis(300))).await;
     assert_eq!(cut, 1, "the tcp connection was still open at the deadline");
-    match closed_within(&mut stream, STEP).await {
-        Some(Ok(0) | Err(_)) => {}
-        other => panic!("the tcp connection was not closed: {other:?}"),
-    }
+    assert_closed(&mut stream, "the tcp connection").await;
 
     // Nothing holds the workers any more: their threads end.
     wait_for_workers(0).await;
@@ -279,8 +281,7 @@ async fn shutdown_drains_the_workers_and_their_threads_end() {
 
 #[tokio::test]
 async fn dropping_the_running_proxy_cuts_its_connections_and_ends_the_threads() {
-    let _serial = SERIAL.lock().await;
-    wait_for_workers(0).await;
+    let _serial = serial().await;
     let cache = unique("cache");
     let running = PlanText::new(&["pangyo"])
         .tcp(&cache, "pangyo", echo_upstream().await)
@@ -292,9 +293,6 @@ async fn dropping_the_running_proxy_cuts_its_connections_and_ends_the_threads() 
 
     // No shutdown: an embedder that just lets go.
     drop(running);
-    match closed_within(&mut stream, STEP).await {
-        Some(Ok(0) | Err(_)) => {}
-        other => panic!("the tcp connection outlived the proxy: {other:?}"),
-    }
+    assert_closed(&mut stream, "the tcp connection, outliving the proxy,").await;
     wait_for_workers(0).await;
 }
