@@ -20,7 +20,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{Mutex, MutexGuard};
 use tokio::task::JoinSet;
 
-use firedrill::Workers;
+use firedrill::{Running, Workers};
 use support::*;
 
 /// One test at a time: they count worker threads by name.
@@ -32,6 +32,17 @@ async fn serial() -> MutexGuard<'static, ()> {
     let turn = SERIAL.lock().await;
     wait_for_workers(0).await;
     turn
+}
+
+/// A firedrill on two workers with one tcp service in front of an echo;
+/// returns it and the service's name.
+async fn echo_on_two_workers() -> (Running, String) {
+    let cache = unique("cache");
+    let running = PlanText::new(&["pangyo"])
+        .tcp(&cache, "pangyo", echo_upstream().await)
+        .start_on(Workers::spawn(2).unwrap())
+        .await;
+    (running, cache)
 }
 
 /// Asserts that the peer closed or reset `stream` within [`STEP`].
@@ -103,11 +114,7 @@ async fn pump(mut stream: TcpStream) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_take_turns_on_the_worker_threads() {
     let _serial = serial().await;
-    let cache = unique("cache");
-    let running = PlanText::new(&["pangyo"])
-        .tcp(&cache, "pangyo", echo_upstream().await)
-        .start_on(Workers::spawn(2).unwrap())
-        .await;
+    let (running, cache) = echo_on_two_workers().await;
     let before = wait_for_workers(2).await;
     assert_eq!(
         before
@@ -282,11 +289,7 @@ async fn shutdown_drains_the_workers_and_their_threads_end() {
 #[tokio::test]
 async fn dropping_the_running_proxy_cuts_its_connections_and_ends_the_threads() {
     let _serial = serial().await;
-    let cache = unique("cache");
-    let running = PlanText::new(&["pangyo"])
-        .tcp(&cache, "pangyo", echo_upstream().await)
-        .start_on(Workers::spawn(2).unwrap())
-        .await;
+    let (running, cache) = echo_on_two_workers().await;
     wait_for_workers(2).await;
     let mut stream = connect(addr(&running, &cache)).await;
     carry_echo(&mut stream, b"open").await;
