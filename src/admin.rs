@@ -27,6 +27,7 @@ use tokio::time::Instant;
 use crate::config::Plan;
 use crate::engine::{Activated, Activation, Engine, UnknownScenario};
 use crate::fault::{Action, Fault};
+use crate::topology::Service;
 use crate::{ReloadError, Reloader};
 
 /// What the admin handlers share.
@@ -146,10 +147,15 @@ async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ActivateBody {
-    /// How long this activation lasts, capped at the scenario's max_duration.
+    /// How long this activation lasts from its start, capped at the
+    /// scenario's max_duration; on an active scenario, its new length.
     duration: Option<String>,
 }
 
+/// Activates a scenario (201), or answers the running activation (200):
+/// unchanged without a duration, else moved to end `duration` after its
+/// start. `status` says which; `capped` whether `max_duration` cut the
+/// duration asked for.
 async fn activate(
     State(state): State<AdminState>,
     Extension(caller): Extension<Caller>,
@@ -163,13 +169,36 @@ async fn activate(
     let activated = state
         .engine
         .activate(&scenario, duration, &caller.to_string())?;
-    let (status, activation, existing) = match activated {
-        Activated::New(activation) => (StatusCode::CREATED, activation, false),
-        Activated::Existing(activation) => (StatusCode::OK, activation, true),
+    let (code, activation, status, previous) = match activated {
+        Activated::New(activation) => (StatusCode::CREATED, activation, "activated", None),
+        Activated::Existing(activation) => (StatusCode::OK, activation, "already_active", None),
+        Activated::Changed {
+            activation,
+            previous,
+            ended,
+        } => {
+            let status = if ended {
+                "lifted"
+            } else if activation.expires > previous {
+                "extended"
+            } else if activation.expires < previous {
+                "shortened"
+            } else {
+                "unchanged"
+            };
+            let previous = activation.started_at + (previous - activation.started);
+            (StatusCode::OK, activation, status, Some(previous))
+        }
     };
     let mut body = activation_json(&activation);
-    body["already_active"] = json!(existing);
-    Ok((status, Json(body)).into_response())
+    body["status"] = json!(status);
+    if let Some(previous) = previous {
+        body["previous_expires_at"] = json!(timestamp(previous));
+    }
+    body["already_active"] = json!(code == StatusCode::OK);
+    body["capped"] = json!(duration.is_some_and(|d| d > activation.scenario.max_duration));
+    body["requested_duration"] = json!(duration.map(human));
+    Ok((code, Json(body)).into_response())
 }
 
 /// Parses `{"duration": "10m"}`; an empty body means the scenario's maximum.
@@ -372,8 +401,26 @@ fn action_json(fault: &Fault) -> Value {
     value
 }
 
+/// Adds the names of the data centers and services `fault` hits, in plan
+/// order, so a drill need not cross-read `/scenarios` and `/topology`.
+fn add_targets(value: &mut Value, fault: &Fault, plan: &Plan) {
+    let topology = &plan.topology;
+    let services: Vec<&Service> = fault
+        .targets
+        .iter()
+        .filter_map(|id| topology.services.get(id.index()))
+        .collect();
+    let datacenters: Vec<&str> = topology
+        .datacenters
+        .iter()
+        .filter(|dc| services.iter().any(|s| s.datacenter == dc.name))
+        .map(|dc| &*dc.name)
+        .collect();
+    value["datacenters"] = json!(datacenters);
+    value["services"] = json!(services.iter().map(|s| &*s.name).collect::<Vec<_>>());
+}
+
 fn fault_json(fault: &Fault, plan: &Plan) -> Value {
-    let services = &plan.topology.services;
     let mut value = action_json(fault);
     value["index"] = json!(fault.index);
     value["datacenter"] = json!(fault.selector.datacenter.as_deref());
@@ -382,11 +429,7 @@ fn fault_json(fault: &Fault, plan: &Plan) -> Value {
     value["path_prefix"] = json!(fault.selector.path_prefix);
     value["after"] = json!(human(fault.after));
     value["duration"] = json!(fault.duration.map(human));
-    value["services"] = json!(fault
-        .targets
-        .iter()
-        .map(|id| &*services[id.index()].name)
-        .collect::<Vec<_>>());
+    add_targets(&mut value, fault, plan);
     value
 }
 
@@ -400,6 +443,7 @@ fn activation_json(activation: &Activation) -> Value {
         .map(|fault| {
             let mut value = action_json(fault);
             value["index"] = json!(fault.index);
+            add_targets(&mut value, fault, &activation.plan);
             match activation.window(fault) {
                 Some((from, until)) => {
                     let (start, end) = (activation.started + from, activation.started + until);

@@ -25,9 +25,14 @@ pub struct Activation {
     /// Unique within this process; ties the activation to its history record.
     pub id: u64,
     pub scenario: Arc<Scenario>,
+    /// The plan `scenario` comes from, which names the services it hits.
+    pub plan: Arc<Plan>,
     pub started: Instant,
     pub started_at: SystemTime,
+    /// When it ends: at `deadline`, or earlier when its last fault ends.
     pub expires: Instant,
+    /// The end asked for (or `max_duration`), capped at `max_duration`.
+    pub deadline: Instant,
     /// Who asked for it (the admin client's address).
     pub by: String,
 }
@@ -35,6 +40,36 @@ pub struct Activation {
 impl Activation {
     pub fn expires_at(&self) -> SystemTime {
         self.started_at + (self.expires - self.started)
+    }
+
+    /// When the last fault ends, for a scenario whose every fault has a
+    /// `duration`; `None` when a fault lasts as long as the activation.
+    pub fn completion(&self) -> Option<Instant> {
+        let faults = &self.scenario.faults;
+        let ends: Option<Vec<Duration>> = faults
+            .iter()
+            .map(|f| f.duration.map(|d| f.after + d))
+            .collect();
+        ends?.into_iter().max().map(|end| self.started + end)
+    }
+
+    /// Moves the deadline, capped at `max_duration` from the start, and
+    /// with it the end.
+    fn set_deadline(&mut self, deadline: Instant) {
+        self.deadline = deadline.min(self.started + self.scenario.max_duration);
+        self.expires = self
+            .completion()
+            .map_or(self.deadline, |c| c.min(self.deadline));
+    }
+
+    /// How it ends when it runs out: `Completed` when its last fault ended
+    /// before its deadline, `Expired` otherwise.
+    pub fn ending(&self) -> Ending {
+        if self.completion().is_some_and(|c| c <= self.deadline) {
+            Ending::Completed
+        } else {
+            Ending::Expired
+        }
     }
 
     /// When `fault` starts and ends within this activation, as offsets from
@@ -52,8 +87,17 @@ impl Activation {
 #[derive(Debug, Clone)]
 pub enum Activated {
     New(Activation),
-    /// The scenario was already active; nothing changed.
+    /// The scenario was already active and no duration was given; nothing
+    /// changed.
     Existing(Activation),
+    /// The scenario was already active and a new duration moved its
+    /// deadline. `previous` is when it was to end before; `ended` says the
+    /// new end had already passed, so it was lifted now.
+    Changed {
+        activation: Activation,
+        previous: Instant,
+        ended: bool,
+    },
 }
 
 /// The named scenario is not in the plan.
@@ -134,8 +178,10 @@ impl Engine {
             })
     }
 
-    /// Activates a scenario for `duration` (capped at its `max_duration`).
-    /// Activating an active scenario changes nothing.
+    /// Activates a scenario for `duration` (capped at its `max_duration`);
+    /// it ends earlier when every fault has a `duration` and the last one
+    /// ends. On an active scenario, `None` changes nothing, and a duration
+    /// moves its deadline to `duration` from its start (see [`Self::reschedule`]).
     pub fn activate(
         &self,
         name: &str,
@@ -147,23 +193,30 @@ impl Engine {
         let now = Instant::now();
         self.expire(&mut state, now);
         if let Some(existing) = state.active.get(&index) {
-            return Ok(Activated::Existing(existing.clone()));
+            let existing = existing.clone();
+            return Ok(match duration {
+                None => Activated::Existing(existing),
+                Some(duration) => self.reschedule(&mut state, index, existing, duration, now, by),
+            });
         }
         state.next_id += 1;
         let scenario = Arc::clone(&state.plan.scenarios[index]);
-        let length = duration.map_or(scenario.max_duration, |d| d.min(scenario.max_duration));
-        let activation = Activation {
+        let length = duration.unwrap_or(scenario.max_duration);
+        let mut activation = Activation {
             id: state.next_id,
+            plan: Arc::clone(&state.plan),
             started: now,
             started_at: SystemTime::now(),
-            expires: now + length,
+            expires: now,
+            deadline: now,
             by: by.to_owned(),
             scenario,
         };
+        activation.set_deadline(now + length);
         tracing::info!(
             scenario = name,
             by,
-            expires_in = %humantime::format_duration(length),
+            expires_in = %humantime::format_duration(activation.expires - now),
             "scenario activated"
         );
         crate::metrics::scenario_active(name, true);
@@ -172,6 +225,57 @@ impl Engine {
         self.publish(&state, now);
         self.inner.wake.notify_one();
         Ok(Activated::New(activation))
+    }
+
+    /// Moves the deadline of `activation`, active at `index`, to `duration`
+    /// from its start, capped at `max_duration`. A deadline already passed
+    /// lifts it now, recorded as lifted by `by`.
+    fn reschedule(
+        &self,
+        state: &mut State,
+        index: usize,
+        mut activation: Activation,
+        duration: Duration,
+        now: Instant,
+        by: &str,
+    ) -> Activated {
+        let previous = activation.expires;
+        // Not before now: what has run cannot be undone.
+        activation.set_deadline((activation.started + duration).max(now));
+        state.history.rescheduled(&activation);
+        let name = &*activation.scenario.name;
+        let ended = activation.expires <= now;
+        if ended {
+            tracing::info!(
+                scenario = name,
+                by,
+                "scenario lifted: its new duration has passed"
+            );
+            crate::metrics::scenario_active(name, false);
+            state.active.remove(&index);
+            let at = SystemTime::now();
+            state
+                .history
+                .ended(&activation, at, Ending::Lifted, Some(by));
+        } else {
+            tracing::info!(
+                scenario = name,
+                by,
+                expires_in = %humantime::format_duration(activation.expires - now),
+                "scenario rescheduled"
+            );
+            state.active.insert(index, activation.clone());
+        }
+        if activation.expires != previous {
+            self.publish(state, now);
+            // The timer may sleep until the old end: it must see the new one.
+            self.inner.wake.notify_one();
+        }
+        Activated::Changed {
+            activation,
+            previous,
+            ended,
+        }
     }
 
     /// Lifts one scenario; `Ok(None)` when it was not active.
@@ -232,11 +336,12 @@ impl Engine {
             let name = Arc::clone(&activation.scenario.name);
             match plan.scenarios.iter().position(|s| s.name == name) {
                 Some(index) => {
-                    let scenario = Arc::clone(&plan.scenarios[index]);
-                    activation.expires = activation
-                        .expires
-                        .min(activation.started + scenario.max_duration);
-                    activation.scenario = scenario;
+                    activation.scenario = Arc::clone(&plan.scenarios[index]);
+                    activation.plan = Arc::clone(&plan);
+                    // Also cut short by the new max_duration, or by the
+                    // new faults' end.
+                    activation.set_deadline(activation.deadline);
+                    state.history.rescheduled(&activation);
                     state.active.insert(index, activation);
                 }
                 None => {
@@ -295,9 +400,10 @@ impl Engine {
         active.retain(|_, activation| {
             let keep = activation.expires > now;
             if !keep {
-                tracing::info!(scenario = %activation.scenario.name, "scenario expired");
+                let ending = activation.ending();
+                tracing::info!(scenario = %activation.scenario.name, "scenario {}", ending.name());
                 crate::metrics::scenario_active(&activation.scenario.name, false);
-                history.ended(activation, activation.expires_at(), Ending::Expired, None);
+                history.ended(activation, activation.expires_at(), ending, None);
             }
             keep
         });

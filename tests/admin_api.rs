@@ -286,15 +286,10 @@ async fn activating_an_active_scenario_changes_nothing_and_answers_200() {
     let running = stack("pangyo-fire").await;
     let first = activate_with(&running, "pangyo-fire", "").await;
     assert_eq!(first["already_active"], false);
-    let (status, again) = admin(
-        &running,
-        Method::POST,
-        "/faults/pangyo-fire",
-        r#"{"duration":"1m"}"#,
-    )
-    .await;
+    let (status, again) = admin(&running, Method::POST, "/faults/pangyo-fire", "").await;
     assert_eq!(status, StatusCode::OK, "{again}");
     assert_eq!(again["already_active"], true);
+    assert_eq!(again["status"], "already_active");
     assert_eq!(again["started_at"], first["started_at"]);
     assert_eq!(
         again["expires_at"], first["expires_at"],
@@ -659,6 +654,238 @@ async fn events_list_activations_newest_first_with_who_and_how_they_ended() {
         assert!(start <= end, "{event}");
     }
     assert!(events[0]["ended_by"]
+        .as_str()
+        .unwrap()
+        .starts_with("127.0.0.1:"));
+}
+
+/// The `(datacenters, services)` each fault of an activation answer hits.
+fn targets(activation: &Value) -> Vec<(Value, Value)> {
+    activation["faults"]
+        .as_array()
+        .expect("faults is a list")
+        .iter()
+        .map(|f| (f["datacenters"].clone(), f["services"].clone()))
+        .collect()
+}
+
+#[tokio::test]
+async fn each_active_fault_names_the_datacenters_and_services_it_hits() {
+    let running = stack("pangyo-fire").await;
+    let fire = activate_with(&running, "pangyo-fire", "").await;
+    assert_eq!(
+        targets(&fire),
+        [(json!(["pangyo"]), json!(["web", "cache"]))]
+    );
+    assert_eq!(fire["faults"][0]["index"], 0);
+    assert_eq!(fire["faults"][0]["action"], "blackhole");
+    let slow = activate_with(&running, "maps-slow", "").await;
+    let maps = (json!(["ansan"]), json!(["maps"]));
+    assert_eq!(targets(&slow), [maps.clone(), maps.clone()]);
+
+    let (_, faults) = admin(&running, Method::GET, "/faults", "").await;
+    let listed: Vec<Vec<(Value, Value)>> = faults["active"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(targets)
+        .collect();
+    assert_eq!(listed, [targets(&fire), targets(&slow)]);
+}
+
+/// A stack whose `staged` scenario only has faults with a `duration`: web
+/// fails for 800ms, maps for 700ms from 300ms on, so it ends after 1s.
+async fn staged_stack(staged: &str) -> Running {
+    PlanText::new(&["pangyo", "ansan"])
+        .http("web", "pangyo", http_upstream("web").await)
+        .http("maps", "ansan", http_upstream("maps").await)
+        .scenario_with(
+            staged,
+            "max_duration = '30m'",
+            &[
+                "service = 'web'; action = 'error'; status = 500; duration = '800ms'",
+                "service = 'maps'; action = 'error'; status = 503; after = '300ms'; duration = '700ms'",
+            ],
+        )
+        .start()
+        .await
+}
+
+/// The newest `/events` record, once it says the activation ended.
+async fn until_ended(running: &Running) -> Value {
+    within(Duration::from_secs(10), async {
+        loop {
+            let (_, body) = admin(running, Method::GET, "/events", "").await;
+            let newest = body["events"][0].clone();
+            if !newest["ended"].is_null() {
+                return newest;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_staged_scenario_completes_when_its_last_fault_ends_and_can_start_again() {
+    let staged = unique("staged");
+    let running = staged_stack(&staged).await;
+    let gauge = |text: &str| sample(text, "firedrill_scenario_active", &[("scenario", &staged)]);
+    let body = activate_with(&running, &staged, "").await;
+    assert_eq!(
+        span(&body["started_at"], &body["expires_at"]),
+        Duration::from_secs(1),
+        "it ends with its last fault: {body}"
+    );
+    assert_eq!(gauge(&metrics(&running).await), 1.0);
+
+    let event = until_ended(&running).await;
+    assert_eq!(event["scenario"], *staged);
+    assert_eq!(event["ended"], "completed", "{event}");
+    assert_eq!(event["ended_by"], Value::Null);
+    assert!(span(&event["started_at"], &event["ended_at"]) >= Duration::from_secs(1));
+    assert_eq!(gauge(&metrics(&running).await), 0.0);
+    assert!(active_scenarios(&running).await.is_empty());
+    let (status, _) = get(addr(&running, "maps"), "/x").await;
+    assert_eq!(status, StatusCode::OK);
+
+    // A new POST runs the sequence again.
+    let again = activate_with(&running, &staged, "").await;
+    assert_eq!(again["status"], "activated");
+    assert!(time(&again["started_at"]) > time(&body["started_at"]));
+}
+
+#[tokio::test]
+async fn a_capped_duration_says_so_with_the_duration_asked_for() {
+    let running = stack("pangyo-fire").await;
+    let body = activate_with(&running, "short", r#"{"duration":"1h"}"#).await;
+    assert_eq!(body["status"], "activated");
+    assert_eq!(body["capped"], true, "{body}");
+    assert_eq!(body["requested_duration"], "1h");
+    assert_eq!(
+        span(&body["started_at"], &body["expires_at"]),
+        Duration::from_secs(300)
+    );
+
+    let body = activate_with(&running, "pangyo-fire", r#"{"duration":"90s"}"#).await;
+    assert_eq!(body["capped"], false, "{body}");
+    assert_eq!(body["requested_duration"], "1m 30s");
+    let body = activate_with(&running, "maps-slow", "").await;
+    assert_eq!(body["capped"], false, "{body}");
+    assert_eq!(body["requested_duration"], Value::Null);
+}
+
+#[tokio::test]
+async fn a_duration_on_an_active_scenario_extends_or_shortens_it_from_its_start() {
+    let running = stack("pangyo-fire").await;
+    let first = activate_with(&running, "pangyo-fire", r#"{"duration":"5m"}"#).await;
+    let post = |body: &'static str| admin(&running, Method::POST, "/faults/pangyo-fire", body);
+
+    let (status, extended) = post(r#"{"duration":"20m"}"#).await;
+    assert_eq!(status, StatusCode::OK, "{extended}");
+    assert_eq!(extended["status"], "extended");
+    assert_eq!(extended["already_active"], true);
+    assert_eq!(extended["started_at"], first["started_at"]);
+    assert_eq!(extended["previous_expires_at"], first["expires_at"]);
+    assert_eq!(extended["capped"], false);
+    assert_eq!(
+        span(&first["started_at"], &extended["expires_at"]),
+        Duration::from_secs(20 * 60)
+    );
+
+    let (status, capped) = post(r#"{"duration":"1h"}"#).await;
+    assert_eq!(status, StatusCode::OK, "{capped}");
+    assert_eq!(capped["status"], "extended");
+    assert_eq!(
+        (&capped["capped"], &capped["requested_duration"]),
+        (&json!(true), &json!("1h"))
+    );
+    assert_eq!(
+        span(&first["started_at"], &capped["expires_at"]),
+        Duration::from_secs(30 * 60),
+        "within max_duration from the start"
+    );
+
+    let (status, shortened) = post(r#"{"duration":"10m"}"#).await;
+    assert_eq!(status, StatusCode::OK, "{shortened}");
+    assert_eq!(shortened["status"], "shortened");
+    assert_eq!(
+        span(&first["started_at"], &shortened["expires_at"]),
+        Duration::from_secs(10 * 60)
+    );
+
+    // Without a body nothing changes.
+    let (status, again) = post("").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(again["status"], "already_active");
+    assert_eq!(again["expires_at"], shortened["expires_at"]);
+
+    let (_, faults) = admin(&running, Method::GET, "/faults", "").await;
+    assert_eq!(faults["active"][0]["expires_at"], shortened["expires_at"]);
+    let (_, events) = admin(&running, Method::GET, "/events", "").await;
+    assert_eq!(events["events"][0]["expires_at"], shortened["expires_at"]);
+    assert_eq!(
+        events["events"].as_array().unwrap().len(),
+        1,
+        "one activation"
+    );
+}
+
+#[tokio::test]
+async fn a_shortened_scenario_ends_on_its_new_time_by_itself() {
+    let fire = unique("fire");
+    let running = stack(&fire).await;
+    let web = addr(&running, "web");
+    let asked = Instant::now();
+    activate(&running, &fire).await;
+    let path = format!("/faults/{fire}");
+    let (status, body) = admin(&running, Method::POST, &path, r#"{"duration":"500ms"}"#).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["status"], "shortened");
+
+    let event = until_ended(&running).await;
+    assert_eq!(event["ended"], "expired", "{event}");
+    assert!(asked.elapsed() >= Duration::from_millis(500));
+    let gauge = sample(
+        &metrics(&running).await,
+        "firedrill_scenario_active",
+        &[("scenario", &fire)],
+    );
+    assert_eq!(gauge, 0.0);
+    let (status, _) = get(web, "/x").await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_duration_shorter_than_the_time_already_run_lifts_the_scenario_at_once() {
+    let running = stack("pangyo-fire").await;
+    activate(&running, "short").await;
+    let web = addr(&running, "web");
+    let (status, _) = get(web, "/x").await;
+    assert_eq!(
+        status,
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "short is in effect"
+    );
+    tokio::time::sleep(Duration::from_millis(50)).await;
+
+    let (status, body) = admin(
+        &running,
+        Method::POST,
+        "/faults/short",
+        r#"{"duration":"10ms"}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["status"], "lifted");
+    assert_eq!(body["faults"][0]["state"], "ended");
+    assert!(active_scenarios(&running).await.is_empty());
+    let (status, _) = get(web, "/x").await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, events) = admin(&running, Method::GET, "/events", "").await;
+    let event = &events["events"][0];
+    assert_eq!(event["ended"], "lifted");
+    assert!(event["ended_by"]
         .as_str()
         .unwrap()
         .starts_with("127.0.0.1:"));

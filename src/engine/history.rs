@@ -17,6 +17,8 @@ pub enum Ending {
     Lifted,
     /// Its duration ran out.
     Expired,
+    /// Its last fault ended: every fault has a `duration`.
+    Completed,
     /// `DELETE /faults`, the big red button.
     Halted,
 }
@@ -26,6 +28,7 @@ impl Ending {
         match self {
             Ending::Lifted => "lifted",
             Ending::Expired => "expired",
+            Ending::Completed => "completed",
             Ending::Halted => "halted",
         }
     }
@@ -64,7 +67,15 @@ impl History {
         });
     }
 
-    /// Records how an activation ended; `by` is `None` for expiry.
+    /// Records a new end of a running activation.
+    pub fn rescheduled(&mut self, activation: &Activation) {
+        if let Some(event) = self.events.iter_mut().rev().find(|e| e.id == activation.id) {
+            event.expires_at = activation.expires_at();
+        }
+    }
+
+    /// Records how an activation ended; `by` is `None` for expiry and
+    /// completion.
     pub fn ended(
         &mut self,
         activation: &Activation,

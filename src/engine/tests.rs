@@ -88,10 +88,7 @@ async fn activating_twice_is_idempotent() {
         panic!("first activation is new");
     };
     tokio::time::advance(Duration::from_secs(5)).await;
-    let Activated::Existing(second) = engine
-        .activate("fire", Some(Duration::from_secs(1)), "b")
-        .unwrap()
-    else {
+    let Activated::Existing(second) = engine.activate("fire", None, "b").unwrap() else {
         panic!("second activation finds the first");
     };
     assert_eq!(first.started, second.started);
@@ -291,4 +288,139 @@ async fn a_reloaded_plan_keeps_its_scenarios_active_and_lifts_the_missing() {
     // The new max_duration cuts the activation short.
     tokio::time::advance(Duration::from_secs(61)).await;
     assert!(engine.active().is_empty());
+}
+
+/// How the newest activation of `scenario` ended, from the history.
+fn ending_of(engine: &Engine, scenario: &str) -> Option<(Ending, Option<String>)> {
+    let events = engine.events();
+    let event = events.iter().find(|e| &*e.scenario == scenario).unwrap();
+    event.ended.as_ref().map(|(_, how, by)| (*how, by.clone()))
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_scenario_whose_faults_all_have_a_duration_completes_when_the_last_ends() {
+    let engine = engine();
+    let shutdown = CancellationToken::new();
+    tokio::spawn(engine.clone().run(shutdown.clone()));
+    let Activated::New(first) = engine.activate("recovery", None, "t").unwrap() else {
+        panic!("new activation");
+    };
+    // Its last fault, mail's delay, ends at 3m + 2m, before max_duration (10m).
+    assert_eq!(first.expires - first.started, Duration::from_secs(300));
+    tokio::time::sleep(Duration::from_secs(299)).await;
+    assert_eq!(actions(&engine, MAIL), ["delay"]);
+    assert_eq!(ending_of(&engine, "recovery"), None, "still running");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(actions(&engine, MAIL).is_empty());
+    assert_eq!(
+        ending_of(&engine, "recovery"),
+        Some((Ending::Completed, None))
+    );
+    assert!(engine.active().is_empty());
+    // The sequence can be started again.
+    let Activated::New(second) = engine.activate("recovery", None, "t").unwrap() else {
+        panic!("a completed scenario starts again");
+    };
+    assert_ne!(first.id, second.id);
+    assert_eq!(actions(&engine, TALK), ["blackhole"]);
+    shutdown.cancel();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_scenario_with_a_fault_without_duration_runs_until_its_deadline() {
+    let engine = engine();
+    let shutdown = CancellationToken::new();
+    tokio::spawn(engine.clone().run(shutdown.clone()));
+    engine.activate("fire", None, "t").unwrap();
+    tokio::time::sleep(Duration::from_secs(599)).await;
+    assert_eq!(actions(&engine, TALK), ["blackhole"]);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(actions(&engine, TALK).is_empty());
+    assert_eq!(ending_of(&engine, "fire"), Some((Ending::Expired, None)));
+    shutdown.cancel();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_new_duration_moves_the_end_of_an_active_scenario_and_the_timer_follows() {
+    let engine = engine();
+    let shutdown = CancellationToken::new();
+    tokio::spawn(engine.clone().run(shutdown.clone()));
+    let minutes = |m: u64| Duration::from_secs(m * 60);
+    let Activated::New(first) = engine.activate("fire", Some(minutes(2)), "a").unwrap() else {
+        panic!("new activation");
+    };
+    tokio::time::sleep(minutes(1)).await;
+
+    let Activated::Changed {
+        activation,
+        previous,
+        ended,
+    } = engine.activate("fire", Some(minutes(5)), "b").unwrap()
+    else {
+        panic!("a duration on an active scenario changes it");
+    };
+    assert_eq!((previous, ended), (first.expires, false));
+    assert_eq!(activation.id, first.id, "the same activation");
+    assert_eq!(activation.started, first.started);
+    assert_eq!(activation.expires, first.started + minutes(5));
+    assert_eq!(engine.events()[0].expires_at, activation.expires_at());
+    // Past the old end, the timer that was due then lifts nothing.
+    tokio::time::sleep(minutes(2)).await;
+    assert_eq!(actions(&engine, TALK), ["blackhole"]);
+
+    // Shortened to 4m: the timer lifts it then, without a request.
+    let Activated::Changed { activation, .. } =
+        engine.activate("fire", Some(minutes(4)), "c").unwrap()
+    else {
+        panic!("a duration on an active scenario changes it");
+    };
+    assert_eq!(activation.expires, first.started + minutes(4));
+    tokio::time::sleep(Duration::from_secs(59)).await;
+    assert_eq!(actions(&engine, TALK), ["blackhole"]);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(actions(&engine, TALK).is_empty());
+    assert_eq!(ending_of(&engine, "fire"), Some((Ending::Expired, None)));
+    shutdown.cancel();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_new_duration_is_capped_at_max_duration_from_the_start() {
+    let engine = engine();
+    let Activated::New(first) = engine
+        .activate("fire", Some(Duration::from_secs(60)), "a")
+        .unwrap()
+    else {
+        panic!("new activation");
+    };
+    tokio::time::advance(Duration::from_secs(30)).await;
+    let Activated::Changed { activation, .. } = engine
+        .activate("fire", Some(Duration::from_secs(3600)), "b")
+        .unwrap()
+    else {
+        panic!("a duration on an active scenario changes it");
+    };
+    assert_eq!(activation.expires, first.started + Duration::from_secs(600));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_new_duration_that_has_already_passed_lifts_the_scenario_now() {
+    let engine = engine();
+    engine.activate("fire", None, "a").unwrap();
+    tokio::time::advance(Duration::from_secs(120)).await;
+    let Activated::Changed {
+        activation, ended, ..
+    } = engine
+        .activate("fire", Some(Duration::from_secs(60)), "b")
+        .unwrap()
+    else {
+        panic!("a duration on an active scenario changes it");
+    };
+    assert!(ended);
+    assert_eq!(activation.expires, Instant::now());
+    assert!(actions(&engine, TALK).is_empty());
+    assert!(engine.active().is_empty());
+    assert_eq!(
+        ending_of(&engine, "fire"),
+        Some((Ending::Lifted, Some("b".to_owned())))
+    );
 }
