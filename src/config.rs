@@ -26,6 +26,9 @@ pub struct Plan {
     pub admin: Admin,
     pub topology: Topology,
     pub scenarios: Vec<Arc<Scenario>>,
+    /// What runs, but maybe not as meant (a fault cut short by its
+    /// scenario's max_duration, say), located like errors.
+    pub warnings: Vec<Diagnostic>,
 }
 
 impl Plan {
@@ -56,10 +59,19 @@ pub struct Diagnostic {
     /// 1-based column, in characters.
     pub column: usize,
     pub message: String,
+    /// An error stops the plan from loading; a warning does not.
+    pub severity: Severity,
     /// The source line the problem is on, for display.
     source_line: String,
     /// How many characters to underline from `column`.
     width: usize,
+}
+
+/// Whether a [`Diagnostic`] stops the plan from loading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Severity {
+    Error,
+    Warning,
 }
 
 impl Diagnostic {
@@ -75,6 +87,7 @@ impl Diagnostic {
             line: source[..start].matches('\n').count() + 1,
             column: source[line_start..start].chars().count() + 1,
             message,
+            severity: Severity::Error,
             source_line: source[line_start..line_end].trim_end().to_owned(),
             width: source[start..end].chars().count().max(1),
         }
@@ -83,9 +96,13 @@ impl Diagnostic {
 
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let severity = match self.severity {
+            Severity::Error => "",
+            Severity::Warning => "warning: ",
+        };
         writeln!(
             f,
-            "{}:{}:{}: {}",
+            "{}:{}:{}: {severity}{}",
             self.file, self.line, self.column, self.message
         )?;
         let gutter = self.line.to_string().len();
@@ -136,10 +153,23 @@ pub fn parse(source: &str, file: &str) -> Result<Plan, Error> {
     // Relative paths in the plan (certificates, token files) are read from
     // the plan file's directory, wherever firedrill was started.
     let base = Path::new(file).parent().unwrap_or(Path::new(""));
-    let plan =
-        raw::parse(source, &mut report).map(|raw| validate::validate(raw, base, &mut report));
+    let mut warnings = Vec::new();
+    let plan = raw::parse(source, &mut report).map(|raw| {
+        validate::warnings(&raw, &mut |span, message| warnings.push((span, message)));
+        validate::validate(raw, base, &mut report)
+    });
     match plan {
-        Some(plan) if problems.is_empty() => Ok(plan),
+        Some(mut plan) if problems.is_empty() => {
+            warnings.sort_by_key(|(span, _): &(Range<usize>, String)| span.start);
+            plan.warnings = warnings
+                .into_iter()
+                .map(|(span, message)| Diagnostic {
+                    severity: Severity::Warning,
+                    ..Diagnostic::new(file, source, span, message)
+                })
+                .collect();
+            Ok(plan)
+        }
         _ => {
             problems.sort_by_key(|(span, _): &(Range<usize>, String)| span.start);
             Err(Error::Invalid(

@@ -96,23 +96,40 @@ fn main() -> ExitCode {
 }
 
 fn load(path: &Path) -> Result<Plan, ExitCode> {
-    config::load(path).map_err(|e| {
+    let plan = config::load(path).map_err(|e| {
         eprintln!("{e}");
         ExitCode::from(EXIT_BAD_PLAN)
-    })
+    })?;
+    print_warnings(&plan);
+    Ok(plan)
+}
+
+/// Prints a plan's warnings, located like errors; they do not stop it.
+fn print_warnings(plan: &Plan) {
+    for warning in &plan.warnings {
+        eprintln!("{warning}\n");
+    }
 }
 
 fn check(paths: &[PathBuf]) -> ExitCode {
     let mut ok = true;
     for path in paths {
         match config::load(path) {
-            Ok(plan) => println!(
-                "{}: ok ({} datacenters, {} services, {} scenarios)",
-                path.display(),
-                plan.topology.datacenters.len(),
-                plan.topology.services.len(),
-                plan.scenarios.len()
-            ),
+            Ok(plan) => {
+                print_warnings(&plan);
+                let warnings = match plan.warnings.len() {
+                    0 => String::new(),
+                    1 => ", 1 warning".to_owned(),
+                    n => format!(", {n} warnings"),
+                };
+                println!(
+                    "{}: ok ({} datacenters, {} services, {} scenarios){warnings}",
+                    path.display(),
+                    plan.topology.datacenters.len(),
+                    plan.topology.services.len(),
+                    plan.scenarios.len()
+                )
+            }
             Err(e) => {
                 ok = false;
                 eprintln!("{e}");

@@ -606,3 +606,36 @@ fn parse_keeps_the_shipped_plan_in_its_written_order() {
     let fire = plan.scenario("pangyo-fire").unwrap();
     assert_eq!(fire.faults[0].targets.len(), 8, "all of pangyo goes dark");
 }
+
+#[test]
+fn check_warns_at_a_fault_that_outlasts_its_scenario_and_still_passes() {
+    // `fire` lasts at most 5m; this fault would run from 4m to 6m.
+    let from = "datacenter = \"pangyo\"\naction = \"blackhole\"\n";
+    assert_eq!(BASE.matches(from).count(), 1);
+    let text = BASE.replace(from, &format!("{from}after = \"4m\"\nduration = \"2m\"\n"));
+    let dir = TempDir::new();
+    let path = dir.write("plan.toml", &text);
+    let result = check(&path);
+    assert_eq!(result.status.code(), Some(0), "stderr:\n{}", result.stderr);
+    let (line, column) = locate(&text, "\"2m\"");
+    let header = format!(
+        "{}:{line}:{column}: warning: scenario `fire` fault #1: ends 6m after activation (after 4m + duration 2m), past the scenario's max_duration of 5m",
+        path.display()
+    );
+    let lines: Vec<&str> = result.stderr.lines().collect();
+    let at = lines
+        .iter()
+        .position(|l| l.starts_with(&header))
+        .unwrap_or_else(|| panic!("no `{header}` in:\n{}", result.stderr));
+    // Underlined like an error.
+    assert_eq!(lines[at + 2], format!("{line} | duration = \"2m\""));
+    assert!(lines[at + 3].ends_with(&format!("{}^^^^", " ".repeat(column))));
+    assert!(
+        result.stdout.contains(": ok (") && result.stdout.contains("1 warning"),
+        "{}",
+        result.stdout
+    );
+    // The plan loads as it is.
+    let plan = config::parse(&text, "plan.toml").expect("a plan with warnings loads");
+    assert_eq!(plan.warnings.len(), 1);
+}

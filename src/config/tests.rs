@@ -412,3 +412,68 @@ fn a_wildcard_listener_conflicts_with_every_address_on_its_port() {
         parse(&text, "plan.toml").unwrap_or_else(|e| panic!("{fine}: {e}"));
     }
 }
+
+/// MINIMAL with one scenario of `max_duration` (default when empty) and
+/// one fault on talk with the given extra lines.
+fn staged(max_duration: &str, fault: &str) -> String {
+    format!(
+        "{MINIMAL}\n[scenarios.drill]\n{max_duration}\n[[scenarios.drill.faults]]\nservice = \"talk\"\naction = \"drop\"\n{fault}\n"
+    )
+}
+
+fn warnings(source: &str) -> Vec<Diagnostic> {
+    parse(source, "plan.toml")
+        .unwrap_or_else(|e| panic!("a plan with warnings still loads: {e}"))
+        .warnings
+}
+
+#[test]
+fn a_fault_that_outlasts_its_scenario_is_a_warning_at_its_duration() {
+    let text = staged(
+        "max_duration = \"10m\"",
+        "after = \"5m\"\nduration = \"1h\"",
+    );
+    let found = warnings(&text);
+    assert_eq!(found.len(), 1, "{found:#?}");
+    let warning = &found[0];
+    assert_eq!((warning.line, warning.column), (23, 12));
+    assert_eq!(warning.severity, Severity::Warning);
+    assert_eq!(
+        warning.message,
+        "scenario `drill` fault #1: ends 1h 5m after activation (after 5m + duration 1h), past the scenario's max_duration of 10m, so it is cut short there; shorten the fault or raise max_duration"
+    );
+    assert_eq!(
+        warning.to_string(),
+        format!(
+            "plan.toml:23:12: warning: {}\n   |\n23 | duration = \"1h\"\n   |            ^^^^",
+            warning.message
+        )
+    );
+}
+
+#[test]
+fn a_fault_within_its_scenario_gives_no_warning() {
+    for (max_duration, fault) in [
+        (
+            "max_duration = \"10m\"",
+            "after = \"5m\"\nduration = \"5m\"",
+        ),
+        ("max_duration = \"10m\"", "after = \"5m\""),
+        ("", "duration = \"15m\""),
+    ] {
+        let found = warnings(&staged(max_duration, fault));
+        assert!(found.is_empty(), "{max_duration} {fault}: {found:#?}");
+    }
+    // The default max_duration, 15m, applies too.
+    assert_eq!(warnings(&staged("", "duration = \"16m\"")).len(), 1);
+}
+
+#[test]
+fn a_fault_that_starts_after_its_scenario_is_an_error_not_also_a_warning() {
+    let text = staged(
+        "max_duration = \"10m\"",
+        "after = \"10m\"\nduration = \"1m\"",
+    );
+    let (_, _, message) = one_error(&text);
+    assert!(message.contains("it would never run"), "{message}");
+}

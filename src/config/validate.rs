@@ -76,6 +76,40 @@ pub(super) fn validate(raw: raw::Plan, base: &Path, report: Report<'_>) -> Plan 
         admin,
         topology,
         scenarios,
+        warnings: Vec::new(),
+    }
+}
+
+/// Reports what runs, but not as written: a fault whose `after + duration`
+/// passes its scenario's `max_duration` is cut short there. Located at the
+/// fault's `duration`.
+pub(super) fn warnings(raw: &raw::Plan, warn: Report<'_>) {
+    let human = humantime::format_duration;
+    for (name, scenario) in &raw.scenarios {
+        let max_duration = scenario.max_duration.map_or(DEFAULT_MAX_DURATION, |d| d.0);
+        let faults = scenario.faults.iter().enumerate();
+        for (i, fault) in faults.filter_map(|(i, f)| Some((i, f.as_ref()?.get_ref()))) {
+            let Some(duration) = &fault.duration else {
+                continue;
+            };
+            let after = fault.after.map_or(Duration::ZERO, |d| d.0);
+            let end = after + duration.get_ref().0;
+            // A fault that starts too late is an error of its own.
+            if end > max_duration && after < max_duration {
+                warn(
+                    duration.span(),
+                    format!(
+                        "scenario `{}` fault #{}: ends {} after activation (after {} + duration {}), past the scenario's max_duration of {}, so it is cut short there; shorten the fault or raise max_duration",
+                        name.get_ref(),
+                        i + 1,
+                        human(end),
+                        human(after),
+                        human(duration.get_ref().0),
+                        human(max_duration),
+                    ),
+                );
+            }
+        }
     }
 }
 
