@@ -11,94 +11,15 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+mod activation;
 pub mod history;
+
+pub use activation::{Activated, Activation};
 
 use crate::config::Plan;
 use crate::fault::live::{Live, Rules};
-use crate::fault::{Fault, Scenario};
 use crate::topology::Topology;
 use history::{Ending, Event, History};
-
-/// One activation of a scenario.
-#[derive(Debug, Clone)]
-pub struct Activation {
-    /// Unique within this process; ties the activation to its history record.
-    pub id: u64,
-    pub scenario: Arc<Scenario>,
-    /// The plan `scenario` comes from, which names the services it hits.
-    pub plan: Arc<Plan>,
-    pub started: Instant,
-    pub started_at: SystemTime,
-    /// When it ends: at `deadline`, or earlier when its last fault ends.
-    pub expires: Instant,
-    /// The end asked for (or `max_duration`), capped at `max_duration`.
-    pub deadline: Instant,
-    /// Who asked for it (the admin client's address).
-    pub by: String,
-}
-
-impl Activation {
-    pub fn expires_at(&self) -> SystemTime {
-        self.started_at + (self.expires - self.started)
-    }
-
-    /// When the last fault ends, for a scenario whose every fault has a
-    /// `duration`; `None` when a fault lasts as long as the activation.
-    pub fn completion(&self) -> Option<Instant> {
-        let faults = &self.scenario.faults;
-        let ends: Option<Vec<Duration>> = faults
-            .iter()
-            .map(|f| f.duration.map(|d| f.after + d))
-            .collect();
-        ends?.into_iter().max().map(|end| self.started + end)
-    }
-
-    /// Moves the deadline, capped at `max_duration` from the start, and
-    /// with it the end.
-    fn set_deadline(&mut self, deadline: Instant) {
-        self.deadline = deadline.min(self.started + self.scenario.max_duration);
-        self.expires = self
-            .completion()
-            .map_or(self.deadline, |c| c.min(self.deadline));
-    }
-
-    /// How it ends when it runs out: `Completed` when its last fault ended
-    /// before its deadline, `Expired` otherwise.
-    pub fn ending(&self) -> Ending {
-        if self.completion().is_some_and(|c| c <= self.deadline) {
-            Ending::Completed
-        } else {
-            Ending::Expired
-        }
-    }
-
-    /// When `fault` starts and ends within this activation, as offsets from
-    /// the start; `None` when the activation ends before the fault starts.
-    pub fn window(&self, fault: &Fault) -> Option<(Duration, Duration)> {
-        let total = self.expires - self.started;
-        let end = fault
-            .duration
-            .map_or(total, |d| (fault.after + d).min(total));
-        (fault.after < end).then_some((fault.after, end))
-    }
-}
-
-/// What [`Engine::activate`] did.
-#[derive(Debug, Clone)]
-pub enum Activated {
-    New(Activation),
-    /// The scenario was already active and no duration was given; nothing
-    /// changed.
-    Existing(Activation),
-    /// The scenario was already active and a new duration moved its
-    /// deadline. `previous` is when it was to end before; `ended` says the
-    /// new end had already passed, so it was lifted now.
-    Changed {
-        activation: Activation,
-        previous: Instant,
-        ended: bool,
-    },
-}
 
 /// The named scenario is not in the plan.
 #[derive(Debug, Clone, thiserror::Error)]
