@@ -424,3 +424,24 @@ async fn a_new_duration_that_has_already_passed_lifts_the_scenario_now() {
         Some((Ending::Lifted, Some("b".to_owned())))
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_reload_that_gives_every_fault_a_duration_ends_the_activation_with_its_last() {
+    let engine = engine();
+    engine.activate("fire", None, "lead").unwrap();
+    let text = PLAN.replace(
+        "datacenter = \"pangyo\"\naction = \"blackhole\"\n",
+        "datacenter = \"pangyo\"\naction = \"blackhole\"\nduration = \"1m\"\n",
+    );
+    let plan = config::parse(&text, "engine.toml").unwrap();
+    assert!(engine.replace_plan(Arc::new(plan), "reload").is_empty());
+    let active = engine.active();
+    assert_eq!(
+        active[0].expires - active[0].started,
+        Duration::from_secs(60)
+    );
+    assert_eq!(engine.events()[0].expires_at, active[0].expires_at());
+    tokio::time::advance(Duration::from_secs(61)).await;
+    assert!(engine.active().is_empty());
+    assert_eq!(ending_of(&engine, "fire"), Some((Ending::Completed, None)));
+}
