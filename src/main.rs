@@ -49,6 +49,11 @@ enum Command {
         /// Plan files to check.
         #[arg(required = true)]
         plans: Vec<PathBuf>,
+        /// Also connect to every upstream (tcp connect; http `HEAD /`, after
+        /// the TLS handshake for https) and print a table; exit 1 if any
+        /// is unreachable.
+        #[arg(long)]
+        probe: bool,
     },
     /// Run a plan (the shipped one by default) with built-in stand-in upstreams.
     Demo {
@@ -70,7 +75,7 @@ fn main() -> ExitCode {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
     match cli.command {
-        Command::Check { plans } => check(&plans),
+        Command::Check { plans, probe } => check(&plans, probe),
         Command::Run {
             config,
             grace,
@@ -102,7 +107,7 @@ fn load(path: &Path) -> Result<Plan, ExitCode> {
     })
 }
 
-fn check(paths: &[PathBuf]) -> ExitCode {
+fn check(paths: &[PathBuf], probe: bool) -> ExitCode {
     let mut ok = true;
     for path in paths {
         match config::load(path) {
@@ -119,11 +124,39 @@ fn check(paths: &[PathBuf]) -> ExitCode {
             }
         }
     }
-    if ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(EXIT_BAD_PLAN)
+    // Probe only valid plans, after every plan's verdict is printed.
+    let mut reachable = true;
+    if ok && probe {
+        for path in paths {
+            if let Ok(plan) = config::load(path) {
+                println!("\n{}: probing every upstream", path.display());
+                reachable &= probe_upstreams(&plan);
+            }
+        }
     }
+    if !ok {
+        ExitCode::from(EXIT_BAD_PLAN)
+    } else if !reachable {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// Probes every upstream of `plan` and prints the table; whether all answered.
+fn probe_upstreams(plan: &Plan) -> bool {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build();
+    let probes = match runtime {
+        Ok(runtime) => runtime.block_on(firedrill::probe::probe_all(&plan.topology)),
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return false;
+        }
+    };
+    print!("{}", firedrill::probe::Table(&probes));
+    probes.iter().all(|p| p.result.is_ok())
 }
 
 /// Runs `plan` until a stop signal; SIGHUP re-reads `source` when given.
