@@ -60,6 +60,10 @@ enum Command {
         /// A plan to use instead of the shipped one.
         #[arg(long, short)]
         config: Option<PathBuf>,
+        /// Add this to every port of the plan (listeners, stand-in
+        /// upstreams, admin API), to run beside what holds them.
+        #[arg(long, default_value_t = 0)]
+        port_offset: u16,
     },
 }
 
@@ -84,7 +88,10 @@ fn main() -> ExitCode {
             Ok(plan) => serve(plan, Some(config), grace, threads, false),
             Err(code) => code,
         },
-        Command::Demo { config } => {
+        Command::Demo {
+            config,
+            port_offset,
+        } => {
             let plan = match &config {
                 Some(path) => load(path),
                 None => config::parse(SHIPPED_PLAN, DEFAULT_PLAN).map_err(|e| {
@@ -92,8 +99,18 @@ fn main() -> ExitCode {
                     ExitCode::from(EXIT_BAD_PLAN)
                 }),
             };
+            let plan = plan.and_then(|mut plan| {
+                firedrill::demo::shift_ports(&mut plan, port_offset)
+                    .map(|()| plan)
+                    .map_err(|e| {
+                        eprintln!("{e}");
+                        ExitCode::from(EXIT_BAD_PLAN)
+                    })
+            });
+            // A re-read plan file would bring back the unshifted ports.
+            let source = config.filter(|_| port_offset == 0);
             match plan {
-                Ok(plan) => serve(plan, config, Duration::from_secs(2), None, true),
+                Ok(plan) => serve(plan, source, Duration::from_secs(2), None, true),
                 Err(code) => code,
             }
         }
@@ -205,7 +222,14 @@ fn serve(
         let running = match started {
             Ok(running) => running,
             Err(e) => {
-                eprintln!("{e}");
+                match &e {
+                    firedrill::StartError::Bind { addr, source, .. }
+                        if demo && source.kind() == std::io::ErrorKind::AddrInUse =>
+                    {
+                        eprintln!("{e}; {}", firedrill::demo::port_taken(addr.port()));
+                    }
+                    _ => eprintln!("{e}"),
+                }
                 return ExitCode::FAILURE;
             }
         };
