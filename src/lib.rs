@@ -15,6 +15,7 @@
 //! - [`workers`] runs client connections on threads with a single-threaded
 //!   runtime each.
 //! - [`tls`] turns PEM files into rustls configurations.
+//! - [`probe`] checks before a game day that every upstream answers.
 //!
 //! [`start`] binds every listener of a plan and returns a [`Running`] proxy;
 //! [`Reloader`] applies a re-read plan to it.
@@ -26,6 +27,7 @@ pub mod demo;
 pub mod engine;
 pub mod fault;
 pub mod metrics;
+pub mod probe;
 pub mod proxy;
 pub mod shutdown;
 pub mod tls;

@@ -49,12 +49,21 @@ enum Command {
         /// Plan files to check.
         #[arg(required = true)]
         plans: Vec<PathBuf>,
+        /// Also connect to every upstream (tcp connect; http `HEAD /`, after
+        /// the TLS handshake for https) and print a table; exit 1 if any
+        /// is unreachable.
+        #[arg(long)]
+        probe: bool,
     },
     /// Run a plan (the shipped one by default) with built-in stand-in upstreams.
     Demo {
         /// A plan to use instead of the shipped one.
         #[arg(long, short)]
         config: Option<PathBuf>,
+        /// Add this to every port of the plan (listeners, stand-in
+        /// upstreams, admin API), to run beside what holds them.
+        #[arg(long, default_value_t = 0)]
+        port_offset: u16,
     },
 }
 
@@ -70,7 +79,7 @@ fn main() -> ExitCode {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
     match cli.command {
-        Command::Check { plans } => check(&plans),
+        Command::Check { plans, probe } => check(&plans, probe),
         Command::Run {
             config,
             grace,
@@ -79,7 +88,10 @@ fn main() -> ExitCode {
             Ok(plan) => serve(plan, Some(config), grace, threads, false),
             Err(code) => code,
         },
-        Command::Demo { config } => {
+        Command::Demo {
+            config,
+            port_offset,
+        } => {
             let plan = match &config {
                 Some(path) => load(path),
                 None => config::parse(SHIPPED_PLAN, DEFAULT_PLAN).map_err(|e| {
@@ -87,8 +99,18 @@ fn main() -> ExitCode {
                     ExitCode::from(EXIT_BAD_PLAN)
                 }),
             };
+            let plan = plan.and_then(|mut plan| {
+                firedrill::demo::shift_ports(&mut plan, port_offset)
+                    .map(|()| plan)
+                    .map_err(|e| {
+                        eprintln!("{e}");
+                        ExitCode::from(EXIT_BAD_PLAN)
+                    })
+            });
+            // A re-read plan file would bring back the unshifted ports.
+            let source = config.filter(|_| port_offset == 0);
             match plan {
-                Ok(plan) => serve(plan, config, Duration::from_secs(2), None, true),
+                Ok(plan) => serve(plan, source, Duration::from_secs(2), None, true),
                 Err(code) => code,
             }
         }
@@ -111,7 +133,7 @@ fn print_warnings(plan: &Plan) {
     }
 }
 
-fn check(paths: &[PathBuf]) -> ExitCode {
+fn check(paths: &[PathBuf], probe: bool) -> ExitCode {
     let mut ok = true;
     for path in paths {
         match config::load(path) {
@@ -136,11 +158,39 @@ fn check(paths: &[PathBuf]) -> ExitCode {
             }
         }
     }
-    if ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(EXIT_BAD_PLAN)
+    // Probe only valid plans, after every plan's verdict is printed.
+    let mut reachable = true;
+    if ok && probe {
+        for path in paths {
+            if let Ok(plan) = config::load(path) {
+                println!("\n{}: probing every upstream", path.display());
+                reachable &= probe_upstreams(&plan);
+            }
+        }
     }
+    if !ok {
+        ExitCode::from(EXIT_BAD_PLAN)
+    } else if !reachable {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// Probes every upstream of `plan` and prints the table; whether all answered.
+fn probe_upstreams(plan: &Plan) -> bool {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build();
+    let probes = match runtime {
+        Ok(runtime) => runtime.block_on(firedrill::probe::probe_all(&plan.topology)),
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return false;
+        }
+    };
+    print!("{}", firedrill::probe::Table(&probes));
+    probes.iter().all(|p| p.result.is_ok())
 }
 
 /// Runs `plan` until a stop signal; SIGHUP re-reads `source` when given.
@@ -189,7 +239,14 @@ fn serve(
         let running = match started {
             Ok(running) => running,
             Err(e) => {
-                eprintln!("{e}");
+                match &e {
+                    firedrill::StartError::Bind { addr, source, .. }
+                        if demo && source.kind() == std::io::ErrorKind::AddrInUse =>
+                    {
+                        eprintln!("{e}; {}", firedrill::demo::port_taken(addr.port()));
+                    }
+                    _ => eprintln!("{e}"),
+                }
                 return ExitCode::FAILURE;
             }
         };

@@ -1,8 +1,10 @@
 //! The data plane: one listener per service. `http.rs` decides per request,
 //! `tcp.rs` per connection, and `relay.rs` moves bytes for TCP connections
 //! and upgraded HTTP connections while watching the live rules. `limits.rs`
-//! caps each service's connections; `idle.rs` ends what has gone quiet.
+//! caps each service's connections; `idle.rs` ends what has gone quiet;
+//! `failures.rs` logs upstream failures sparingly.
 
+mod failures;
 pub mod http;
 pub(crate) mod idle;
 pub mod limits;
@@ -28,6 +30,8 @@ pub struct ServiceContext {
     pub metrics: ServiceMetrics,
     /// Client connections open now, held against `max_connections`.
     pub open: Arc<limits::OpenConnections>,
+    /// When upstream failures were last logged, to log them sparingly.
+    pub failures: failures::UpstreamFailures,
 }
 
 /// Which way payload bytes flow, for the bytes counter.

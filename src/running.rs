@@ -368,6 +368,7 @@ impl Services {
                     .flat_map(|s| s.faults.iter().map(|f| &**f)),
             ),
             open: Arc::clone(&open),
+            failures: Default::default(),
         });
         // The service's connections stop at the hard stop, or earlier when a
         // reload removes or replaces the service.

@@ -85,6 +85,19 @@ pub struct UpstreamTls {
     pub skip_verify: bool,
 }
 
+impl UpstreamTls {
+    /// The TLS handshake over `stream`, with this trust and server name:
+    /// what the proxy and `firedrill check --probe` both do.
+    pub async fn handshake(
+        &self,
+        stream: tokio::net::TcpStream,
+    ) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+        tokio_rustls::TlsConnector::from(Arc::clone(&self.config))
+            .connect(self.server_name.clone(), stream)
+            .await
+    }
+}
+
 /// What one service allows its clients and its upstream, each with a
 /// default (see the README's plan reference for what happens when hit).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -242,6 +242,26 @@ const UPSTREAM_WITHOUT_PORT: Mistake = Mistake {
     at: "\"127.0.0.1\"",
     message: "upstream `127.0.0.1` needs a host and a port",
 };
+const HOST_NAME_LISTEN: Mistake = Mistake {
+    from: "listen = \"127.0.0.1:18001\"",
+    to: "listen = \"localhost:18001\"",
+    at: "\"localhost:18001\"",
+    message:
+        "listen address \"localhost:18001\" needs an IP address, not the host name `localhost`; \
+              write \"127.0.0.1:18001\"",
+};
+const FAULT_TABLE_MISSPELLED: Mistake = Mistake {
+    from: "[[scenarios.cut.faults]]",
+    to: "[[scenarios.cut.fault]]",
+    at: "fault]]",
+    message: "unknown field `fault`, expected one of `description`, `max_duration`, `faults`",
+};
+const DURATION_WITHOUT_UNIT: Mistake = Mistake {
+    from: "action = \"blackhole\"",
+    to: "action = \"delay\"\nlatency = 300",
+    at: "300",
+    message: "a duration is a string with a unit: write \"300ms\" or \"300s\", not 300",
+};
 
 fn with(mistakes: &[&Mistake]) -> String {
     let mut text = BASE.to_owned();
@@ -374,6 +394,21 @@ fn check_points_at_an_unknown_service_in_a_fault_selector() {
 #[test]
 fn check_points_at_an_upstream_without_a_port() {
     assert_only_mistake(&UPSTREAM_WITHOUT_PORT);
+}
+
+#[test]
+fn check_asks_for_an_ip_address_where_a_listen_address_has_a_host_name() {
+    assert_only_mistake(&HOST_NAME_LISTEN);
+}
+
+#[test]
+fn check_names_faults_among_the_keys_of_a_scenario() {
+    assert_only_mistake(&FAULT_TABLE_MISSPELLED);
+}
+
+#[test]
+fn check_asks_for_a_duration_string_where_a_bare_number_is_written() {
+    assert_only_mistake(&DURATION_WITHOUT_UNIT);
 }
 
 #[test]

@@ -765,3 +765,30 @@ async fn a_reload_that_checks_the_upstream_again_replaces_the_service() {
     let (status, body) = through_to_https(&running, &name).await[0].clone();
     assert_eq!(status, StatusCode::BAD_GATEWAY, "checked again: {body}");
 }
+
+#[tokio::test]
+async fn the_probe_does_the_tls_handshake_with_the_services_trust() {
+    let pki = Pki::new();
+    let good = pki.issue("probed", &["127.0.0.1"]);
+    let wrong = pki.issue("probed-elsewhere", &["elsewhere.example"]);
+    let good = https_upstream("probed", server(&good, &[b"http/1.1"])).await;
+    let wrong = https_upstream("probed-elsewhere", server(&wrong, &[b"http/1.1"])).await;
+    let ca = format!("upstream_ca = '{}'", pki.ca_file().display());
+    let plan = PlanText::new(&["pangyo"])
+        .service_to("good", "pangyo", "http", &format!("https://{good}"), &ca)
+        .service_to("wrong", "pangyo", "http", &format!("https://{wrong}"), &ca);
+    let plan =
+        firedrill::config::parse(plan.toml(), "probe.toml").unwrap_or_else(|e| panic!("{e}"));
+
+    let probes = within(STEP, firedrill::probe::probe_all(&plan.topology)).await;
+    assert_eq!(
+        probes[0].result,
+        Ok("reachable, HEAD / answered 200 OK".to_owned())
+    );
+    let failed = probes[1].result.as_ref().unwrap_err();
+    assert!(
+        failed.starts_with("TLS handshake failed: ")
+            && failed.contains("certificate not valid for name"),
+        "{failed}"
+    );
+}

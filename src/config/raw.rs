@@ -8,6 +8,7 @@ use std::ops::Range;
 use std::time::Duration;
 
 use indexmap::IndexMap;
+use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 use toml::de::{DeTable, DeValue, ValueDeserializer};
 use toml::Spanned;
@@ -164,6 +165,7 @@ fn table<T: for<'de> Deserialize<'de>>(
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Admin {
+    #[serde(default, deserialize_with = "optional_listen_address")]
     pub listen: Option<Spanned<SocketAddr>>,
     #[serde(default)]
     pub tokens: Vec<Spanned<Token>>,
@@ -203,6 +205,7 @@ pub struct DataCenter {
 pub struct Service {
     pub datacenter: Spanned<String>,
     pub protocol: Protocol,
+    #[serde(deserialize_with = "listen_address")]
     pub listen: Spanned<SocketAddr>,
     pub upstream: Spanned<Upstream>,
     #[serde(default)]
@@ -235,8 +238,10 @@ pub struct Scenario {
     pub description: String,
     pub max_duration: Option<HumanDuration>,
     /// Parsed one by one (see [`scenario`]); `None` for a fault whose table
-    /// did not parse, so the others keep their numbers.
-    #[serde(skip)]
+    /// did not parse, so the others keep their numbers. A field serde knows
+    /// of (not `skip`), so a misspelled `[[scenarios.NAME.fault]]` hears
+    /// that `faults` is expected.
+    #[serde(default, deserialize_with = "parsed_one_by_one")]
     pub faults: Vec<Option<Spanned<Fault>>>,
 }
 
@@ -279,10 +284,103 @@ impl ActionKind {
     }
 }
 
+/// Faults are parsed one by one by [`scenario`], not here.
+fn parsed_one_by_one<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<Option<Spanned<Fault>>>, D::Error> {
+    de::IgnoredAny::deserialize(deserializer)?;
+    Ok(Vec::new())
+}
+
+/// A listen address: an IP address and a port. A host name is refused
+/// with the address to write instead.
+fn listen_address<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Spanned<SocketAddr>, D::Error> {
+    let text = Spanned::<String>::deserialize(deserializer)?;
+    let span = text.span();
+    parse_listen(text.get_ref())
+        .map(|addr| Spanned::new(span, addr))
+        .map_err(de::Error::custom)
+}
+
+fn optional_listen_address<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Spanned<SocketAddr>>, D::Error> {
+    listen_address(deserializer).map(Some)
+}
+
+fn parse_listen(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = text.parse() {
+        return Ok(addr);
+    }
+    let Some((host, port)) = text
+        .rsplit_once(':')
+        .filter(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
+    else {
+        return Err(format!(
+            "listen address \"{text}\" is not an IP address and port; write it like \"127.0.0.1:8001\""
+        ));
+    };
+    if host.parse::<std::net::Ipv6Addr>().is_ok() {
+        return Err(format!(
+            "listen address \"{text}\" needs brackets around its IPv6 address; write \"[{host}]:{port}\""
+        ));
+    }
+    if host.eq_ignore_ascii_case("localhost") {
+        return Err(format!(
+            "listen address \"{text}\" needs an IP address, not the host name `{host}`; write \"127.0.0.1:{port}\""
+        ));
+    }
+    Err(format!(
+        "listen address \"{text}\" needs an IP address, not the host name `{host}`; write \"127.0.0.1:{port}\" \
+         for loopback or \"0.0.0.0:{port}\" for every interface"
+    ))
+}
+
 /// A duration written for humans: "250ms", "30s", "5m", "1h 30m".
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(try_from = "String")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HumanDuration(pub Duration);
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(HumanDurationVisitor)
+    }
+}
+
+/// Reads a duration string; a bare number is refused with the string to
+/// write, since `300` alone could mean milliseconds or seconds.
+struct HumanDurationVisitor;
+
+impl Visitor<'_> for HumanDurationVisitor {
+    type Value = HumanDuration;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a duration string like \"300ms\" or \"30s\"")
+    }
+
+    fn visit_str<E: de::Error>(self, value: &str) -> Result<HumanDuration, E> {
+        HumanDuration::try_from(value.to_owned()).map_err(E::custom)
+    }
+
+    fn visit_i64<E: de::Error>(self, value: i64) -> Result<HumanDuration, E> {
+        Err(E::custom(format!(
+            "a duration is a string with a unit: write \"{value}ms\" or \"{value}s\", not {value}"
+        )))
+    }
+
+    fn visit_u64<E: de::Error>(self, value: u64) -> Result<HumanDuration, E> {
+        Err(E::custom(format!(
+            "a duration is a string with a unit: write \"{value}ms\" or \"{value}s\", not {value}"
+        )))
+    }
+
+    fn visit_f64<E: de::Error>(self, value: f64) -> Result<HumanDuration, E> {
+        Err(E::custom(format!(
+            "a duration is a string with a unit: write \"{value}s\", not {value}"
+        )))
+    }
+}
 
 impl TryFrom<String> for HumanDuration {
     type Error = String;

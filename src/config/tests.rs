@@ -477,3 +477,70 @@ fn a_fault_that_starts_after_its_scenario_is_an_error_not_also_a_warning() {
     let (_, _, message) = one_error(&text);
     assert!(message.contains("it would never run"), "{message}");
 }
+
+#[test]
+fn a_host_name_as_listen_address_asks_for_an_ip_address() {
+    let source = MINIMAL.replace("127.0.0.1:8001", "localhost:26397");
+    let (line, column, message) = one_error(&source);
+    assert_eq!((line, column), (8, 10));
+    assert_eq!(
+        message,
+        "listen address \"localhost:26397\" needs an IP address, not the host name `localhost`; write \"127.0.0.1:26397\""
+    );
+
+    let source = format!("[admin]\nlisten = \"staging.example:9090\"\n{MINIMAL}");
+    let (line, _, message) = one_error(&source);
+    assert_eq!(line, 2);
+    assert_eq!(
+        message,
+        "listen address \"staging.example:9090\" needs an IP address, not the host name `staging.example`; \
+         write \"127.0.0.1:9090\" for loopback or \"0.0.0.0:9090\" for every interface"
+    );
+
+    let source = MINIMAL.replace("127.0.0.1:8001", "::1:8001");
+    let (_, _, message) = one_error(&source);
+    assert_eq!(
+        message,
+        "listen address \"::1:8001\" needs brackets around its IPv6 address; write \"[::1]:8001\""
+    );
+
+    let source = MINIMAL.replace("127.0.0.1:8001", "8001");
+    let (_, _, message) = one_error(&source);
+    assert_eq!(
+        message,
+        "listen address \"8001\" is not an IP address and port; write it like \"127.0.0.1:8001\""
+    );
+}
+
+#[test]
+fn a_misspelled_faults_table_hears_that_faults_is_expected() {
+    let source = format!(
+        "{MINIMAL}\n[scenarios.x]\n[[scenarios.x.fault]]\ndatacenter = \"pangyo\"\naction = \"drop\"\n"
+    );
+    let (line, column, message) = one_error(&source);
+    assert_eq!((line, column), (18, 15));
+    assert_eq!(
+        message,
+        "unknown field `fault`, expected one of `description`, `max_duration`, `faults`"
+    );
+}
+
+#[test]
+fn a_duration_without_unit_asks_for_a_string_like_300ms() {
+    let source = format!(
+        "{MINIMAL}\n[scenarios.x]\n[[scenarios.x.faults]]\ndatacenter = \"pangyo\"\naction = \"delay\"\nlatency = 300\n"
+    );
+    let (line, column, message) = one_error(&source);
+    assert_eq!((line, column), (21, 11));
+    assert_eq!(
+        message,
+        "a duration is a string with a unit: write \"300ms\" or \"300s\", not 300"
+    );
+
+    let source = format!("{MINIMAL}\n[scenarios.x]\nmax_duration = 1.5\n");
+    let (_, _, message) = one_error(&source);
+    assert_eq!(
+        message,
+        "a duration is a string with a unit: write \"1.5s\", not 1.5"
+    );
+}

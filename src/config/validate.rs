@@ -53,7 +53,8 @@ pub(super) fn validate(raw: raw::Plan, base: &Path, report: Report<'_>) -> Plan 
         }
         listeners.push((addr, format!("service `{}`", name.get_ref())));
     }
-    if raw.services.is_empty() {
+    // A service whose table did not parse has its own error already.
+    if raw.services.is_empty() && raw.broken.is_empty() {
         report(
             0..0,
             "the plan defines no services; add a [services.NAME] table".to_owned(),

@@ -561,6 +561,7 @@ impl Proxy {
     fn failure(&self, status: StatusCode, what: String) -> Response<ProxyBody> {
         let service = &self.context.service;
         tracing::debug!(service = %service.name, upstream = %service.upstream, %status, "{what}");
+        self.context.upstream_failed(&what);
         let body = format!(
             "firedrill: service `{}` ({}): upstream {} {what}\n",
             service.name, service.datacenter, service.upstream

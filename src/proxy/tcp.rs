@@ -112,12 +112,17 @@ async fn handle(
         Ok(Ok(upstream)) => upstream,
         Ok(Err(e)) => {
             tracing::debug!(service = %service.name, %peer, upstream = %service.upstream, "upstream connect failed: {e}");
+            context.upstream_failed(&format_args!("is unreachable: {e}"));
             context.metrics.connection(Outcome::UpstreamError);
             reset(&client);
             return;
         }
         Err(_) => {
             tracing::debug!(service = %service.name, %peer, upstream = %service.upstream, "upstream connect timed out");
+            let timeout = humantime::format_duration(service.connect_timeout);
+            context.upstream_failed(&format_args!(
+                "did not accept a connection within {timeout}"
+            ));
             context.metrics.connection(Outcome::UpstreamError);
             reset(&client);
             return;

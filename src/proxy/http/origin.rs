@@ -6,7 +6,6 @@
 use std::error::Error;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -19,7 +18,6 @@ use hyper_util::client::legacy::{Client, ResponseFuture};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
-use tokio_rustls::TlsConnector;
 
 use super::{Proxy, ProxyBody};
 use crate::proxy::Counted;
@@ -208,10 +206,7 @@ async fn connect_tls(
         .await
         .map_err(Failure::Connect)?;
     let _ = stream.set_nodelay(true);
-    TlsConnector::from(Arc::clone(&tls.config))
-        .connect(tls.server_name.clone(), stream)
-        .await
-        .map_err(Failure::Tls)
+    tls.handshake(stream).await.map_err(Failure::Tls)
 }
 
 /// The rustls error inside `error`, which may be wrapped in I/O errors.
