@@ -75,6 +75,13 @@ pub(super) async fn authorize(
                 )
                 .into_response();
             }
+            Presented::Several(count) => {
+                tracing::debug!(%peer, path = request.uri().path(), "admin call with {count} Authorization headers refused");
+                return ApiError::BadRequest(format!(
+                    "this request has {count} Authorization headers; send exactly one, `Authorization: Bearer TOKEN`"
+                ))
+                .into_response();
+            }
             Presented::Bearer(value) => match find(&admin.tokens, value) {
                 Some(token) => Some(Arc::clone(&token.name)),
                 None => {
@@ -100,13 +107,21 @@ pub(super) async fn authorize(
 enum Presented<'r> {
     Nothing,
     Malformed,
+    /// More than one `Authorization` header: which one counts would be a
+    /// guess, so the request is refused whatever they hold.
+    Several(usize),
     Bearer(&'r [u8]),
 }
 
 fn bearer(headers: &HeaderMap) -> Presented<'_> {
-    let Some(value) = headers.get(header::AUTHORIZATION) else {
+    let mut values = headers.get_all(header::AUTHORIZATION).iter();
+    let Some(value) = values.next() else {
         return Presented::Nothing;
     };
+    let more = values.count();
+    if more > 0 {
+        return Presented::Several(more + 1);
+    }
     let value = value.as_bytes();
     let Some(space) = value.iter().position(|&b| b == b' ') else {
         return Presented::Malformed;
@@ -168,7 +183,7 @@ mod tests {
             match bearer(&headers) {
                 Presented::Bearer(token) => Some(String::from_utf8(token.to_vec()).unwrap()),
                 Presented::Malformed => None,
-                Presented::Nothing => unreachable!("a header was set"),
+                Presented::Nothing | Presented::Several(_) => unreachable!("one header was set"),
             }
         };
         assert_eq!(parse("Bearer abc").as_deref(), Some("abc"));
@@ -177,6 +192,14 @@ mod tests {
         assert_eq!(parse("Bearer"), None);
         assert_eq!(parse("Bearer "), None);
         assert!(matches!(bearer(&HeaderMap::new()), Presented::Nothing));
+    }
+
+    #[test]
+    fn two_authorization_headers_are_neither_token() {
+        let mut headers = HeaderMap::new();
+        headers.append(header::AUTHORIZATION, "Bearer s3cret-lead".parse().unwrap());
+        headers.append(header::AUTHORIZATION, "Bearer wrong".parse().unwrap());
+        assert!(matches!(bearer(&headers), Presented::Several(2)));
     }
 
     #[test]
