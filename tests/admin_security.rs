@@ -942,3 +942,64 @@ async fn two_authorization_headers_are_refused_whichever_comes_first() {
         faults.json
     );
 }
+
+/// A flood of wrong tokens from one address: the warning is logged a few
+/// times, not once per request; after a burst the address is answered 429
+/// with `Retry-After`; and a valid token is served meanwhile as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_wrong_tokens_is_slowed_and_logged_briefly_while_a_valid_token_gets_in() {
+    let dir = TempDir::new("admin-flood");
+    let path = dir.path().join("plan.toml");
+    std::fs::write(&path, plan(TOKENS, http_upstream("web").await).toml()).unwrap();
+    let firedrill = Binary::run(&path, &[]);
+    let url = format!("http://{}/faults", firedrill.admin);
+    let client = client();
+    let wrong = "Bearer wrong-77c2e1";
+    let lead = format!("Bearer {LEAD}");
+    const FLOOD: usize = 1000;
+    let mut statuses = std::collections::HashMap::<StatusCode, usize>::new();
+    let mut retry_after = None;
+    for i in 0..FLOOD {
+        let answer = call(&client, Method::GET, &url, Some(wrong), "")
+            .await
+            .unwrap();
+        *statuses.entry(answer.status).or_default() += 1;
+        if answer.status == StatusCode::TOO_MANY_REQUESTS {
+            retry_after = answer.headers.get("retry-after").cloned();
+        }
+        if i == FLOOD / 2 {
+            // In the middle of the flood, from the same address.
+            let valid = call(&client, Method::GET, &url, Some(&lead), "")
+                .await
+                .unwrap();
+            assert_eq!(valid.status, StatusCode::OK, "{}", valid.json);
+            let activated = call(
+                &client,
+                Method::POST,
+                &format!("{url}/fire"),
+                Some(&lead),
+                "",
+            )
+            .await
+            .unwrap();
+            assert_eq!(activated.status, StatusCode::CREATED, "{}", activated.json);
+        }
+    }
+    let throttled = statuses
+        .get(&StatusCode::TOO_MANY_REQUESTS)
+        .copied()
+        .unwrap_or(0);
+    assert!(throttled > FLOOD / 2, "{statuses:?}");
+    let seconds: u64 = retry_after
+        .expect("a Retry-After header")
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(seconds >= 1, "{seconds}");
+    // Every answer so far is in the log's lines or in its next count.
+    let log = firedrill.log();
+    let warnings = log.lines().filter(|l| l.contains("unknown token")).count();
+    assert!((1..=10).contains(&warnings), "{warnings} warnings:\n{log}");
+    assert!(!log.contains("wrong-77c2e1"), "{log}");
+}

@@ -29,7 +29,7 @@ use tokio::time::Sleep;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-use super::auth::PeerCertificate;
+use super::auth::{Failures, PeerCertificate};
 use super::ApiError;
 use crate::config::{self, AdminTls};
 use crate::proxy::idle::{Activity, Tracked};
@@ -80,6 +80,7 @@ async fn accept(
     acceptor: Option<TlsAcceptor>,
     stop: CancellationToken,
 ) {
+    let failures = Arc::new(Failures::new());
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -99,6 +100,7 @@ async fn accept(
                     builder: builder.clone(),
                     watcher: graceful.watcher(),
                     stop: stop.clone(),
+                    failures: Arc::clone(&failures),
                 };
                 tokio::spawn(connection.serve(stream, peer));
             }
@@ -120,6 +122,8 @@ struct Connection {
     builder: auto::Builder<TokioExecutor>,
     watcher: hyper_util::server::graceful::Watcher,
     stop: CancellationToken,
+    /// Wrong tokens presented to this listener, shared by its connections.
+    failures: Arc<Failures>,
 }
 
 impl Connection {
@@ -159,6 +163,7 @@ impl Connection {
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
     {
         let router = TowerToHyperService::new(self.router);
+        let failures = self.failures;
         // Counts requests in flight, so a connection idle for the header
         // timeout (from its start, or since its last answer) is closed:
         // hyper's own timeout only starts with a request's first byte.
@@ -174,6 +179,7 @@ impl Connection {
             } else {
                 let mut request = request.map(Deadline::new);
                 request.extensions_mut().insert(ConnectInfo(peer));
+                request.extensions_mut().insert(Arc::clone(&failures));
                 if let Some(certificate) = &certificate {
                     request.extensions_mut().insert(certificate.clone());
                 }
