@@ -835,3 +835,171 @@ async fn clients_that_send_no_whole_request_are_closed_after_the_header_timeout(
     // Lower bound only: not before the timeout.
     assert!(opened.elapsed() >= firedrill::admin::HEADER_TIMEOUT - Duration::from_millis(100));
 }
+
+/// Reads what the server sends until it closes (or resets) the connection,
+/// for at most `limit`; `None` when it is still open then.
+async fn read_until_closed(
+    stream: &mut tokio::net::TcpStream,
+    limit: Duration,
+) -> Option<std::io::Result<String>> {
+    use tokio::io::AsyncReadExt;
+    let mut heard = Vec::new();
+    let read = tokio::time::timeout(limit, stream.read_to_end(&mut heard)).await;
+    Some(
+        read.ok()?
+            .map(|_| String::from_utf8_lossy(&heard).into_owned()),
+    )
+}
+
+/// A request whose declared body never comes holds its connection no
+/// longer than the header timeout, and activates nothing.
+#[tokio::test]
+async fn a_declared_body_that_never_comes_is_cut_after_the_header_timeout() {
+    use tokio::io::AsyncWriteExt;
+    let running = stack("").await;
+    let admin = running.admin_addr();
+    let opened = std::time::Instant::now();
+    let mut waiting = connect(admin).await;
+    waiting
+        .write_all(b"POST /faults/fire HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n")
+        .await
+        .unwrap();
+    let (status, _) = get(admin, "/healthz").await;
+    assert_eq!(status, StatusCode::OK, "others are served meanwhile");
+    let limit = firedrill::admin::HEADER_TIMEOUT + STEP;
+    let ended = read_until_closed(&mut waiting, limit).await;
+    let answer = match ended {
+        Some(Ok(answer)) => answer,
+        Some(Err(_)) => String::new(),
+        None => panic!("still open after {limit:?}"),
+    };
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 400"),
+        "{answer}"
+    );
+    // Lower bound only: not before the timeout.
+    assert!(opened.elapsed() >= firedrill::admin::HEADER_TIMEOUT - Duration::from_millis(100));
+    let faults = admin_call(admin, Method::GET, "/faults", None).await;
+    assert_eq!(
+        faults.json["active"],
+        serde_json::json!([]),
+        "{}",
+        faults.json
+    );
+}
+
+/// A body declared over the 2 MB limit is refused before any of it comes.
+#[tokio::test]
+async fn a_declared_body_over_the_limit_is_answered_413_at_once() {
+    use tokio::io::AsyncWriteExt;
+    let running = stack(TOKENS).await;
+    let admin = running.admin_addr();
+    // One byte over 2 MB.
+    let too_long = 2 * 1024 * 1024 + 1;
+    for token in [Some(LEAD), None] {
+        let mut stream = connect(admin).await;
+        let authorization =
+            token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+        let head = format!(
+            "POST /faults/fire HTTP/1.1\r\nHost: x\r\n{authorization}Content-Length: {too_long}\r\n\r\n"
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        // Well within the header timeout, which a body that never comes gets.
+        let answer = read_until_closed(&mut stream, firedrill::admin::HEADER_TIMEOUT / 2).await;
+        let answer = answer.expect("answered and closed at once").expect("read");
+        assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+        assert!(answer.contains("\"error\""), "{answer}");
+    }
+}
+
+/// With two `Authorization` headers, neither decides: 400.
+#[tokio::test]
+async fn two_authorization_headers_are_refused_whichever_comes_first() {
+    let running = stack(TOKENS).await;
+    let url = format!("http://{}/faults/fire", running.admin_addr());
+    let lead = format!("Bearer {LEAD}");
+    for pair in [
+        [lead.as_str(), "Bearer wrong-0a1b"],
+        ["Bearer wrong-0a1b", lead.as_str()],
+    ] {
+        let mut request = Request::builder().method(Method::POST).uri(&url);
+        for value in pair {
+            request = request.header("authorization", value);
+        }
+        let request = request.body(Full::new(Bytes::new())).unwrap();
+        let response = within(STEP, client().request(request)).await.unwrap();
+        let status = response.status();
+        let body = within(STEP, response.into_body().collect()).await.unwrap();
+        let text = String::from_utf8_lossy(&body.to_bytes()).into_owned();
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{pair:?}: {text}");
+        assert!(text.contains("Authorization headers"), "{text}");
+    }
+    let faults = admin_call(running.admin_addr(), Method::GET, "/faults", Some(LEAD)).await;
+    assert_eq!(
+        faults.json["active"],
+        serde_json::json!([]),
+        "{}",
+        faults.json
+    );
+}
+
+/// A flood of wrong tokens from one address: the warning is logged a few
+/// times, not once per request; after a burst the address is answered 429
+/// with `Retry-After`; and a valid token is served meanwhile as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_wrong_tokens_is_slowed_and_logged_briefly_while_a_valid_token_gets_in() {
+    let dir = TempDir::new("admin-flood");
+    let path = dir.path().join("plan.toml");
+    std::fs::write(&path, plan(TOKENS, http_upstream("web").await).toml()).unwrap();
+    let firedrill = Binary::run(&path, &[]);
+    let url = format!("http://{}/faults", firedrill.admin);
+    let client = client();
+    let wrong = "Bearer wrong-77c2e1";
+    let lead = format!("Bearer {LEAD}");
+    const FLOOD: usize = 1000;
+    let mut statuses = std::collections::HashMap::<StatusCode, usize>::new();
+    let mut retry_after = None;
+    for i in 0..FLOOD {
+        let answer = call(&client, Method::GET, &url, Some(wrong), "")
+            .await
+            .unwrap();
+        *statuses.entry(answer.status).or_default() += 1;
+        if answer.status == StatusCode::TOO_MANY_REQUESTS {
+            retry_after = answer.headers.get("retry-after").cloned();
+        }
+        if i == FLOOD / 2 {
+            // In the middle of the flood, from the same address.
+            let valid = call(&client, Method::GET, &url, Some(&lead), "")
+                .await
+                .unwrap();
+            assert_eq!(valid.status, StatusCode::OK, "{}", valid.json);
+            let activated = call(
+                &client,
+                Method::POST,
+                &format!("{url}/fire"),
+                Some(&lead),
+                "",
+            )
+            .await
+            .unwrap();
+            assert_eq!(activated.status, StatusCode::CREATED, "{}", activated.json);
+        }
+    }
+    let throttled = statuses
+        .get(&StatusCode::TOO_MANY_REQUESTS)
+        .copied()
+        .unwrap_or(0);
+    assert!(throttled > FLOOD / 2, "{statuses:?}");
+    let seconds: u64 = retry_after
+        .expect("a Retry-After header")
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(seconds >= 1, "{seconds}");
+    // Every answer so far is in the log's lines or in its next count.
+    let log = firedrill.log();
+    let warnings = log.lines().filter(|l| l.contains("unknown token")).count();
+    assert!((1..=10).contains(&warnings), "{warnings} warnings:\n{log}");
+    assert!(!log.contains("wrong-77c2e1"), "{log}");
+}

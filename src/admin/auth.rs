@@ -2,15 +2,23 @@
 //! constant time, guard every endpoint (reads too, unless `open_reads`).
 //! The middleware hands handlers a [`Caller`], which names the token and
 //! the peer for the audit trail and never carries the token's value.
+//! [`Failures`] slows an address that keeps presenting wrong tokens and
+//! keeps their warnings from flooding the log.
 
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{header, HeaderMap, Method};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use axum::Json;
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
 use subtle::{Choice, ConditionallySelectable, ConstantTimeEq};
 
 use super::{AdminState, ApiError};
@@ -75,11 +83,27 @@ pub(super) async fn authorize(
                 )
                 .into_response();
             }
+            Presented::Several(count) => {
+                tracing::debug!(%peer, path = request.uri().path(), "admin call with {count} Authorization headers refused");
+                return ApiError::BadRequest(format!(
+                    "this request has {count} Authorization headers; send exactly one, `Authorization: Bearer TOKEN`"
+                ))
+                .into_response();
+            }
             Presented::Bearer(value) => match find(&admin.tokens, value) {
                 Some(token) => Some(Arc::clone(&token.name)),
                 None => {
-                    tracing::warn!(%peer, method = %request.method(), path = request.uri().path(), "admin call with an unknown token refused");
-                    return ApiError::Forbidden.into_response();
+                    let failures = request.extensions().get::<Arc<Failures>>();
+                    let wait = failures.and_then(|failures| {
+                        failures.refused(peer, request.method(), request.uri().path())
+                    });
+                    if failures.is_none() {
+                        tracing::warn!(%peer, method = %request.method(), path = request.uri().path(), "admin call with an unknown token refused");
+                    }
+                    return match wait {
+                        Some(wait) => too_many(wait),
+                        None => ApiError::Forbidden.into_response(),
+                    };
                 }
             },
         }
@@ -96,17 +120,129 @@ pub(super) async fn authorize(
     next.run(request).await
 }
 
+/// Wrong tokens in quick succession an address may present before its
+/// further wrong tokens are answered 429.
+const FAILURE_BURST: NonZeroU32 = NonZeroU32::new(10).expect("not zero");
+/// How soon an address that used up its burst may try one more token.
+const FAILURE_EVERY: Duration = Duration::from_secs(1);
+/// Warnings about wrong tokens logged in quick succession...
+const WARN_BURST: NonZeroU32 = NonZeroU32::new(3).expect("not zero");
+/// ...and then at most one every so often, saying how many were not.
+const WARN_EVERY: Duration = Duration::from_secs(10);
+/// Every so many failures, addresses quiet long enough to have their whole
+/// burst back are forgotten, so many addresses cannot grow the table.
+const FORGET_EVERY: u64 = 1024;
+
+/// What the admin API remembers of wrong tokens: per client address (an
+/// IPv6 client by its /64) a rate limit, and one for the warning they log.
+/// A valid token consults neither, so it is never slowed by them.
+#[derive(Debug)]
+pub(crate) struct Failures {
+    by_address: DefaultKeyedRateLimiter<IpAddr>,
+    log: DefaultDirectRateLimiter,
+    /// Wrong tokens since the last warning, not logged one by one.
+    unlogged: AtomicU64,
+    seen: AtomicU64,
+    clock: DefaultClock,
+}
+
+impl Failures {
+    pub(crate) fn new() -> Failures {
+        let address = Quota::with_period(FAILURE_EVERY)
+            .expect("a period above zero")
+            .allow_burst(FAILURE_BURST);
+        let log = Quota::with_period(WARN_EVERY)
+            .expect("a period above zero")
+            .allow_burst(WARN_BURST);
+        Failures {
+            by_address: RateLimiter::keyed(address),
+            log: RateLimiter::direct(log),
+            unlogged: AtomicU64::new(0),
+            seen: AtomicU64::new(0),
+            clock: DefaultClock::default(),
+        }
+    }
+
+    /// Records a wrong token from `peer` and logs it if the log's limit
+    /// allows. Returns how long `peer` should wait when it has presented
+    /// too many, to be answered 429; `None` to answer 403.
+    pub(crate) fn refused(
+        &self,
+        peer: SocketAddr,
+        method: &Method,
+        path: &str,
+    ) -> Option<Duration> {
+        if self.seen.fetch_add(1, Ordering::Relaxed) % FORGET_EVERY == FORGET_EVERY - 1 {
+            self.by_address.retain_recent();
+            self.by_address.shrink_to_fit();
+        }
+        let wait = match self.by_address.check_key(&client(peer.ip())) {
+            Ok(()) => None,
+            Err(until) => Some(until.wait_time_from(self.clock.now())),
+        };
+        if self.log.check().is_ok() {
+            let unlogged = self.unlogged.swap(0, Ordering::Relaxed);
+            tracing::warn!(
+                %peer,
+                %method,
+                path,
+                throttled = wait.is_some(),
+                unlogged,
+                "admin call with an unknown token refused (`unlogged`: refused since the last such line and not logged)"
+            );
+        } else {
+            self.unlogged.fetch_add(1, Ordering::Relaxed);
+        }
+        wait
+    }
+}
+
+/// The address a client's failures count against: IPv4 as it is, IPv6 by
+/// its /64, which one host usually has whole.
+fn client(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & (!0u128 << 64))),
+        },
+    }
+}
+
+/// 429 with `Retry-After` (whole seconds, at least one) for an address
+/// that presented too many wrong tokens.
+fn too_many(wait: Duration) -> Response {
+    let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    let seconds = seconds.max(1);
+    let body = serde_json::json!({
+        "error": format!("too many wrong tokens from this address; retry in {seconds} s with a token from [admin] tokens")
+    });
+    let mut response = (StatusCode::TOO_MANY_REQUESTS, Json(body)).into_response();
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    response
+}
+
 /// What a request's `Authorization` header holds.
 enum Presented<'r> {
     Nothing,
     Malformed,
+    /// More than one `Authorization` header: which one counts would be a
+    /// guess, so the request is refused whatever they hold.
+    Several(usize),
     Bearer(&'r [u8]),
 }
 
 fn bearer(headers: &HeaderMap) -> Presented<'_> {
-    let Some(value) = headers.get(header::AUTHORIZATION) else {
+    let mut values = headers.get_all(header::AUTHORIZATION).iter();
+    let Some(value) = values.next() else {
         return Presented::Nothing;
     };
+    let more = values.count();
+    if more > 0 {
+        return Presented::Several(more + 1);
+    }
     let value = value.as_bytes();
     let Some(space) = value.iter().position(|&b| b == b' ') else {
         return Presented::Malformed;
@@ -168,7 +304,7 @@ mod tests {
             match bearer(&headers) {
                 Presented::Bearer(token) => Some(String::from_utf8(token.to_vec()).unwrap()),
                 Presented::Malformed => None,
-                Presented::Nothing => unreachable!("a header was set"),
+                Presented::Nothing | Presented::Several(_) => unreachable!("one header was set"),
             }
         };
         assert_eq!(parse("Bearer abc").as_deref(), Some("abc"));
@@ -177,6 +313,43 @@ mod tests {
         assert_eq!(parse("Bearer"), None);
         assert_eq!(parse("Bearer "), None);
         assert!(matches!(bearer(&HeaderMap::new()), Presented::Nothing));
+    }
+
+    #[test]
+    fn an_address_with_too_many_wrong_tokens_waits_and_others_do_not() {
+        let failures = Failures::new();
+        let peer: SocketAddr = "192.0.2.7:4000".parse().unwrap();
+        for _ in 0..FAILURE_BURST.get() {
+            assert_eq!(failures.refused(peer, &Method::GET, "/faults"), None);
+        }
+        let wait = failures
+            .refused(peer, &Method::GET, "/faults")
+            .expect("throttled");
+        assert!(wait > Duration::ZERO && wait <= FAILURE_EVERY, "{wait:?}");
+        let other: SocketAddr = "192.0.2.8:4000".parse().unwrap();
+        assert_eq!(failures.refused(other, &Method::GET, "/faults"), None);
+        let response = too_many(wait);
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "1");
+    }
+
+    #[test]
+    fn an_ipv6_client_counts_by_its_64() {
+        let a = client("2001:db8:1:2:aaaa::1".parse().unwrap());
+        let b = client("2001:db8:1:2:bbbb::9".parse().unwrap());
+        let c = client("2001:db8:1:3::1".parse().unwrap());
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        let mapped = client("::ffff:192.0.2.7".parse().unwrap());
+        assert_eq!(mapped, "192.0.2.7".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn two_authorization_headers_are_neither_token() {
+        let mut headers = HeaderMap::new();
+        headers.append(header::AUTHORIZATION, "Bearer s3cret-lead".parse().unwrap());
+        headers.append(header::AUTHORIZATION, "Bearer wrong".parse().unwrap());
+        assert!(matches!(bearer(&headers), Presented::Several(2)));
     }
 
     #[test]

@@ -1,17 +1,23 @@
 //! Serving the admin router: an accept loop, with TLS handshakes when the
 //! plan asks for TLS, in front of hyper-util's HTTP/1.1 + h2 server. A
-//! client gets [`HEADER_TIMEOUT`] for its handshake and for each request's
-//! headers, so nobody holds connections open without sending requests,
-//! with or without a token. Stops on the hard-stop token and gives handlers
-//! the peer address.
+//! client gets [`HEADER_TIMEOUT`] for its handshake, for each request's
+//! headers and again for its body, so nobody holds connections open without
+//! sending requests, with or without a token. Stops on the hard-stop token
+//! and gives handlers the peer address.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::extract::ConnectInfo;
+use axum::response::IntoResponse;
 use axum::Router;
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::service::{service_fn, Service};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -19,10 +25,12 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Sleep;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-use super::auth::PeerCertificate;
+use super::auth::{Failures, PeerCertificate};
+use super::ApiError;
 use crate::config::{self, AdminTls};
 use crate::proxy::idle::{Activity, Tracked};
 
@@ -30,6 +38,11 @@ use crate::proxy::idle::{Activity, Tracked};
 /// request's headers (HTTP/1.1), and to start a request on a connection
 /// with none in flight; then its connection is closed.
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The largest request body the admin API reads: axum's default limit,
+/// which its extractors enforce on the bytes that arrive. A request that
+/// declares more is answered 413 before anything is read.
+const MAX_BODY: u64 = 2_097_152;
 
 /// How long open admin connections may take to finish once `stop` fires.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
@@ -67,6 +80,7 @@ async fn accept(
     acceptor: Option<TlsAcceptor>,
     stop: CancellationToken,
 ) {
+    let failures = Arc::new(Failures::new());
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -86,6 +100,7 @@ async fn accept(
                     builder: builder.clone(),
                     watcher: graceful.watcher(),
                     stop: stop.clone(),
+                    failures: Arc::clone(&failures),
                 };
                 tokio::spawn(connection.serve(stream, peer));
             }
@@ -107,6 +122,8 @@ struct Connection {
     builder: auto::Builder<TokioExecutor>,
     watcher: hyper_util::server::graceful::Watcher,
     stop: CancellationToken,
+    /// Wrong tokens presented to this listener, shared by its connections.
+    failures: Arc<Failures>,
 }
 
 impl Connection {
@@ -146,20 +163,33 @@ impl Connection {
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
     {
         let router = TowerToHyperService::new(self.router);
+        let failures = self.failures;
         // Counts requests in flight, so a connection idle for the header
         // timeout (from its start, or since its last answer) is closed:
         // hyper's own timeout only starts with a request's first byte.
         let activity = Arc::new(Activity::new());
         let watched = Arc::clone(&activity);
-        let service = service_fn(move |mut request: http::Request<Incoming>| {
+        let service = service_fn(move |request: http::Request<Incoming>| {
             let busy = activity.begin();
-            request.extensions_mut().insert(ConnectInfo(peer));
-            if let Some(certificate) = &certificate {
-                request.extensions_mut().insert(certificate.clone());
-            }
-            let answer = router.call(request);
+            let answer = if declared_length(&request).is_some_and(|length| length > MAX_BODY) {
+                // Answered at once; the unread body makes hyper close the
+                // connection after the answer.
+                tracing::debug!(%peer, "admin request declaring a body over {MAX_BODY} bytes refused");
+                Answer::Now(ApiError::TooLarge.into_response())
+            } else {
+                let mut request = request.map(Deadline::new);
+                request.extensions_mut().insert(ConnectInfo(peer));
+                request.extensions_mut().insert(Arc::clone(&failures));
+                if let Some(certificate) = &certificate {
+                    request.extensions_mut().insert(certificate.clone());
+                }
+                Answer::Routed(router.call(request))
+            };
             async move {
-                let response = answer.await?;
+                let response = match answer {
+                    Answer::Now(response) => response,
+                    Answer::Routed(answer) => answer.await?,
+                };
                 Ok::<_, Infallible>(response.map(|body| Tracked::new(body, busy)))
             }
         });
@@ -181,6 +211,75 @@ impl Connection {
             // A connection that did not close in the grace is cut.
             () = async { self.stop.cancelled().await; tokio::time::sleep(CLOSE_GRACE).await } => {}
         }
+    }
+}
+
+/// An admin request's answer: one made before routing, or the router's.
+enum Answer<F> {
+    Now(axum::response::Response),
+    Routed(F),
+}
+
+/// The `Content-Length` a request declares, if it declares a valid one.
+fn declared_length<B>(request: &http::Request<B>) -> Option<u64> {
+    let value = request.headers().get(http::header::CONTENT_LENGTH)?;
+    value.to_str().ok()?.trim().parse().ok()
+}
+
+/// Why an admin request body was cut.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the request body did not arrive within {}",
+    humantime::format_duration(HEADER_TIMEOUT)
+)]
+struct LateBody;
+
+pin_project_lite::pin_project! {
+    /// A request body that must end within [`HEADER_TIMEOUT`] of its
+    /// request's headers; after that it fails, the handler answers 400, and
+    /// hyper closes the connection, as the rest of the body is unread.
+    struct Deadline {
+        #[pin]
+        inner: Incoming,
+        // Boxed: a request is moved through the router, and admin
+        // requests are few.
+        deadline: Pin<Box<Sleep>>,
+    }
+}
+
+impl Deadline {
+    fn new(inner: Incoming) -> Deadline {
+        Deadline {
+            inner,
+            deadline: Box::pin(tokio::time::sleep(HEADER_TIMEOUT)),
+        }
+    }
+}
+
+impl Body for Deadline {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.project();
+        if let Poll::Ready(frame) = this.inner.poll_frame(cx) {
+            return Poll::Ready(frame.map(|result| result.map_err(Into::into)));
+        }
+        match this.deadline.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(LateBody)))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 
