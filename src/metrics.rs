@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use http::StatusCode;
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
 use metrics::{Counter, Gauge, Histogram, Unit};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -63,7 +64,7 @@ fn describe() {
     describe_counter!(
         REQUESTS_TOTAL,
         Unit::Count,
-        "HTTP requests received, by service, data center and outcome (forwarded, delayed, dropped, blackholed, error, upstream_error)."
+        "HTTP requests, by service, data center, outcome (forwarded, delayed, dropped, blackholed, error, upstream_error) and code, the class of the status answered (1xx to 5xx; no code for a request that got no response), counted when their fate is decided."
     );
     describe_counter!(
         CONNECTIONS_TOTAL,
@@ -78,7 +79,7 @@ fn describe() {
     describe_histogram!(
         REQUEST_DURATION_SECONDS,
         Unit::Seconds,
-        "Client-observed time from request to response headers, including injected delay."
+        "Client-observed time from request to response headers, including injected delay; answered requests only."
     );
     describe_counter!(
         BYTES_TOTAL,
@@ -139,12 +140,67 @@ impl Outcome {
     }
 }
 
+/// The `code` series a request outcome can move, one bit each: bit 0 is a
+/// request that got no response (no `code` label), bit N the status class
+/// `Nxx`.
+#[derive(Debug, Clone, Copy)]
+struct Codes(u8);
+
+impl Codes {
+    /// No response.
+    const NONE: Codes = Codes(1);
+    /// No response, or any status class.
+    const ANY: Codes = Codes(0b11_1111);
+
+    /// The status classes `first`xx to `last`xx.
+    const fn classes(first: u16, last: u16) -> Codes {
+        Codes((1 << (last + 1)) - (1 << first))
+    }
+
+    fn contains(self, slot: usize) -> bool {
+        self.0 & (1 << slot) != 0
+    }
+}
+
+/// The series of `firedrill_requests_total` each request outcome can move,
+/// registered at start-up so counting is an atomic add. A request outcome
+/// is one line here.
+const REQUEST_CODES: &[(Outcome, Codes)] = &[
+    // The upstream's answer, or none when the client left first.
+    (Outcome::Forwarded, Codes::ANY),
+    (Outcome::Delayed, Codes::ANY),
+    // The injected status: 200 to 599.
+    (Outcome::Error, Codes::classes(2, 5)),
+    // firedrill's own 502 or 504.
+    (Outcome::UpstreamError, Codes::classes(5, 5)),
+    (Outcome::Dropped, Codes::NONE),
+    (Outcome::Blackholed, Codes::NONE),
+];
+
+/// The `code` label by slot: none for a request that got no response, else
+/// the status class.
+const CODE_LABELS: [Option<&str>; 6] = [
+    None,
+    Some("1xx"),
+    Some("2xx"),
+    Some("3xx"),
+    Some("4xx"),
+    Some("5xx"),
+];
+
+/// The slot of a request's `code`: its status class, or 0 for no response.
+/// A status over 599, which no client understands, counts as 5xx.
+fn code_slot(status: Option<StatusCode>) -> usize {
+    status.map_or(0, |status| usize::from(status.as_u16() / 100).min(5))
+}
+
 /// One service's metric handles, registered once at start-up. Only the
 /// series that can move for the service's protocol are registered.
 #[derive(Debug, Clone)]
 pub struct ServiceMetrics {
-    requests: [Counter; 9],
-    connections: [Counter; 9],
+    /// By outcome, then by [`code_slot`].
+    requests: [[Counter; CODE_LABELS.len()]; Outcome::ALL.len()],
+    connections: [Counter; Outcome::ALL.len()],
     active: Gauge,
     duration: Histogram,
     bytes_upstream: Counter,
@@ -187,10 +243,26 @@ impl ServiceMetrics {
                 (fault.uid, counter!(FAULTS_INJECTED_TOTAL, &labels))
             })
             .collect();
+        let requests = Outcome::ALL.map(|outcome| {
+            let codes = REQUEST_CODES
+                .iter()
+                .find(|(o, _)| *o == outcome)
+                .map(|(_, codes)| *codes)
+                .filter(|_| http);
+            std::array::from_fn(|slot| match codes {
+                Some(codes) if codes.contains(slot) => {
+                    let mut labels = labels.to_vec();
+                    labels.push(("outcome", outcome.name().to_owned()));
+                    if let Some(code) = CODE_LABELS[slot] {
+                        labels.push(("code", code.to_owned()));
+                    }
+                    counter!(REQUESTS_TOTAL, &labels)
+                }
+                _ => Counter::noop(),
+            })
+        });
         ServiceMetrics {
-            requests: by_outcome(REQUESTS_TOTAL, &|o| {
-                http && !matches!(o, Outcome::Accepted | Outcome::TlsError | Outcome::Refused)
-            }),
+            requests,
             connections: by_outcome(CONNECTIONS_TOTAL, &|o| match o {
                 Outcome::Accepted => http,
                 Outcome::TlsError => service.tls.is_some(),
@@ -211,12 +283,13 @@ impl ServiceMetrics {
         }
     }
 
-    /// Counts one finished HTTP request and its client-observed duration.
-    pub fn request(&self, outcome: Outcome, elapsed: Duration) {
-        self.requests[outcome as usize].increment(1);
-        // Blackholed and dropped requests never get response headers; held
-        // for minutes, they would swamp the latency of real answers.
-        if !matches!(outcome, Outcome::Blackholed | Outcome::Dropped) {
+    /// Counts one HTTP request whose fate is decided: answered with
+    /// `status`, or never answered (`None`). Only answered requests record
+    /// their duration: held for minutes, blackholed ones would swamp the
+    /// latency of real answers.
+    pub fn request(&self, outcome: Outcome, status: Option<StatusCode>, elapsed: Duration) {
+        self.requests[outcome as usize][code_slot(status)].increment(1);
+        if status.is_some() {
             self.duration.record(elapsed.as_secs_f64());
         }
     }
@@ -264,4 +337,39 @@ impl Drop for ActiveConnection {
 /// Sets `firedrill_scenario_active` for one scenario.
 pub fn scenario_active(scenario: &str, active: bool) {
     gauge!(SCENARIO_ACTIVE, "scenario" => scenario.to_owned()).set(if active { 1.0 } else { 0.0 });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_status_counts_in_its_class_and_no_answer_in_none() {
+        let slot = |code: u16| code_slot(Some(StatusCode::from_u16(code).unwrap()));
+        assert_eq!(code_slot(None), 0);
+        assert_eq!(CODE_LABELS[slot(101)], Some("1xx"));
+        assert_eq!(CODE_LABELS[slot(204)], Some("2xx"));
+        assert_eq!(CODE_LABELS[slot(404)], Some("4xx"));
+        assert_eq!(CODE_LABELS[slot(503)], Some("5xx"));
+        assert_eq!(CODE_LABELS[slot(999)], Some("5xx"));
+    }
+
+    #[test]
+    fn every_request_outcome_can_be_counted() {
+        assert_eq!(Codes::classes(2, 5).0, 0b11_1100);
+        assert_eq!(Codes::classes(5, 5).0, 0b10_0000);
+        for (outcome, codes) in REQUEST_CODES {
+            assert!(codes.0 != 0, "{outcome:?} registers no series");
+        }
+        // Outcomes of connections only, never of a request.
+        let requests = |o: &Outcome| REQUEST_CODES.iter().any(|(r, _)| r == o);
+        let connection_only = [Outcome::Accepted, Outcome::TlsError, Outcome::Refused];
+        for outcome in Outcome::ALL {
+            assert_eq!(
+                requests(&outcome),
+                !connection_only.contains(&outcome),
+                "{outcome:?}"
+            );
+        }
+    }
 }
