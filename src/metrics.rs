@@ -1,7 +1,8 @@
 //! Every metric firedrill exports, written once: names, help text, labels.
 //! Label values come only from plan names (services, data centers,
 //! scenarios, actions), never from client input. Hot-path handles are
-//! registered once per service so counting is an atomic add.
+//! registered once per service so counting is an atomic add. [`render`]
+//! writes `/metrics` in a stable order.
 
 use std::collections::HashMap;
 use std::sync::OnceLock;
@@ -339,9 +340,155 @@ pub fn scenario_active(scenario: &str, active: bool) {
     gauge!(SCENARIO_ACTIVE, "scenario" => scenario.to_owned()).set(if active { 1.0 } else { 0.0 });
 }
 
+/// The text of `/metrics`: the exporter's, which comes in hash order, with
+/// families sorted by name and each family's series by labels, so two
+/// scrapes of the same state are identical and can be grepped and diffed.
+pub fn render(handle: &PrometheusHandle) -> String {
+    sorted(&handle.render())
+}
+
+/// Sorts Prometheus text as the exporter writes it: per family its `# HELP`
+/// and `# TYPE` lines, its series, then a blank line. A histogram's series
+/// stay together per label set: buckets in `le` order, `_sum`, `_count`.
+fn sorted(text: &str) -> String {
+    let mut families: Vec<(&str, Vec<&str>)> = text
+        .split("\n\n")
+        .filter(|family| !family.trim().is_empty())
+        .map(|family| {
+            let (mut comments, series): (Vec<&str>, Vec<&str>) =
+                family.lines().partition(|line| line.starts_with('#'));
+            let histogram = comments
+                .iter()
+                .any(|line| line.starts_with("# TYPE ") && line.ends_with(" histogram"));
+            let mut series: Vec<(SeriesKey, &str)> = series
+                .into_iter()
+                .map(|line| (SeriesKey::of(line, histogram), line))
+                .collect();
+            series.sort_by(|(a, _), (b, _)| {
+                (a.labels, a.part)
+                    .cmp(&(b.labels, b.part))
+                    .then(a.le.total_cmp(&b.le))
+            });
+            let name = comments
+                .iter()
+                .find_map(|line| line.strip_prefix("# TYPE "))
+                .or(series.first().map(|(_, line)| *line))
+                .and_then(|line| line.split([' ', '{']).next())
+                .unwrap_or("");
+            comments.extend(series.into_iter().map(|(_, line)| line));
+            (name, comments)
+        })
+        .collect();
+    families.sort_by_key(|(name, _)| *name);
+    let mut out = String::with_capacity(text.len());
+    for (_, lines) in families {
+        for line in lines {
+            out.push_str(line);
+            out.push('\n');
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// Where a series line sorts within its family.
+struct SeriesKey<'a> {
+    /// The labels, without a histogram's `le`.
+    labels: &'a str,
+    /// 0 for a plain series or a bucket, 1 for `_sum`, 2 for `_count`.
+    part: u8,
+    /// A bucket's bound; 0 otherwise.
+    le: f64,
+}
+
+impl SeriesKey<'_> {
+    fn of(line: &str, histogram: bool) -> SeriesKey<'_> {
+        // Label values are escaped, and the sample value holds no `}`.
+        let (name, labels) = match (line.find('{'), line.rfind('}')) {
+            (Some(open), Some(close)) if open < close => (&line[..open], &line[open + 1..close]),
+            _ => (line.split(' ').next().unwrap_or(line), ""),
+        };
+        if !histogram {
+            return SeriesKey {
+                labels,
+                part: 0,
+                le: 0.0,
+            };
+        }
+        // The exporter writes `le` last.
+        let (labels, le) = match labels.rfind("le=\"") {
+            Some(at) if at == 0 || labels[..at].ends_with(',') => {
+                let bound = labels[at + 4..].trim_end_matches('"');
+                let le = bound.parse().unwrap_or(f64::INFINITY);
+                (labels[..at].trim_end_matches(','), le)
+            }
+            _ => (labels, 0.0),
+        };
+        let part = if name.ends_with("_sum") {
+            1
+        } else if name.ends_with("_count") {
+            2
+        } else {
+            0
+        };
+        SeriesKey { labels, part, le }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rendered_families_and_series_are_sorted_with_histograms_kept_together() {
+        let text = "\
+# HELP b_total b.
+# TYPE b_total counter
+b_total{service=\"z\"} 1
+b_total{service=\"a\",outcome=\"x\",code=\"5xx\"} 2
+b_total{service=\"a\",outcome=\"x\"} 3
+
+# TYPE a_seconds histogram
+a_seconds_bucket{service=\"z\",le=\"0.5\"} 0
+a_seconds_bucket{service=\"z\",le=\"+Inf\"} 0
+a_seconds_sum{service=\"z\"} 0
+a_seconds_count{service=\"z\"} 0
+a_seconds_bucket{service=\"y\",le=\"10\"} 1
+a_seconds_bucket{service=\"y\",le=\"2.5\"} 1
+a_seconds_bucket{service=\"y\",le=\"+Inf\"} 1
+a_seconds_sum{service=\"y\"} 2
+a_seconds_count{service=\"y\"} 1
+
+# TYPE c gauge
+c 1
+
+";
+        let expected = "\
+# TYPE a_seconds histogram
+a_seconds_bucket{service=\"y\",le=\"2.5\"} 1
+a_seconds_bucket{service=\"y\",le=\"10\"} 1
+a_seconds_bucket{service=\"y\",le=\"+Inf\"} 1
+a_seconds_sum{service=\"y\"} 2
+a_seconds_count{service=\"y\"} 1
+a_seconds_bucket{service=\"z\",le=\"0.5\"} 0
+a_seconds_bucket{service=\"z\",le=\"+Inf\"} 0
+a_seconds_sum{service=\"z\"} 0
+a_seconds_count{service=\"z\"} 0
+
+# HELP b_total b.
+# TYPE b_total counter
+b_total{service=\"a\",outcome=\"x\"} 3
+b_total{service=\"a\",outcome=\"x\",code=\"5xx\"} 2
+b_total{service=\"z\"} 1
+
+# TYPE c gauge
+c 1
+
+";
+        assert_eq!(sorted(text), expected);
+        assert_eq!(sorted(expected), expected);
+        assert_eq!(sorted(""), "");
+    }
 
     #[test]
     fn a_status_counts_in_its_class_and_no_answer_in_none() {

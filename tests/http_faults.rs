@@ -1163,6 +1163,79 @@ async fn requests_are_counted_by_the_class_of_the_status_they_were_answered() {
     );
 }
 
+#[tokio::test]
+async fn metrics_come_sorted_and_the_same_on_every_scrape() {
+    let (talk, pay, cache) = (unique("talk"), unique("pay"), unique("cache"));
+    let running = PlanText::new(&["pangyo", "ansan"])
+        .http(&talk, "pangyo", http_upstream("talk-upstream").await)
+        .http(&pay, "ansan", http_upstream("pay-upstream").await)
+        .tcp(&cache, "pangyo", echo_upstream().await)
+        .start()
+        .await;
+    for path in ["/a", "/status/503", "/status/404"] {
+        get(addr(&running, &talk), path).await;
+        get(addr(&running, &pay), path).await;
+    }
+    carry_echo(&mut connect(addr(&running, &cache)).await, b"ping").await;
+    // Other tests in this process move their own series between scrapes.
+    let mine = |text: &str| -> Vec<String> {
+        text.lines()
+            .filter(|line| {
+                [&talk, &pay, &cache]
+                    .iter()
+                    .any(|s| line.contains(&format!("\"{s}\"")))
+            })
+            .map(str::to_owned)
+            .collect()
+    };
+    let first = metrics(&running).await;
+    let second = metrics(&running).await;
+    assert!(mine(&first).len() > 20, "{first}");
+    assert_eq!(mine(&first), mine(&second));
+
+    // Families by name; each family's series by labels; a histogram's
+    // buckets (in `le` order), `_sum` and `_count` together per label set.
+    let names: Vec<&str> = second
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE ")?.split(' ').next())
+        .collect();
+    assert!(names.is_sorted(), "families out of order: {names:?}");
+    for family in second.split("\n\n").filter(|f| !f.trim().is_empty()) {
+        let series: Vec<(&str, &str)> = family
+            .lines()
+            .filter(|line| !line.starts_with('#'))
+            .filter_map(|line| line.rsplit_once(' '))
+            .map(|(series, _)| series.split_once('{').unwrap_or((series, "")))
+            .collect();
+        let histogram = family.contains(" histogram\n");
+        let keys: Vec<(&str, u8, f64)> = series
+            .iter()
+            .map(|(name, labels)| {
+                let (labels, le) = match labels.rsplit_once(",le=\"") {
+                    Some((labels, le)) if histogram => {
+                        (labels, le.trim_end_matches("\"}").parse().unwrap())
+                    }
+                    _ => (labels.trim_end_matches('}'), 0.0),
+                };
+                let part = if name.ends_with("_sum") {
+                    1
+                } else if name.ends_with("_count") {
+                    2
+                } else {
+                    0
+                };
+                (labels, part, le)
+            })
+            .collect();
+        assert!(
+            keys.is_sorted_by(
+                |a, b| (a.0, a.1) < (b.0, b.1) || (a.0, a.1) == (b.0, b.1) && a.2 < b.2
+            ),
+            "series out of order:\n{family}"
+        );
+    }
+}
+
 // --- Helpers ------------------------------------------------------------------
 
 /// Starts firedrill with one http service in `pangyo` in front of
