@@ -122,7 +122,8 @@ sleep "$after"
 # The whole run, from the first scrape on.
 range=$(( before + fire + after + 5 ))s
 window=5s
-failed='outcome=~"dropped|blackholed|error|upstream_error"'
+# As the dashboard counts failures: these outcomes, and 5xx answers.
+failed="rate(firedrill_requests_total{outcome=~\"dropped|blackholed|error|upstream_error\"}[$window]) or rate(firedrill_requests_total{code=\"5xx\"}[$window])"
 snapshot() { # NAME PROMQL
   local url
   url="$prom/graph?g0.expr=$(python3 -c 'import sys, urllib.parse; print(urllib.parse.quote(sys.argv[1], safe=""))' "$2")&g0.tab=0&g0.stacked=0&g0.range_input=$range"
@@ -133,6 +134,6 @@ snapshot() { # NAME PROMQL
     || { cat "$work/chromium.log" >&2; echo "chromium failed on $1" >&2; exit 1; }
   say "$out/$1.png: $2"
 }
-snapshot error-ratio "(sum by (datacenter) (rate(firedrill_requests_total{$failed}[$window])) or sum by (datacenter) (rate(firedrill_requests_total[$window])) * 0) / sum by (datacenter) (rate(firedrill_requests_total[$window]))"
+snapshot error-ratio "(sum by (datacenter) ($failed) or sum by (datacenter) (rate(firedrill_requests_total[$window])) * 0) / sum by (datacenter) (rate(firedrill_requests_total[$window]))"
 snapshot request-rate "sum by (datacenter) (rate(firedrill_requests_total[$window]))"
 snapshot scenario-active "firedrill_scenario_active"

@@ -1,12 +1,14 @@
 //! Every metric firedrill exports, written once: names, help text, labels.
 //! Label values come only from plan names (services, data centers,
 //! scenarios, actions), never from client input. Hot-path handles are
-//! registered once per service so counting is an atomic add.
+//! registered once per service so counting is an atomic add. [`render`]
+//! writes `/metrics` in a stable order.
 
 use std::collections::HashMap;
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use http::StatusCode;
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
 use metrics::{Counter, Gauge, Histogram, Unit};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -63,7 +65,7 @@ fn describe() {
     describe_counter!(
         REQUESTS_TOTAL,
         Unit::Count,
-        "HTTP requests received, by service, data center and outcome (forwarded, delayed, dropped, blackholed, error, upstream_error)."
+        "HTTP requests, by service, data center, outcome (forwarded, delayed, dropped, blackholed, error, upstream_error) and code, the class of the status answered (1xx to 5xx; no code for a request that got no response), counted when their fate is decided."
     );
     describe_counter!(
         CONNECTIONS_TOTAL,
@@ -78,7 +80,7 @@ fn describe() {
     describe_histogram!(
         REQUEST_DURATION_SECONDS,
         Unit::Seconds,
-        "Client-observed time from request to response headers, including injected delay."
+        "Client-observed time from request to response headers, including injected delay; answered requests only."
     );
     describe_counter!(
         BYTES_TOTAL,
@@ -139,12 +141,67 @@ impl Outcome {
     }
 }
 
+/// The `code` series a request outcome can move, one bit each: bit 0 is a
+/// request that got no response (no `code` label), bit N the status class
+/// `Nxx`.
+#[derive(Debug, Clone, Copy)]
+struct Codes(u8);
+
+impl Codes {
+    /// No response.
+    const NONE: Codes = Codes(1);
+    /// No response, or any status class.
+    const ANY: Codes = Codes(0b11_1111);
+
+    /// The status classes `first`xx to `last`xx.
+    const fn classes(first: u16, last: u16) -> Codes {
+        Codes((1 << (last + 1)) - (1 << first))
+    }
+
+    fn contains(self, slot: usize) -> bool {
+        self.0 & (1 << slot) != 0
+    }
+}
+
+/// The series of `firedrill_requests_total` each request outcome can move,
+/// registered at start-up so counting is an atomic add. A request outcome
+/// is one line here.
+const REQUEST_CODES: &[(Outcome, Codes)] = &[
+    // The upstream's answer, or none when the client left first.
+    (Outcome::Forwarded, Codes::ANY),
+    (Outcome::Delayed, Codes::ANY),
+    // The injected status: 200 to 599.
+    (Outcome::Error, Codes::classes(2, 5)),
+    // firedrill's own 502 or 504.
+    (Outcome::UpstreamError, Codes::classes(5, 5)),
+    (Outcome::Dropped, Codes::NONE),
+    (Outcome::Blackholed, Codes::NONE),
+];
+
+/// The `code` label by slot: none for a request that got no response, else
+/// the status class.
+const CODE_LABELS: [Option<&str>; 6] = [
+    None,
+    Some("1xx"),
+    Some("2xx"),
+    Some("3xx"),
+    Some("4xx"),
+    Some("5xx"),
+];
+
+/// The slot of a request's `code`: its status class, or 0 for no response.
+/// A status over 599, which no client understands, counts as 5xx.
+fn code_slot(status: Option<StatusCode>) -> usize {
+    status.map_or(0, |status| usize::from(status.as_u16() / 100).min(5))
+}
+
 /// One service's metric handles, registered once at start-up. Only the
 /// series that can move for the service's protocol are registered.
 #[derive(Debug, Clone)]
 pub struct ServiceMetrics {
-    requests: [Counter; 9],
-    connections: [Counter; 9],
+    /// By outcome, then by [`code_slot`].
+    requests: [[Counter; CODE_LABELS.len()]; Outcome::ALL.len()],
+    connections: [Counter; Outcome::ALL.len()],
     active: Gauge,
     duration: Histogram,
     bytes_upstream: Counter,
@@ -187,10 +244,26 @@ impl ServiceMetrics {
                 (fault.uid, counter!(FAULTS_INJECTED_TOTAL, &labels))
             })
             .collect();
+        let requests = Outcome::ALL.map(|outcome| {
+            let codes = REQUEST_CODES
+                .iter()
+                .find(|(o, _)| *o == outcome)
+                .map(|(_, codes)| *codes)
+                .filter(|_| http);
+            std::array::from_fn(|slot| match codes {
+                Some(codes) if codes.contains(slot) => {
+                    let mut labels = labels.to_vec();
+                    labels.push(("outcome", outcome.name().to_owned()));
+                    if let Some(code) = CODE_LABELS[slot] {
+                        labels.push(("code", code.to_owned()));
+                    }
+                    counter!(REQUESTS_TOTAL, &labels)
+                }
+                _ => Counter::noop(),
+            })
+        });
         ServiceMetrics {
-            requests: by_outcome(REQUESTS_TOTAL, &|o| {
-                http && !matches!(o, Outcome::Accepted | Outcome::TlsError | Outcome::Refused)
-            }),
+            requests,
             connections: by_outcome(CONNECTIONS_TOTAL, &|o| match o {
                 Outcome::Accepted => http,
                 Outcome::TlsError => service.tls.is_some(),
@@ -211,12 +284,13 @@ impl ServiceMetrics {
         }
     }
 
-    /// Counts one finished HTTP request and its client-observed duration.
-    pub fn request(&self, outcome: Outcome, elapsed: Duration) {
-        self.requests[outcome as usize].increment(1);
-        // Blackholed and dropped requests never get response headers; held
-        // for minutes, they would swamp the latency of real answers.
-        if !matches!(outcome, Outcome::Blackholed | Outcome::Dropped) {
+    /// Counts one HTTP request whose fate is decided: answered with
+    /// `status`, or never answered (`None`). Only answered requests record
+    /// their duration: held for minutes, blackholed ones would swamp the
+    /// latency of real answers.
+    pub fn request(&self, outcome: Outcome, status: Option<StatusCode>, elapsed: Duration) {
+        self.requests[outcome as usize][code_slot(status)].increment(1);
+        if status.is_some() {
             self.duration.record(elapsed.as_secs_f64());
         }
     }
@@ -264,4 +338,185 @@ impl Drop for ActiveConnection {
 /// Sets `firedrill_scenario_active` for one scenario.
 pub fn scenario_active(scenario: &str, active: bool) {
     gauge!(SCENARIO_ACTIVE, "scenario" => scenario.to_owned()).set(if active { 1.0 } else { 0.0 });
+}
+
+/// The text of `/metrics`: the exporter's, which comes in hash order, with
+/// families sorted by name and each family's series by labels, so two
+/// scrapes of the same state are identical and can be grepped and diffed.
+pub fn render(handle: &PrometheusHandle) -> String {
+    sorted(&handle.render())
+}
+
+/// Sorts Prometheus text as the exporter writes it: per family its `# HELP`
+/// and `# TYPE` lines, its series, then a blank line. A histogram's series
+/// stay together per label set: buckets in `le` order, `_sum`, `_count`.
+fn sorted(text: &str) -> String {
+    let mut families: Vec<(&str, Vec<&str>)> = text
+        .split("\n\n")
+        .filter(|family| !family.trim().is_empty())
+        .map(|family| {
+            let (mut comments, series): (Vec<&str>, Vec<&str>) =
+                family.lines().partition(|line| line.starts_with('#'));
+            let histogram = comments
+                .iter()
+                .any(|line| line.starts_with("# TYPE ") && line.ends_with(" histogram"));
+            let mut series: Vec<(SeriesKey, &str)> = series
+                .into_iter()
+                .map(|line| (SeriesKey::of(line, histogram), line))
+                .collect();
+            series.sort_by(|(a, _), (b, _)| {
+                (a.labels, a.part)
+                    .cmp(&(b.labels, b.part))
+                    .then(a.le.total_cmp(&b.le))
+            });
+            let name = comments
+                .iter()
+                .find_map(|line| line.strip_prefix("# TYPE "))
+                .or(series.first().map(|(_, line)| *line))
+                .and_then(|line| line.split([' ', '{']).next())
+                .unwrap_or("");
+            comments.extend(series.into_iter().map(|(_, line)| line));
+            (name, comments)
+        })
+        .collect();
+    families.sort_by_key(|(name, _)| *name);
+    let mut out = String::with_capacity(text.len());
+    for (_, lines) in families {
+        for line in lines {
+            out.push_str(line);
+            out.push('\n');
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// Where a series line sorts within its family.
+struct SeriesKey<'a> {
+    /// The labels, without a histogram's `le`.
+    labels: &'a str,
+    /// 0 for a plain series or a bucket, 1 for `_sum`, 2 for `_count`.
+    part: u8,
+    /// A bucket's bound; 0 otherwise.
+    le: f64,
+}
+
+impl SeriesKey<'_> {
+    fn of(line: &str, histogram: bool) -> SeriesKey<'_> {
+        // Label values are escaped, and the sample value holds no `}`.
+        let (name, labels) = match (line.find('{'), line.rfind('}')) {
+            (Some(open), Some(close)) if open < close => (&line[..open], &line[open + 1..close]),
+            _ => (line.split(' ').next().unwrap_or(line), ""),
+        };
+        if !histogram {
+            return SeriesKey {
+                labels,
+                part: 0,
+                le: 0.0,
+            };
+        }
+        // The exporter writes `le` last.
+        let (labels, le) = match labels.rfind("le=\"") {
+            Some(at) if at == 0 || labels[..at].ends_with(',') => {
+                let bound = labels[at + 4..].trim_end_matches('"');
+                let le = bound.parse().unwrap_or(f64::INFINITY);
+                (labels[..at].trim_end_matches(','), le)
+            }
+            _ => (labels, 0.0),
+        };
+        let part = if name.ends_with("_sum") {
+            1
+        } else if name.ends_with("_count") {
+            2
+        } else {
+            0
+        };
+        SeriesKey { labels, part, le }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rendered_families_and_series_are_sorted_with_histograms_kept_together() {
+        let text = "\
+# HELP b_total b.
+# TYPE b_total counter
+b_total{service=\"z\"} 1
+b_total{service=\"a\",outcome=\"x\",code=\"5xx\"} 2
+b_total{service=\"a\",outcome=\"x\"} 3
+
+# TYPE a_seconds histogram
+a_seconds_bucket{service=\"z\",le=\"0.5\"} 0
+a_seconds_bucket{service=\"z\",le=\"+Inf\"} 0
+a_seconds_sum{service=\"z\"} 0
+a_seconds_count{service=\"z\"} 0
+a_seconds_bucket{service=\"y\",le=\"10\"} 1
+a_seconds_bucket{service=\"y\",le=\"2.5\"} 1
+a_seconds_bucket{service=\"y\",le=\"+Inf\"} 1
+a_seconds_sum{service=\"y\"} 2
+a_seconds_count{service=\"y\"} 1
+
+# TYPE c gauge
+c 1
+
+";
+        let expected = "\
+# TYPE a_seconds histogram
+a_seconds_bucket{service=\"y\",le=\"2.5\"} 1
+a_seconds_bucket{service=\"y\",le=\"10\"} 1
+a_seconds_bucket{service=\"y\",le=\"+Inf\"} 1
+a_seconds_sum{service=\"y\"} 2
+a_seconds_count{service=\"y\"} 1
+a_seconds_bucket{service=\"z\",le=\"0.5\"} 0
+a_seconds_bucket{service=\"z\",le=\"+Inf\"} 0
+a_seconds_sum{service=\"z\"} 0
+a_seconds_count{service=\"z\"} 0
+
+# HELP b_total b.
+# TYPE b_total counter
+b_total{service=\"a\",outcome=\"x\"} 3
+b_total{service=\"a\",outcome=\"x\",code=\"5xx\"} 2
+b_total{service=\"z\"} 1
+
+# TYPE c gauge
+c 1
+
+";
+        assert_eq!(sorted(text), expected);
+        assert_eq!(sorted(expected), expected);
+        assert_eq!(sorted(""), "");
+    }
+
+    #[test]
+    fn a_status_counts_in_its_class_and_no_answer_in_none() {
+        let slot = |code: u16| code_slot(Some(StatusCode::from_u16(code).unwrap()));
+        assert_eq!(code_slot(None), 0);
+        assert_eq!(CODE_LABELS[slot(101)], Some("1xx"));
+        assert_eq!(CODE_LABELS[slot(204)], Some("2xx"));
+        assert_eq!(CODE_LABELS[slot(404)], Some("4xx"));
+        assert_eq!(CODE_LABELS[slot(503)], Some("5xx"));
+        assert_eq!(CODE_LABELS[slot(999)], Some("5xx"));
+    }
+
+    #[test]
+    fn every_request_outcome_can_be_counted() {
+        assert_eq!(Codes::classes(2, 5).0, 0b11_1100);
+        assert_eq!(Codes::classes(5, 5).0, 0b10_0000);
+        for (outcome, codes) in REQUEST_CODES {
+            assert!(codes.0 != 0, "{outcome:?} registers no series");
+        }
+        // Outcomes of connections only, never of a request.
+        let requests = |o: &Outcome| REQUEST_CODES.iter().any(|(r, _)| r == o);
+        let connection_only = [Outcome::Accepted, Outcome::TlsError, Outcome::Refused];
+        for outcome in Outcome::ALL {
+            assert_eq!(
+                requests(&outcome),
+                !connection_only.contains(&outcome),
+                "{outcome:?}"
+            );
+        }
+    }
 }

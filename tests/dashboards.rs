@@ -621,6 +621,38 @@ fn range_selectors_use_grafana_interval_variables() {
 }
 
 #[test]
+fn error_ratio_panels_count_5xx_answers_as_failed_beside_the_failed_outcomes() {
+    // A service that answers 503 because a dependency went dark fails as
+    // surely as one that was blackholed.
+    let failed = [
+        r#"outcome=~"dropped|blackholed|error|upstream_error""#,
+        r#"code="5xx""#,
+    ];
+    let mut problems = Vec::new();
+    let mut found = 0;
+    for dashboard in dashboards() {
+        for panel in dashboard.panels() {
+            if !str_of(&panel["title"])
+                .to_lowercase()
+                .contains("error ratio")
+            {
+                continue;
+            }
+            for target in targets(panel) {
+                found += 1;
+                let expr = str_of(&target["expr"]);
+                for selector in failed.iter().filter(|s| !expr.contains(*s)) {
+                    let place = dashboard.target_place(panel, target);
+                    problems.push(format!("{place}: does not count {selector} as failed"));
+                }
+            }
+        }
+    }
+    assert!(found > 0, "no panel titled \"... error ratio ...\"");
+    assert_no_problems("error ratios", problems);
+}
+
+#[test]
 fn metric_scanner_skips_labels_functions_strings_durations_and_variables() {
     let expr = r#"(sum by (le, datacenter) (rate(firedrill_x_bucket{outcome=~"a|b", datacenter=~"$datacenter"}[$__rate_interval])) or max without (service) (up) * 0) / on (job) group_left (instance) histogram_quantile(0.99, foo:bar offset 5m) > bool 1e3"#;
     let found: Vec<(String, String)> = selectors(expr)

@@ -1081,8 +1081,159 @@ async fn requests_whose_clients_give_up_while_held_are_still_counted() {
     let text = metrics(&running).await;
     let labels = [("service", taxi.as_str())];
     let durations = sample(&text, "firedrill_request_duration_seconds_count", &labels);
-    // The delayed request has a duration; the blackholed one never does.
-    assert_eq!(durations, 1.0);
+    // Neither was answered, so neither has a duration.
+    assert_eq!(durations, 0.0);
+}
+
+#[tokio::test]
+async fn a_blackholed_request_is_counted_while_its_patient_client_is_still_held() {
+    let taxi = unique("taxi");
+    let hole = unique("hole");
+    let upstream = http_upstream("taxi-upstream").await;
+    let running = serve(&taxi, upstream, &[(&hole, "action = 'blackhole'")]).await;
+
+    activate(&running, &hole).await;
+    let mut held = raw_get(addr(&running, &taxi), "/ride").await;
+    let blackholed = by_outcome(&taxi, "blackholed");
+    wait_for_sample(&running, REQUESTS, &blackholed, 1.0).await;
+    assert_held(&mut held, "a request already counted as blackholed").await;
+    lift(&running, &hole).await;
+    assert_closed_without_answer(&mut held).await;
+
+    // Counted once, when it was decided, and never given a duration.
+    let text = metrics(&running).await;
+    assert_eq!(sample(&text, REQUESTS, &blackholed), 1.0);
+    let labels = [("service", taxi.as_str())];
+    let durations = sample(&text, "firedrill_request_duration_seconds_count", &labels);
+    assert_eq!(durations, 0.0);
+}
+
+#[tokio::test]
+async fn requests_are_counted_by_the_class_of_the_status_they_were_answered() {
+    let pay = unique("pay");
+    let dead = unique("dead");
+    let (fail, hole) = (unique("fail"), unique("hole"));
+    let upstream = http_upstream("pay-upstream").await;
+    let (dead_upstream, _reserved) = unreachable_upstream();
+    let running = PlanText::new(&["pangyo"])
+        .http(&pay, "pangyo", upstream)
+        .http(&dead, "pangyo", dead_upstream)
+        .fault(&fail, &pay, "action = 'error'; status = 429")
+        .fault(&hole, &pay, "action = 'blackhole'")
+        .start()
+        .await;
+    let pay_addr = addr(&running, &pay);
+
+    for path in ["/a", "/b", "/status/503", "/status/404"] {
+        get(pay_addr, path).await;
+    }
+    activate(&running, &fail).await;
+    assert_eq!(get(pay_addr, "/c").await.0, StatusCode::TOO_MANY_REQUESTS);
+    lift(&running, &fail).await;
+    activate(&running, &hole).await;
+    let _held = raw_get(pay_addr, "/d").await;
+    let blackholed = by_outcome(&pay, "blackholed");
+    wait_for_sample(&running, REQUESTS, &blackholed, 1.0).await;
+    assert_eq!(
+        get(addr(&running, &dead), "/e").await.0,
+        StatusCode::BAD_GATEWAY
+    );
+
+    let text = metrics(&running).await;
+    let count = |service: &str, outcome: &str, code: &str| {
+        let labels = [("service", service), ("outcome", outcome), ("code", code)];
+        sample(&text, REQUESTS, &labels)
+    };
+    assert_eq!(count(&pay, "forwarded", "2xx"), 2.0);
+    assert_eq!(count(&pay, "forwarded", "5xx"), 1.0);
+    assert_eq!(count(&pay, "forwarded", "4xx"), 1.0);
+    assert_eq!(count(&pay, "error", "4xx"), 1.0);
+    assert_eq!(count(&dead, "upstream_error", "5xx"), 1.0);
+    // A request that got no response has no `code` label.
+    let unanswered: Vec<&str> = text
+        .lines()
+        .filter(|line| line.starts_with(REQUESTS) && line.contains(&format!("\"{pay}\"")))
+        .filter(|line| {
+            line.contains("outcome=\"blackholed\"") || line.contains("outcome=\"dropped\"")
+        })
+        .collect();
+    assert!(
+        !unanswered.is_empty() && unanswered.iter().all(|line| !line.contains("code=")),
+        "{unanswered:?}"
+    );
+}
+
+#[tokio::test]
+async fn metrics_come_sorted_and_the_same_on_every_scrape() {
+    let (talk, pay, cache) = (unique("talk"), unique("pay"), unique("cache"));
+    let running = PlanText::new(&["pangyo", "ansan"])
+        .http(&talk, "pangyo", http_upstream("talk-upstream").await)
+        .http(&pay, "ansan", http_upstream("pay-upstream").await)
+        .tcp(&cache, "pangyo", echo_upstream().await)
+        .start()
+        .await;
+    for path in ["/a", "/status/503", "/status/404"] {
+        get(addr(&running, &talk), path).await;
+        get(addr(&running, &pay), path).await;
+    }
+    carry_echo(&mut connect(addr(&running, &cache)).await, b"ping").await;
+    // Other tests in this process move their own series between scrapes.
+    let mine = |text: &str| -> Vec<String> {
+        text.lines()
+            .filter(|line| {
+                [&talk, &pay, &cache]
+                    .iter()
+                    .any(|s| line.contains(&format!("\"{s}\"")))
+            })
+            .map(str::to_owned)
+            .collect()
+    };
+    let first = metrics(&running).await;
+    let second = metrics(&running).await;
+    assert!(mine(&first).len() > 20, "{first}");
+    assert_eq!(mine(&first), mine(&second));
+
+    // Families by name; each family's series by labels; a histogram's
+    // buckets (in `le` order), `_sum` and `_count` together per label set.
+    let names: Vec<&str> = second
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE ")?.split(' ').next())
+        .collect();
+    assert!(names.is_sorted(), "families out of order: {names:?}");
+    for family in second.split("\n\n").filter(|f| !f.trim().is_empty()) {
+        let series: Vec<(&str, &str)> = family
+            .lines()
+            .filter(|line| !line.starts_with('#'))
+            .filter_map(|line| line.rsplit_once(' '))
+            .map(|(series, _)| series.split_once('{').unwrap_or((series, "")))
+            .collect();
+        let histogram = family.contains(" histogram\n");
+        let keys: Vec<(&str, u8, f64)> = series
+            .iter()
+            .map(|(name, labels)| {
+                let (labels, le) = match labels.rsplit_once(",le=\"") {
+                    Some((labels, le)) if histogram => {
+                        (labels, le.trim_end_matches("\"}").parse().unwrap())
+                    }
+                    _ => (labels.trim_end_matches('}'), 0.0),
+                };
+                let part = if name.ends_with("_sum") {
+                    1
+                } else if name.ends_with("_count") {
+                    2
+                } else {
+                    0
+                };
+                (labels, part, le)
+            })
+            .collect();
+        assert!(
+            keys.is_sorted_by(
+                |a, b| (a.0, a.1) < (b.0, b.1) || (a.0, a.1) == (b.0, b.1) && a.2 < b.2
+            ),
+            "series out of order:\n{family}"
+        );
+    }
 }
 
 // --- Helpers ------------------------------------------------------------------

@@ -2,37 +2,48 @@
 //! process on ephemeral ports with real upstreams in three data centers, a
 //! real `prometheus` scrapes it every second, traffic flows, Pangyo goes
 //! dark, and every PromQL query of every dashboard in `dashboards/` must
-//! return real data. `promtool check metrics` lints a live scrape.
+//! return real data. `promtool check metrics` lints a live scrape. A
+//! dependency cascade (a service answering 503 because the one it calls
+//! went dark) must read as failing on the dashboard's error ratio.
 //! Skipped (with an install hint) without prometheus and promtool, except
 //! on CI where that fails. `FIREDRILL_DASHBOARDS=DIR` checks another folder.
 
 mod support;
 use support::*;
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use http::{Method, StatusCode};
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpListener, TcpStream};
 
 const INSTALL: &str = "apt-get install prometheus";
 
-/// How long a client waits for an answer; blackholed requests end here
-/// and are counted then.
+/// How long a client waits for an answer before it gives up.
 const CLIENT_TIMEOUT: Duration = Duration::from_millis(300);
 
 /// What `$__rate_interval` becomes: well over four 1 s scrapes.
 const RATE_INTERVAL: &str = "10s";
 
-/// Failed outcomes over all requests, per data center, over the last 5 s:
-/// short enough to lie wholly inside the scenario when it is read.
-const ERROR_RATIO: &str = r#"sum by (datacenter) (rate(firedrill_requests_total{outcome=~"dropped|blackholed|error|upstream_error"}[5s])) / sum by (datacenter) (rate(firedrill_requests_total[5s]))"#;
+/// The dashboard panels whose query is the error ratio, per data center and
+/// per service.
+const ERROR_RATIO_BY_DATACENTER: &str = "Error ratio per data center";
+const ERROR_RATIO_BY_SERVICE: &str = "Error ratio per service";
+
+/// How long a scenario may take to fill the error ratio's rate interval.
+const FILLING: Duration = Duration::from_secs(30);
 
 /// A real Prometheus on a loopback port, killed (by PID) on drop, its
 /// folder (config, data, log) removed after it.
@@ -166,6 +177,50 @@ impl Prometheus {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
+}
+
+impl Prometheus {
+    /// Polls an instant query until `done` holds for its result, for at
+    /// most `limit`; returns the last result, whether or not it got there.
+    async fn poll(
+        &self,
+        promql: &str,
+        limit: Duration,
+        done: impl Fn(&[Value]) -> bool,
+    ) -> Vec<Value> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let result = self.query(promql).await;
+            let result = result.unwrap_or_else(|e| panic!("`{promql}`: {e}"));
+            if done(&result) || Instant::now() > deadline {
+                return result;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// The value of the series in `result` whose `label` is `value`.
+fn value_of(result: &[Value], label: &str, value: &str) -> Option<f64> {
+    result
+        .iter()
+        .find(|s| s["metric"][label] == value)
+        .and_then(|s| number(&s["value"][1]))
+}
+
+/// The query of the dashboard panel titled `title`, as Prometheus gets it
+/// (template variables substituted), from the first dashboard that has it.
+fn panel_query(title: &str) -> String {
+    let place = format!("panel \"{title}\"");
+    let query = dashboard_files()
+        .iter()
+        .filter_map(|file| queries(file).ok())
+        .flatten()
+        .find(|query| query.place.contains(&place))
+        .unwrap_or_else(|| panic!("no dashboard has a panel titled {title:?}"));
+    query
+        .expr
+        .unwrap_or_else(|e| panic!("panel {title:?}: {e}"))
 }
 
 /// The address Prometheus really listens on, from its log. Prometheus 2.42
@@ -473,7 +528,11 @@ async fn every_dashboard_query_shows_real_data_while_pangyo_is_dark() {
         .await;
     phase("three scrapes in; pangyo goes dark");
     activate(&running, "pangyo-fire").await;
-    tokio::time::sleep(Duration::from_secs(9)).await;
+    // The dashboard's own error ratio, read once its rate interval lies
+    // inside the fire.
+    let error_ratio = panel_query(ERROR_RATIO_BY_DATACENTER);
+    let pangyo_dark = |r: &[Value]| value_of(r, "datacenter", "pangyo").is_some_and(|v| v > 0.9);
+    prometheus.poll(&error_ratio, FILLING, pangyo_dark).await;
     phase("evaluating queries");
 
     let mut failures = Vec::new();
@@ -496,15 +555,10 @@ async fn every_dashboard_query_shows_real_data_while_pangyo_is_dark() {
     }
 
     let ratios = prometheus
-        .query(ERROR_RATIO)
+        .query(&error_ratio)
         .await
         .expect("the error ratio query runs");
-    let ratio = |dc: &str| {
-        ratios
-            .iter()
-            .find(|s| s["metric"]["datacenter"] == dc)
-            .and_then(|s| number(&s["value"][1]))
-    };
+    let ratio = |dc: &str| value_of(&ratios, "datacenter", dc);
     let (pangyo, ansan, seoul) = (ratio("pangyo"), ratio("ansan"), ratio("seoul"));
     let active = prometheus
         .query(r#"firedrill_scenario_active{scenario="pangyo-fire"}"#)
@@ -561,5 +615,106 @@ async fn every_dashboard_query_shows_real_data_while_pangyo_is_dark() {
     assert!(
         lint.succeeded() && lint.stdout.trim().is_empty() && lint.stderr.trim().is_empty(),
         "promtool check metrics on a live scrape: {lint:?}"
+    );
+}
+
+/// How long `pay`'s upstream waits for `login` before answering 503.
+const LOGIN_TIMEOUT: Duration = Duration::from_millis(100);
+
+/// `pay`'s upstream: on every request it calls `login` (through firedrill,
+/// at the address set once firedrill runs) and answers 200 when login
+/// answers 200 within [`LOGIN_TIMEOUT`], else 503, as a service does when a
+/// dependency goes dark.
+async fn cascading_upstream(login: Arc<OnceLock<SocketAddr>>) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let login = Arc::clone(&login);
+            let service = service_fn(move |_: Request<Incoming>| {
+                let login = login.get().map(|addr| format!("http://{addr}/session"));
+                async move {
+                    let answered = match login {
+                        Some(url) => {
+                            let client = client();
+                            let call = send(&client, Method::GET, &url, "");
+                            tokio::time::timeout(LOGIN_TIMEOUT, call).await
+                        }
+                        None => Ok(Ok((StatusCode::SERVICE_UNAVAILABLE, String::new()))),
+                    };
+                    let (status, body) = match answered {
+                        Ok(Ok((StatusCode::OK, _))) => (StatusCode::OK, "paid\n"),
+                        _ => (StatusCode::SERVICE_UNAVAILABLE, "login is unavailable\n"),
+                    };
+                    let mut response =
+                        Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+                    *response.status_mut() = status;
+                    Ok::<_, Infallible>(response)
+                }
+            });
+            tokio::spawn(async move {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dependency_cascade_reads_as_failing_on_the_dashboard() {
+    if !programs_present(&["prometheus", "promtool"], INSTALL) {
+        return;
+    }
+    // Metrics are process-wide: names of their own keep the other test's
+    // data centers out of these ratios, and these out of its.
+    let (login, pay) = (unique("login"), unique("pay"));
+    let (dark, spared, fire) = (unique("pangyo"), unique("ansan"), unique("login-fire"));
+    let login_addr = Arc::new(OnceLock::new());
+    let blackout = format!("datacenter = '{dark}'; action = 'blackhole'");
+    let running = PlanText::new(&[&dark, &spared])
+        .http(&login, &dark, http_upstream("login").await)
+        .http(
+            &pay,
+            &spared,
+            cascading_upstream(Arc::clone(&login_addr)).await,
+        )
+        .scenario(&fire, &[&blackout])
+        .start()
+        .await;
+    login_addr.set(addr(&running, &login)).expect("set once");
+    let prometheus = Prometheus::start(running.admin_addr()).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let stopper = Stopper(Arc::clone(&stop));
+    let traffic = tokio::spawn(http_traffic(addr(&running, &pay), Arc::clone(&stop)));
+
+    let error_ratio = panel_query(ERROR_RATIO_BY_SERVICE);
+    let pay_ratio = |r: &[Value]| value_of(r, "service", &pay);
+    let before = prometheus
+        .poll(&error_ratio, FILLING, |r| pay_ratio(r).is_some())
+        .await;
+    activate(&running, &fire).await;
+    let during = prometheus
+        .poll(&error_ratio, FILLING, |r| {
+            pay_ratio(r).is_some_and(|v| v > 0.9)
+        })
+        .await;
+
+    drop(stopper);
+    let (ok, failed) = within(STEP, traffic).await.expect("the traffic loop");
+    eprintln!("{pay}: {ok} answered 200, {failed} not");
+    assert!(
+        pay_ratio(&before).is_some_and(|v| v < 0.1),
+        "{pay} failing before {dark} went dark: {before:?}"
+    );
+    assert!(
+        pay_ratio(&during).is_some_and(|v| v > 0.9),
+        "{pay} answers 503 while {login} is dark, yet its error ratio reads {:?}: {during:?}",
+        pay_ratio(&during)
+    );
+    assert!(
+        value_of(&during, "service", &login).is_some_and(|v| v > 0.9),
+        "{login} is dark: {during:?}"
     );
 }

@@ -255,33 +255,33 @@ enum Step {
     Blackhole,
 }
 
-impl Step {
-    /// The outcome a request gets for this step, unless forwarding it fails.
-    fn outcome(&self, delayed: bool) -> Outcome {
-        match self {
-            Step::Forward if !delayed => Outcome::Forwarded,
-            Step::Forward => Outcome::Delayed,
-            Step::Respond(_) => Outcome::Error,
-            Step::Drop => Outcome::Dropped,
-            Step::Blackhole => Outcome::Blackholed,
+/// Counts one request once, when its fate is decided: when it is answered,
+/// dropped, or blackholed (at once, not when the hold ends, so a fire shows
+/// while clients still wait). hyper drops a request's future when its
+/// client goes away, as during a long delay; such a request is counted
+/// then, unanswered, as `pending`.
+struct Tally<'a> {
+    context: &'a ServiceContext,
+    started: Instant,
+    /// The outcome of a request that ends before its fate is decided.
+    pending: Outcome,
+    counted: bool,
+}
+
+impl Tally<'_> {
+    /// Counts the request, answered with `status` or not at all (`None`),
+    /// unless it is counted already.
+    fn count(&mut self, outcome: Outcome, status: Option<StatusCode>) {
+        if !std::mem::replace(&mut self.counted, true) {
+            let elapsed = self.started.elapsed();
+            self.context.metrics.request(outcome, status, elapsed);
         }
     }
 }
 
-/// Counts one request when it ends, however it ends. hyper drops a
-/// request's future when its client goes away, as clients of a blackhole or
-/// a long delay do, and those requests must be counted too.
-struct Tally<'a> {
-    context: &'a ServiceContext,
-    started: Instant,
-    outcome: Outcome,
-}
-
 impl Drop for Tally<'_> {
     fn drop(&mut self) {
-        self.context
-            .metrics
-            .request(self.outcome, self.started.elapsed());
+        self.count(self.pending, None);
     }
 }
 
@@ -302,7 +302,12 @@ impl Proxy {
         let mut tally = Tally {
             context: &self.context,
             started,
-            outcome: step.outcome(delayed),
+            pending: if delayed {
+                Outcome::Delayed
+            } else {
+                Outcome::Forwarded
+            },
+            counted: false,
         };
         if delayed {
             // Boxed, like every path a plain request does not take: hyper
@@ -310,19 +315,25 @@ impl Proxy {
             // on every request.
             let wait = self.wait_out(&request, seed, &mut counted, started, step, delay);
             step = Box::pin(wait).await?;
-            tally.outcome = step.outcome(delayed);
         }
         match step {
             Step::Forward => {
                 let (outcome, result) = self
                     .forward(request, forwarded_for, delayed, seed, sticky)
                     .await;
-                tally.outcome = outcome;
+                tally.count(outcome, result.as_ref().ok().map(Response::status));
                 result
             }
-            Step::Respond(response) => Ok(*response),
-            Step::Drop => Err(Refused::Dropped),
+            Step::Respond(response) => {
+                tally.count(Outcome::Error, Some(response.status()));
+                Ok(*response)
+            }
+            Step::Drop => {
+                tally.count(Outcome::Dropped, None);
+                Err(Refused::Dropped)
+            }
             Step::Blackhole => {
+                tally.count(Outcome::Blackholed, None);
                 Box::pin(self.blackhole(&request, seed)).await;
                 Err(Refused::Blackholed)
             }
