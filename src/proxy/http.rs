@@ -420,7 +420,8 @@ impl Proxy {
         }
     }
 
-    /// Holds a blackholed request until the blackhole no longer applies to it.
+    /// Holds a blackholed request until the blackhole no longer applies to
+    /// it, or shutdown starts.
     async fn blackhole(&self, request: &Request<Incoming>, seed: u64) {
         let mut changes = self.context.live.subscribe();
         loop {
@@ -432,7 +433,7 @@ impl Proxy {
                 };
                 let faults = rules.slot(self.context.service.slot);
                 let decision = decide(faults, Some(info), |fault| connection_roll(seed, fault));
-                matches!(decision.verdict, Verdict::Blackhole)
+                matches!(decision.verdict, Verdict::Blackhole) && !rules.draining()
             };
             if !still {
                 return;
