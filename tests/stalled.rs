@@ -102,6 +102,20 @@ async fn a_blackhole_that_comes_and_goes_while_an_h2_response_is_stalled_resets_
     assert_injected_once(&running, &service, "dark", "blackhole").await;
 }
 
+/// A response a blackhole holds can never finish: shutdown closes it at
+/// once instead of waiting out the grace period.
+#[tokio::test]
+async fn shutdown_closes_a_response_a_blackhole_holds_at_once() {
+    let (running, service) = serve().await;
+    let mut download = Http1Download::start(&running, &service).await;
+    wait_for_stall(&running, &service).await;
+    activate(&running, "dark").await;
+    let shutdown = tokio::spawn(running.shutdown(Duration::from_secs(60)));
+    download.assert_cut().await;
+    let cut = within(STEP, shutdown).await.unwrap();
+    assert_eq!(cut, 0, "nothing was left for the deadline");
+}
+
 /// How long the whole rest of the download may take once reading resumes.
 const RESUME: Duration = Duration::from_secs(60);
 
