@@ -141,9 +141,11 @@ impl Running {
         &self.services
     }
 
-    /// Stops accepting, lets in-flight work finish for up to `grace`, then
+    /// Stops accepting, closes at once what a blackhole holds (it can never
+    /// finish), lets other in-flight work finish for up to `grace`, then
     /// closes what is left. Returns how many tasks had to be cut.
     pub async fn shutdown(self, grace: Duration) -> usize {
+        self.services.0.live.drain();
         self.shutdown.drain(grace).await
     }
 }

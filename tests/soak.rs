@@ -334,9 +334,18 @@ async fn drive(
                     } else {
                         &keep_alive
                     };
-                    match send(client, Method::GET, &url, "").await {
-                        Ok((StatusCode::OK, body)) if body == expected => Outcome::Ok,
-                        Ok((status, _)) => Outcome::Status(status.as_u16()),
+                    let request = http::Request::get(&url).body(Default::default());
+                    let response = match client.request(request.unwrap()).await {
+                        Ok(response) => response,
+                        Err(_) => return Outcome::Broken,
+                    };
+                    let status = response.status();
+                    // A drop or blackhole that starts while the body
+                    // streams cuts it.
+                    let body = http_body_util::BodyExt::collect(response.into_body()).await;
+                    match body.map(|body| body.to_bytes()) {
+                        Ok(body) if status == StatusCode::OK && body == expected => Outcome::Ok,
+                        Ok(_) => Outcome::Status(status.as_u16()),
                         Err(_) => Outcome::Broken,
                     }
                 }

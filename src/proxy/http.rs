@@ -39,7 +39,7 @@ use crate::fault::{connection_roll, decide, Fault, RequestInfo, Verdict};
 use crate::metrics::Outcome;
 use crate::shutdown::Shutdown;
 use crate::topology::Limits;
-use watched::{Watch, Watched};
+use watched::{Fate, Responses, Watch, Watched};
 
 /// The body of every response firedrill sends: streamed from the upstream,
 /// or a small one of its own (injected errors, 502, 504).
@@ -144,13 +144,20 @@ pub async fn serve(
         let sticky = Arc::new(sticky::Sticky::new(Arc::clone(&spares)));
         let activity = Arc::new(Activity::new());
         let watched = Arc::clone(&activity);
-        let service = service_fn(move |request| {
+        let responses = Arc::new(Responses::new(Arc::clone(&context.live)));
+        let streaming = Arc::clone(&responses);
+        let service = service_fn(move |request: Request<Incoming>| {
             let busy = activity.begin();
             let proxy = Arc::clone(&proxy);
             let forwarded_for = forwarded_for.clone();
             let sticky = Arc::clone(&sticky);
+            let responses = Arc::clone(&responses);
+            let whole_connection = request.version() != Version::HTTP_2;
             async move {
                 let response = proxy.handle(request, forwarded_for, &sticky).await?;
+                if let Either::Left(body) = response.body() {
+                    responses.add(body, whole_connection);
+                }
                 Ok::<_, Refused>(response.map(|body| Tracked::new(body, busy)))
             }
         });
@@ -163,7 +170,15 @@ pub async fn serve(
                 let connection = builder
                     .serve_connection_with_upgrades(TokioIo::new(stream), service)
                     .into_owned();
-                drive(connection, peer, slot, watched, idle_timeout, stops)
+                drive(
+                    connection,
+                    peer,
+                    slot,
+                    watched,
+                    idle_timeout,
+                    stops,
+                    streaming,
+                )
             };
             shutdown
                 .workers
@@ -181,7 +196,16 @@ pub async fn serve(
             let connection = builder
                 .serve_connection_with_upgrades(TokioIo::new(stream), service)
                 .into_owned();
-            drive(connection, peer, slot, watched, idle_timeout, stops).await;
+            drive(
+                connection,
+                peer,
+                slot,
+                watched,
+                idle_timeout,
+                stops,
+                streaming,
+            )
+            .await;
         };
         shutdown
             .workers
@@ -191,7 +215,11 @@ pub async fn serve(
 
 /// Serves one client connection until it ends, or has been idle for
 /// `idle_timeout`. When shutdown starts (`stops.0`) it finishes the
-/// requests in flight and closes; the hard stop (`stops.1`) cuts it.
+/// requests in flight and closes; the hard stop (`stops.1`) cuts it. On
+/// every rule change it looks at its streaming `responses`: an HTTP/1.1
+/// response that a fault cuts closes the connection, one that a blackhole
+/// holds stops it (nothing more is written) until the hold ends, even when
+/// the client has stopped reading and hyper would not poll the body.
 async fn drive<C>(
     connection: C,
     peer: SocketAddr,
@@ -199,30 +227,44 @@ async fn drive<C>(
     activity: Arc<Activity>,
     idle_timeout: Duration,
     (draining, hard_stop): (CancellationToken, CancellationToken),
+    responses: Arc<Responses>,
 ) where
     C: GracefulConnection,
     C::Error: std::fmt::Display,
 {
     let _slot = slot;
     let mut connection = std::pin::pin!(connection);
-    let ended = tokio::select! {
-        // The connection first: it is what wakes this task nearly always.
-        biased;
-        result = connection.as_mut() => Some(result),
-        // Dropping the connection closes it.
-        () = activity.idle_for(idle_timeout) => {
-            let idle = humantime::format_duration(idle_timeout);
-            tracing::debug!(%peer, "closing a connection idle for {idle}");
-            None
-        }
-        () = draining.cancelled() => {
-            connection.as_mut().graceful_shutdown();
-            tokio::select! {
-                result = connection => Some(result),
-                () = hard_stop.cancelled() => None,
+    let mut changes = responses.changes();
+    let mut held = false;
+    let mut closing = false;
+    let ended = loop {
+        tokio::select! {
+            // The connection first: it is what wakes this task nearly always.
+            biased;
+            result = connection.as_mut(), if !held => break Some(result),
+            changed = changes.changed() => {
+                changed.expect("the rules outlive every connection");
+                match responses.look() {
+                    // Dropping the connection closes it.
+                    Fate::Cut => {
+                        tracing::debug!(%peer, "closing a connection whose response a fault cut");
+                        break None;
+                    }
+                    Fate::Held => held = true,
+                    Fate::Flow => held = false,
+                }
             }
+            () = activity.idle_for(idle_timeout), if !closing => {
+                let idle = humantime::format_duration(idle_timeout);
+                tracing::debug!(%peer, "closing a connection idle for {idle}");
+                break None;
+            }
+            () = draining.cancelled(), if !closing => {
+                closing = true;
+                connection.as_mut().graceful_shutdown();
+            }
+            () = hard_stop.cancelled() => break None,
         }
-        () = hard_stop.cancelled() => None,
     };
     if let Some(Err(e)) = ended {
         tracing::debug!(%peer, "http connection ended: {e}");
@@ -431,7 +473,8 @@ impl Proxy {
         }
     }
 
-    /// Holds a blackholed request until the blackhole no longer applies to it.
+    /// Holds a blackholed request until the blackhole no longer applies to
+    /// it, or shutdown starts.
     async fn blackhole(&self, request: &Request<Incoming>, seed: u64) {
         let mut changes = self.context.live.subscribe();
         loop {
@@ -443,7 +486,7 @@ impl Proxy {
                 };
                 let faults = rules.slot(self.context.service.slot);
                 let decision = decide(faults, Some(info), |fault| connection_roll(seed, fault));
-                matches!(decision.verdict, Verdict::Blackhole)
+                matches!(decision.verdict, Verdict::Blackhole) && !rules.draining()
             };
             if !still {
                 return;

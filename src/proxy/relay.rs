@@ -258,8 +258,9 @@ where
 }
 
 /// A blackhole: nothing passes either way. Reads and discards what either
-/// side sends until the blackhole lifts (then `Released`), the client goes
-/// away (`Closed`), or a drop fault replaces it (`Dropped`).
+/// side sends until the blackhole lifts or shutdown starts (then
+/// `Released`), the client goes away (`Closed`), or a drop fault replaces
+/// it (`Dropped`).
 pub(crate) async fn hold<C, U>(
     client: &mut C,
     mut upstream: Option<&mut U>,
@@ -275,6 +276,10 @@ where
     let mut upstream_sink = [0u8; SMALL];
     let mut upstream_open = upstream.is_some();
     loop {
+        // Such a connection can never finish: shutdown lets it go at once.
+        if context.live.load().draining() {
+            return End::Released;
+        }
         tokio::select! {
             () = hard_stop.cancelled() => return End::Stopped,
             read = client.read(&mut sink) => {

@@ -1,22 +1,27 @@
 //! A response body that obeys faults starting while it streams, as an open
 //! TCP connection does: a `drop` cuts it (HTTP/1.1: the connection closes;
 //! h2: the stream is reset), a `blackhole` holds it (nothing more reaches
-//! the client) and cuts it when the blackhole ends, as a held TCP
-//! connection is closed then. `delay` and `error` apply from the next
-//! request on.
+//! the client) and cuts it when the blackhole ends or shutdown starts, as a
+//! held TCP connection is closed then. `delay` and `error` apply from the
+//! next request on.
 //!
-//! The rules are read on every frame (a lock-free load); a change wakes a
-//! body that is waiting for its upstream only once it has had to wait, so
-//! a response that streams without pause never subscribes.
+//! Each look decides on every snapshot published since the last one, so a
+//! fault that came and went in between still counts. The body looks on
+//! every frame; the task that drives the client connection looks on every
+//! rule change ([`Responses`]), so a response whose client stopped reading,
+//! which hyper does not poll, obeys too: an HTTP/1.1 connection is closed
+//! or stopped there; an h2 stream, which only its own body can reset, is
+//! cut when hyper next polls it.
 
-use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::task::{Context, Poll, Waker};
 
 use http::{Method, Uri};
 use http_body::{Body, Frame, SizeHint};
+use tokio::sync::watch;
 
+use crate::fault::live::{Live, Rules};
 use crate::fault::{connection_roll, decide, RequestInfo, Verdict};
 use crate::proxy::ServiceContext;
 
@@ -27,18 +32,37 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 #[error("response cut by an injected fault while it streamed")]
 pub(crate) struct Cut;
 
+/// What the rules make of a streaming response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Fate {
+    Flow,
+    /// A blackhole holds it: nothing more may reach the client.
+    Held,
+    /// A drop hit it, or the blackhole that held it ended: it must end.
+    Cut,
+}
+
 /// The request a response answers, to decide again when the rules change.
-pub(crate) struct Watch {
+pub(crate) struct Watch(Arc<Watching>);
+
+/// What the body and the task driving its connection share.
+struct Watching {
     context: Arc<ServiceContext>,
     method: Method,
     uri: Uri,
     /// The request's seed: the same rolls as its first decision.
     seed: u64,
+    // std mutex: held for one decision, never across an await.
+    state: Mutex<State>,
+}
+
+struct State {
     /// The generation of the snapshot last decided on.
     seen: u64,
     held: bool,
-    /// Resolves on the next rule change; made once the body had to wait.
-    changes: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+    cut: bool,
+    /// The body's task while it waits: woken when the response is cut.
+    waker: Option<Waker>,
 }
 
 impl Watch {
@@ -49,45 +73,154 @@ impl Watch {
         seed: u64,
     ) -> Box<Watch> {
         let seen = context.live.load().generation();
-        Box::new(Watch {
+        Box::new(Watch(Arc::new(Watching {
             context,
             method,
             uri,
             seed,
-            seen,
-            held: false,
-            changes: None,
-        })
+            state: Mutex::new(State {
+                seen,
+                held: false,
+                cut: false,
+                waker: None,
+            }),
+        })))
+    }
+}
+
+impl Watching {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Decides again if the rules changed since the last look; `Err` when
-    /// the response must be cut.
-    fn check(&mut self) -> Result<(), Cut> {
-        let rules = self.context.live.load();
-        if rules.generation() == self.seen {
-            return Ok(());
+    /// Decides again on every snapshot published since the last look, and
+    /// wakes the body if that cut the response.
+    fn look(&self) -> Fate {
+        let mut state = self.lock();
+        let was_cut = state.cut;
+        let live = &self.context.live;
+        if !state.cut && live.load().generation() != state.seen {
+            for rules in live.since(state.seen) {
+                state.seen = rules.generation();
+                self.decide_on(&rules, &mut state);
+                if state.cut {
+                    break;
+                }
+            }
         }
-        self.seen = rules.generation();
-        let faults = rules.slot(self.context.service.slot);
+        let fate = state.fate();
+        let waker = (state.cut && !was_cut).then(|| state.waker.take());
+        drop(state);
+        if let Some(waker) = waker.flatten() {
+            waker.wake();
+        }
+        fate
+    }
+
+    /// Applies one snapshot; a fault is counted when it cuts or first holds.
+    fn decide_on(&self, rules: &Rules, state: &mut State) {
         let info = RequestInfo {
             method: &self.method,
             path: self.uri.path(),
         };
+        let faults = rules.slot(self.context.service.slot);
         let decision = decide(faults, Some(info), |fault| {
             connection_roll(self.seed, fault)
         });
-        let verdict = decision.verdict;
-        let was_held = self.held;
-        self.held = matches!(verdict, Verdict::Blackhole);
-        if matches!(verdict, Verdict::Drop) || (self.held && !was_held) {
-            self.context.metrics.faults_injected(&decision.applied);
-        }
-        match verdict {
-            Verdict::Drop => Err(Cut),
+        match decision.verdict {
+            Verdict::Drop => {
+                self.context.metrics.faults_injected(&decision.applied);
+                state.cut = true;
+            }
+            Verdict::Blackhole => {
+                if !state.held {
+                    self.context.metrics.faults_injected(&decision.applied);
+                }
+                // Shutdown lets go at once of what a blackhole holds.
+                state.held = !rules.draining();
+                state.cut = rules.draining();
+            }
             // What the blackhole held is lost with it.
-            _ if was_held && !self.held => Err(Cut),
-            _ => Ok(()),
+            _ => state.cut = state.held,
         }
+        if state.cut {
+            state.held = false;
+        }
+    }
+
+    /// Keeps `waker` to be woken on a cut; the fate as of now.
+    fn park(&self, waker: &Waker) -> Fate {
+        let mut state = self.lock();
+        if !state.waker.as_ref().is_some_and(|w| w.will_wake(waker)) {
+            state.waker = Some(waker.clone());
+        }
+        state.fate()
+    }
+}
+
+impl State {
+    fn fate(&self) -> Fate {
+        match (self.cut, self.held) {
+            (true, _) => Fate::Cut,
+            (false, true) => Fate::Held,
+            (false, false) => Fate::Flow,
+        }
+    }
+}
+
+/// The responses streaming on one client connection, for the task that
+/// drives it to look at on every rule change.
+pub(crate) struct Responses {
+    live: Arc<Live>,
+    /// With whether a cut or a hold takes the whole connection (HTTP/1.1)
+    /// or one stream (h2). std mutex: taken once per response and once per
+    /// rule change, never across an await.
+    watched: Mutex<Vec<(Weak<Watching>, bool)>>,
+}
+
+impl Responses {
+    pub(crate) fn new(live: Arc<Live>) -> Responses {
+        Responses {
+            live,
+            watched: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Told of every rule change; made on the thread that drives the
+    /// connection.
+    pub(crate) fn changes(&self) -> watch::Receiver<u64> {
+        self.live.subscribe()
+    }
+
+    /// Watches `body` on its way out; `whole_connection` for HTTP/1.1,
+    /// where a response is cut or held by closing or stopping the
+    /// connection.
+    pub(crate) fn add<B>(&self, body: &Watched<B>, whole_connection: bool) {
+        let Some(watch) = &body.watch else {
+            return;
+        };
+        let mut watched = self.watched.lock().unwrap_or_else(|e| e.into_inner());
+        watched.retain(|(watching, _)| watching.strong_count() > 0);
+        watched.push((Arc::downgrade(&watch.0), whole_connection));
+    }
+
+    /// Decides again for every response (each cut h2 stream is woken to
+    /// reset itself) and says what the connection must do: `Cut` closes
+    /// it, `Held` stops it until a later change.
+    pub(crate) fn look(&self) -> Fate {
+        let mut fate = Fate::Flow;
+        let mut watched = self.watched.lock().unwrap_or_else(|e| e.into_inner());
+        watched.retain(|(watching, whole_connection)| {
+            let Some(watching) = watching.upgrade() else {
+                return false;
+            };
+            let now = watching.look();
+            if *whole_connection && now != Fate::Flow && fate != Fate::Cut {
+                fate = now;
+            }
+            now != Fate::Cut
+        });
+        fate
     }
 }
 
@@ -122,33 +255,16 @@ where
         let Some(watch) = this.watch else {
             return this.inner.poll_frame(cx).map_err(Into::into);
         };
-        let mut inner = this.inner;
-        loop {
-            if let Err(cut) = watch.check() {
-                return Poll::Ready(Some(Err(Box::new(cut))));
+        let watching = &watch.0;
+        if watching.look() == Fate::Flow {
+            if let Poll::Ready(frame) = this.inner.poll_frame(cx) {
+                return Poll::Ready(frame.map(|result| result.map_err(Into::into)));
             }
-            if !watch.held {
-                if let Poll::Ready(frame) = inner.as_mut().poll_frame(cx) {
-                    return Poll::Ready(frame.map(|result| result.map_err(Into::into)));
-                }
-            }
-            if watch.changes.is_none() {
-                let mut changes = watch.context.live.subscribe();
-                watch.changes = Some(Box::pin(async move {
-                    // `Live` owns the sender and outlives every response.
-                    let _ = changes.changed().await;
-                }));
-                // A change between the check above and subscribing would
-                // not wake us: look once more.
-                if watch.context.live.load().generation() != watch.seen {
-                    continue;
-                }
-            }
-            let changes = watch.changes.as_mut().expect("made above");
-            match changes.as_mut().poll(cx) {
-                Poll::Ready(()) => watch.changes = None,
-                Poll::Pending => return Poll::Pending,
-            }
+        }
+        // Waiting for the upstream, or held: a cut must still wake us.
+        match watching.park(cx.waker()) {
+            Fate::Cut => Poll::Ready(Some(Err(Box::new(Cut)))),
+            Fate::Held | Fate::Flow => Poll::Pending,
         }
     }
 
