@@ -364,6 +364,67 @@ async fn a_tls_listener_over_its_cap_resets_instead_of_answering_in_plain_text()
     assert_eq!(status, StatusCode::OK);
 }
 
+/// Sixty connections that never start a handshake, against a cap of 50:
+/// handshakes under way are bounded apart (a quarter of the cap), so they
+/// hold 12 places; connected clients keep being served; and a new client
+/// gets in once the oldest silent one has waited a second, by taking its
+/// place, instead of being locked out for the 10 s handshake limit.
+#[tokio::test]
+async fn connections_that_never_start_a_handshake_cannot_lock_out_tls_clients() {
+    let pki = Pki::new();
+    let talk = unique("crowded");
+    let upstream = http_upstream("plain-upstream").await;
+    let files = pki.issue("listener", &["localhost", "127.0.0.1"]);
+    let lines = format!("{}; max_connections = 50", tls_line(&files));
+    let running = PlanText::new(&["pangyo"])
+        .service(&talk, "pangyo", "http", upstream, &lines)
+        .start()
+        .await;
+    let proxy = addr(&running, &talk);
+    let client = pki.client(&[b"http/1.1"]);
+    let mut established = Vec::new();
+    for _ in 0..20 {
+        let stream = tls_connect(proxy, Arc::clone(&client), "localhost").await;
+        established.push(stream.expect("a client before the crowd"));
+    }
+    let accepted = labels(&talk, "accepted");
+    wait_for_sample(&running, "firedrill_connections_total", &accepted, 20.0).await;
+
+    let mut silent = Vec::new();
+    for _ in 0..60 {
+        // Those over the bound may be reset before connect returns.
+        if let Ok(stream) = within(STEP, TcpStream::connect(proxy)).await {
+            silent.push(stream);
+        }
+    }
+    let refused = labels(&talk, "refused");
+    wait_for_sample(&running, "firedrill_connections_total", &refused, 48.0).await;
+    let active = [("service", talk.as_str())];
+    wait_for_sample(&running, "firedrill_connections_active", &active, 32.0).await;
+
+    let crowded = std::time::Instant::now();
+    let status = loop {
+        if let Ok(stream) = tls_connect(proxy, Arc::clone(&client), "localhost").await {
+            if let Ok((status, _)) = get_h1(stream, "/").await {
+                break status;
+            }
+        }
+        // The usual handshake limit is 10 s; a newcomer waits far less.
+        assert!(
+            crowded.elapsed() < Duration::from_secs(5),
+            "locked out by connections that never started a handshake"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(status, StatusCode::OK);
+    let oldest = closed_within(&mut silent[0], STEP).await;
+    assert!(oldest.is_some(), "the oldest silent connection made room");
+    for stream in established {
+        let (status, _) = get_h1(stream, "/").await.expect("still served");
+        assert_eq!(status, StatusCode::OK);
+    }
+}
+
 #[tokio::test]
 async fn faults_apply_to_requests_on_a_tls_listener() {
     let pki = Pki::new();

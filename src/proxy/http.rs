@@ -33,7 +33,9 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use super::idle::{Activity, Stalling, Tracked};
-use super::limits::{admit, refusal_response, refuse_http, Refusals, Slot};
+use super::limits::{
+    admit, admit_handshake, refusal_response, refuse_http, Handshake, Refusals, Slot,
+};
 use super::{Counted, Flow, ServiceContext};
 use crate::fault::{connection_roll, decide, Fault, RequestInfo, Verdict};
 use crate::metrics::Outcome;
@@ -132,7 +134,11 @@ pub async fn serve(
                 continue;
             }
         };
-        let Some(slot) = admit(&context) else {
+        let place = match &acceptor {
+            None => admit(&context).map(Place::Open),
+            Some(tls) => admit_handshake(&context).map(|pending| Place::Tls(pending, tls.clone())),
+        };
+        let Some(place) = place else {
             refusals.record(&context);
             refuse_http(stream, refusal.clone(), acceptor.is_some());
             continue;
@@ -164,33 +170,35 @@ pub async fn serve(
         let stops = (shutdown.draining.clone(), shutdown.hard_stop.clone());
         let idle_timeout = limits.idle_timeout;
         let builder = Arc::clone(&builder);
-        let Some(acceptor) = &acceptor else {
-            context.metrics.connection(Outcome::Accepted);
-            let serve = move |stream| {
-                let connection = builder
-                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                    .into_owned();
-                drive(
-                    connection,
-                    peer,
-                    slot,
-                    watched,
-                    idle_timeout,
-                    stops,
-                    streaming,
-                )
-            };
-            shutdown
-                .workers
-                .run_connection(&shutdown.tracker, stream, serve);
-            continue;
+        let (pending, acceptor) = match place {
+            Place::Tls(pending, acceptor) => (pending, acceptor),
+            Place::Open(slot) => {
+                context.metrics.connection(Outcome::Accepted);
+                let serve = move |stream| {
+                    let connection = builder
+                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                        .into_owned();
+                    drive(
+                        connection,
+                        peer,
+                        slot,
+                        watched,
+                        idle_timeout,
+                        stops,
+                        streaming,
+                    )
+                };
+                shutdown
+                    .workers
+                    .run_connection(&shutdown.tracker, stream, serve);
+                continue;
+            }
         };
-        let acceptor = acceptor.clone();
         let context = Arc::clone(&context);
         let serve = move |stream| async move {
-            let hard_stop = &stops.1;
-            let handshake = terminate::handshake(&acceptor, stream, peer, &context, hard_stop);
-            let Some(stream) = handshake.await else {
+            let stop = (pending, &stops.1);
+            let handshake = terminate::handshake(&acceptor, stream, peer, &context, stop);
+            let Some((stream, slot)) = handshake.await else {
                 return;
             };
             let connection = builder
@@ -211,6 +219,13 @@ pub async fn serve(
             .workers
             .run_connection(&shutdown.tracker, stream, serve);
     }
+}
+
+/// A new client's place under `max_connections`: taken, or, on a TLS
+/// listener, held by its handshake.
+enum Place {
+    Open(Slot),
+    Tls(Handshake, TlsAcceptor),
 }
 
 /// Serves one client connection until it ends, or has been idle for
