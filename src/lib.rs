@@ -26,6 +26,7 @@ pub mod config;
 pub mod demo;
 pub mod engine;
 pub mod fault;
+mod log_limit;
 pub mod metrics;
 pub mod probe;
 pub mod proxy;

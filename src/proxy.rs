@@ -2,9 +2,7 @@
 //! `tcp.rs` per connection, and `relay.rs` moves bytes for TCP connections
 //! and upgraded HTTP connections while watching the live rules. `limits.rs`
 //! caps each service's connections; `idle.rs` ends what has gone quiet;
-//! `failures.rs` logs upstream failures sparingly.
 
-mod failures;
 pub mod http;
 pub(crate) mod idle;
 pub mod limits;
@@ -14,11 +12,13 @@ pub mod tcp;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
 use bytes::Buf;
 use http_body::{Body, Frame, SizeHint};
 
 use crate::fault::live::Live;
+use crate::log_limit::LogLimit;
 use crate::metrics::ServiceMetrics;
 use crate::topology::Service;
 
@@ -30,8 +30,8 @@ pub struct ServiceContext {
     pub metrics: ServiceMetrics,
     /// Client connections open now, held against `max_connections`.
     pub open: Arc<limits::OpenConnections>,
-    /// When upstream failures were last logged, to log them sparingly.
-    pub failures: failures::UpstreamFailures,
+    /// Upstream failures are logged at most once every few seconds.
+    pub(crate) failures: LogLimit,
 }
 
 /// Which way payload bytes flow, for the bytes counter.
@@ -43,7 +43,26 @@ pub(crate) enum Flow {
     Downstream,
 }
 
+/// How often one service may log an upstream failure.
+pub(crate) const LOG_FAILURES_EVERY: Duration = Duration::from_secs(5);
+
 impl ServiceContext {
+    /// Logs that the upstream failed, `what` completing "upstream ..."
+    /// (say, "is unreachable: connection refused"), unless this service
+    /// logged one within the last few seconds.
+    pub(crate) fn upstream_failed(&self, what: &dyn std::fmt::Display) {
+        if let Some(suppressed) = self.failures.admit() {
+            let service = &self.service;
+            tracing::warn!(
+                service = %service.name,
+                datacenter = %service.datacenter,
+                upstream = %service.upstream,
+                suppressed,
+                "upstream {what}"
+            );
+        }
+    }
+
     pub(crate) fn count_bytes(&self, flow: Flow, n: usize) {
         match flow {
             Flow::Upstream => self.metrics.bytes_upstream(n),

@@ -33,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{self, Plan};
 use crate::engine::Engine;
 use crate::fault::live::{Live, Rules};
+use crate::log_limit::LogLimit;
 use crate::proxy::limits::OpenConnections;
 use crate::proxy::{self, ServiceContext};
 use crate::shutdown::Shutdown;
@@ -370,7 +371,7 @@ impl Services {
                     .flat_map(|s| s.faults.iter().map(|f| &**f)),
             ),
             open: Arc::clone(&open),
-            failures: Default::default(),
+            failures: LogLimit::new(proxy::LOG_FAILURES_EVERY),
         });
         // The service's connections stop at the hard stop, or earlier when a
         // reload removes or replaces the service.

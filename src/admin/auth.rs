@@ -18,11 +18,12 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use governor::clock::{Clock, DefaultClock};
-use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use subtle::{Choice, ConditionallySelectable, ConstantTimeEq};
 
 use super::{AdminState, ApiError};
 use crate::config::Token;
+use crate::log_limit::LogLimit;
 
 /// Who made an admin request, as activation and lift records name them:
 /// `gameday-lead (127.0.0.1:53412)`, or only the address when the plan
@@ -125,9 +126,8 @@ pub(super) async fn authorize(
 const FAILURE_BURST: NonZeroU32 = NonZeroU32::new(10).expect("not zero");
 /// How soon an address that used up its burst may try one more token.
 const FAILURE_EVERY: Duration = Duration::from_secs(1);
-/// Warnings about wrong tokens logged in quick succession...
-const WARN_BURST: NonZeroU32 = NonZeroU32::new(3).expect("not zero");
-/// ...and then at most one every so often, saying how many were not.
+/// At most one warning about wrong tokens every so often, saying how many
+/// were not logged.
 const WARN_EVERY: Duration = Duration::from_secs(10);
 /// Every so many failures, addresses quiet long enough to have their whole
 /// burst back are forgotten, so many addresses cannot grow the table.
@@ -139,9 +139,7 @@ const FORGET_EVERY: u64 = 1024;
 #[derive(Debug)]
 pub(crate) struct Failures {
     by_address: DefaultKeyedRateLimiter<IpAddr>,
-    log: DefaultDirectRateLimiter,
-    /// Wrong tokens since the last warning, not logged one by one.
-    unlogged: AtomicU64,
+    log: LogLimit,
     seen: AtomicU64,
     clock: DefaultClock,
 }
@@ -151,13 +149,9 @@ impl Failures {
         let address = Quota::with_period(FAILURE_EVERY)
             .expect("a period above zero")
             .allow_burst(FAILURE_BURST);
-        let log = Quota::with_period(WARN_EVERY)
-            .expect("a period above zero")
-            .allow_burst(WARN_BURST);
         Failures {
             by_address: RateLimiter::keyed(address),
-            log: RateLimiter::direct(log),
-            unlogged: AtomicU64::new(0),
+            log: LogLimit::new(WARN_EVERY),
             seen: AtomicU64::new(0),
             clock: DefaultClock::default(),
         }
@@ -180,8 +174,7 @@ impl Failures {
             Ok(()) => None,
             Err(until) => Some(until.wait_time_from(self.clock.now())),
         };
-        if self.log.check().is_ok() {
-            let unlogged = self.unlogged.swap(0, Ordering::Relaxed);
+        if let Some(unlogged) = self.log.admit() {
             tracing::warn!(
                 %peer,
                 %method,
@@ -190,8 +183,6 @@ impl Failures {
                 unlogged,
                 "admin call with an unknown token refused (`unlogged`: refused since the last such line and not logged)"
             );
-        } else {
-            self.unlogged.fetch_add(1, Ordering::Relaxed);
         }
         wait
     }
