@@ -63,7 +63,7 @@ fn describe() {
     describe_counter!(
         REQUESTS_TOTAL,
         Unit::Count,
-        "HTTP requests received, by service, data center and outcome (forwarded, delayed, dropped, blackholed, error, upstream_error)."
+        "HTTP requests received, by service, data center and outcome (forwarded, delayed, dropped, blackholed, error, upstream_error, and client_error for a request refused as malformed)."
     );
     describe_counter!(
         CONNECTIONS_TOTAL,
@@ -109,10 +109,13 @@ pub enum Outcome {
     /// A client connection refused because the service was at its
     /// `max_connections`.
     Refused,
+    /// An HTTP request refused as the client's fault (400, 405): two `Host`
+    /// fields, `CONNECT`, a malformed body.
+    ClientError,
 }
 
 impl Outcome {
-    const ALL: [Outcome; 9] = [
+    const ALL: [Outcome; 10] = [
         Outcome::Forwarded,
         Outcome::Delayed,
         Outcome::Dropped,
@@ -122,6 +125,7 @@ impl Outcome {
         Outcome::Accepted,
         Outcome::TlsError,
         Outcome::Refused,
+        Outcome::ClientError,
     ];
 
     pub fn name(self) -> &'static str {
@@ -135,6 +139,7 @@ impl Outcome {
             Outcome::Accepted => "accepted",
             Outcome::TlsError => "tls_error",
             Outcome::Refused => "refused",
+            Outcome::ClientError => "client_error",
         }
     }
 }
@@ -143,8 +148,8 @@ impl Outcome {
 /// series that can move for the service's protocol are registered.
 #[derive(Debug, Clone)]
 pub struct ServiceMetrics {
-    requests: [Counter; 9],
-    connections: [Counter; 9],
+    requests: [Counter; 10],
+    connections: [Counter; 10],
     active: Gauge,
     duration: Histogram,
     bytes_upstream: Counter,
@@ -195,6 +200,7 @@ impl ServiceMetrics {
                 Outcome::Accepted => http,
                 Outcome::TlsError => service.tls.is_some(),
                 Outcome::Refused => true,
+                Outcome::ClientError => false,
                 // An injected error response means nothing to a byte stream.
                 Outcome::Error => false,
                 _ => !http,
