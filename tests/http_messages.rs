@@ -207,6 +207,54 @@ async fn nginx_sees_origin_form_and_the_clients_host_from_every_kind_of_client()
 }
 
 #[tokio::test]
+async fn nginx_over_tls_sees_origin_form_and_the_clients_host() {
+    let folder = TempDir::new("nginx-tls");
+    let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+    let (cert, key) = (
+        folder.path().join("cert.pem"),
+        folder.path().join("key.pem"),
+    );
+    std::fs::write(&cert, certified.cert.pem()).unwrap();
+    std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
+    let Some(nginx) = Nginx::start_tls((&cert, &key)).await else {
+        return;
+    };
+    let web = unique("web");
+    let upstream = format!("https://{}", nginx.tls_addr.unwrap());
+    let running = PlanText::new(&["pangyo"])
+        .service_to(
+            &web,
+            "pangyo",
+            "http",
+            &upstream,
+            "upstream_skip_verify = true",
+        )
+        .start()
+        .await;
+    let proxy = addr(&running, &web);
+
+    // HTTP/1.1 clients, over their own upstream connection.
+    let answer = exchange(
+        proxy,
+        "GET /tls-h1 HTTP/1.1\r\nHost: myapp.example\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.ends_with("myapp.example\n"), "{answer}");
+    assert_eq!(nginx.logged("GET /tls-h1 HTTP/1.1").await, "myapp.example");
+
+    // h2c clients, over the pooled client.
+    let mut sender = h2c::<Empty<Bytes>>(proxy).await;
+    let request = Request::builder()
+        .uri("http://myapp.example/tls-h2")
+        .body(Empty::new())
+        .unwrap();
+    let response = within(STEP, sender.send_request(request)).await.unwrap();
+    let body = within(STEP, response.into_body().collect()).await.unwrap();
+    assert_eq!(body.to_bytes(), "myapp.example\n");
+    assert_eq!(nginx.logged("GET /tls-h2 HTTP/1.1").await, "myapp.example");
+}
+
+#[tokio::test]
 async fn an_h2c_client_without_a_host_reaches_the_upstream_with_its_authority() {
     let upstream = http_upstream("kakao").await;
     let talk = unique("talk");

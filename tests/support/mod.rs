@@ -860,14 +860,35 @@ impl Binary {
 /// root or not) and is killed by its PID when dropped.
 pub struct Nginx {
     pub addr: SocketAddr,
+    /// The same servers over TLS, when started with a certificate.
+    pub tls_addr: Option<SocketAddr>,
     folder: TempDir,
     _process: Process,
+}
+
+/// A free loopback port: the caller binds it right after.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 impl Nginx {
     /// Starts nginx, or returns `None` (after [`programs_present`]'s hint)
     /// when it is not installed.
     pub async fn start() -> Option<Nginx> {
+        Nginx::launch(None).await
+    }
+
+    /// Like [`Nginx::start`], also serving TLS with the PEM files
+    /// `(certificate, key)`.
+    pub async fn start_tls(files: (&std::path::Path, &std::path::Path)) -> Option<Nginx> {
+        Nginx::launch(Some(files)).await
+    }
+
+    async fn launch(tls: Option<(&std::path::Path, &std::path::Path)>) -> Option<Nginx> {
         let program = ["/usr/sbin/nginx", "/usr/bin/nginx"]
             .into_iter()
             .map(std::path::PathBuf::from)
@@ -879,12 +900,16 @@ impl Nginx {
         };
         let folder = TempDir::new("nginx");
         let dir = folder.path().display().to_string();
-        // A free port: nginx binds it right after.
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
+        let tls_port = tls.map(|_| free_port());
+        let ssl = match (tls, tls_port) {
+            (Some((cert, key)), Some(tls_port)) => format!(
+                "listen 127.0.0.1:{tls_port} ssl; ssl_certificate {}; ssl_certificate_key {};",
+                cert.display(),
+                key.display()
+            ),
+            _ => String::new(),
+        };
         let config = format!(
             "daemon off;\nmaster_process off;\nworker_processes 1;\npid {dir}/nginx.pid;\n\
              error_log stderr;\nevents {{ worker_connections 64; }}\nhttp {{\n\
@@ -893,8 +918,8 @@ impl Nginx {
              fastcgi_temp_path {dir}/fastcgi;\nuwsgi_temp_path {dir}/uwsgi;\n\
              scgi_temp_path {dir}/scgi;\n\
              server {{ listen 127.0.0.1:{port} default_server; server_name _;\n\
-             location / {{ return 200 \"default server\\n\"; }} }}\n\
-             server {{ listen 127.0.0.1:{port}; server_name myapp.example;\n\
+             {ssl}\nlocation / {{ return 200 \"default server\\n\"; }} }}\n\
+             server {{ listen 127.0.0.1:{port}; server_name myapp.example; {ssl}\n\
              location / {{ return 200 \"myapp.example\\n\"; }} }}\n}}\n"
         );
         let file = folder.path().join("nginx.conf");
@@ -922,6 +947,7 @@ impl Nginx {
         }
         Some(Nginx {
             addr,
+            tls_addr: tls_port.map(|port| SocketAddr::from(([127, 0, 0, 1], port))),
             folder,
             _process: process,
         })
