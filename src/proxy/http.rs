@@ -6,6 +6,7 @@
 //! for the idle timeout is closed, and over `max_connections` a client gets
 //! a short 503.
 
+mod abort;
 mod headers;
 mod origin;
 mod sending;
@@ -684,7 +685,7 @@ impl Abandoned<'_> {
 
 impl Drop for Abandoned<'_> {
     fn drop(&mut self) {
-        if let Some(abort) = self.0.and_then(origin::Abort::of) {
+        if let Some(abort) = self.0.and_then(abort::Abort::of) {
             abort.abort();
         }
     }

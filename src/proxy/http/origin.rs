@@ -6,18 +6,14 @@
 use std::error::Error;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-
-use atomic_waker::AtomicWaker;
 use std::time::Duration;
 
 use http::{Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper_rustls::{FixedServerNameResolver, HttpsConnector, MaybeHttpsStream};
-use hyper_util::client::legacy::connect::CaptureConnection;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::{Client, ResponseFuture};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -25,6 +21,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
+use super::abort::{Abort, Outgoing, OverTcp};
 use super::sending::Sending;
 use super::{Proxy, ProxyBody};
 use crate::proxy::Counted;
@@ -50,84 +47,6 @@ impl std::ops::Deref for Sender {
 impl std::ops::DerefMut for Sender {
     fn deref_mut(&mut self) -> &mut Self::Target {
         &mut self.send
-    }
-}
-
-/// Ends an upstream connection from outside, whatever the upstream does:
-/// its next read or write fails, and one stuck on the upstream is woken
-/// to find out. hyper alone would wait, to shut the connection down, until
-/// the upstream takes what is queued for it.
-#[derive(Clone, Default)]
-pub(super) struct Abort(Arc<Aborting>);
-
-#[derive(Default)]
-struct Aborting {
-    aborted: AtomicBool,
-    waker: AtomicWaker,
-}
-
-impl Abort {
-    pub(super) fn abort(&self) {
-        self.0.aborted.store(true, Ordering::Release);
-        self.0.waker.wake();
-    }
-
-    /// Errs once aborted; else waits for an abort alongside `poll`.
-    fn guard<T>(
-        &self,
-        cx: &mut Context<'_>,
-        poll: impl FnOnce(&mut Context<'_>) -> Poll<std::io::Result<T>>,
-    ) -> Poll<std::io::Result<T>> {
-        let aborted = || {
-            let error = std::io::Error::new(
-                std::io::ErrorKind::ConnectionAborted,
-                "the request on this upstream connection was abandoned",
-            );
-            Poll::Ready(Err(error))
-        };
-        if self.0.aborted.load(Ordering::Acquire) {
-            return aborted();
-        }
-        let polled = poll(cx);
-        if polled.is_pending() {
-            self.0.waker.register(cx.waker());
-            if self.0.aborted.load(Ordering::Acquire) {
-                return aborted();
-            }
-        }
-        polled
-    }
-
-    /// The abort of the pooled connection that `captured` went over, if
-    /// it got one.
-    pub(super) fn of(captured: &CaptureConnection) -> Option<Abort> {
-        let connected = captured.connection_metadata();
-        let mut extensions = http::Extensions::new();
-        connected.as_ref()?.get_extras(&mut extensions);
-        extensions.get::<Abort>().cloned()
-    }
-}
-
-/// Aborts an upstream connection when dropped before [`Armed::disarm`]:
-/// held while a request is on its way, so a request given up (504, or the
-/// client gone) takes its connection with it.
-pub(super) struct Armed(Option<Abort>);
-
-impl Armed {
-    pub(super) fn new(abort: &Abort) -> Armed {
-        Armed(Some(abort.clone()))
-    }
-
-    pub(super) fn disarm(mut self) {
-        self.0 = None;
-    }
-}
-
-impl Drop for Armed {
-    fn drop(&mut self) {
-        if let Some(abort) = self.0.take() {
-            abort.abort();
-        }
     }
 }
 
@@ -292,7 +211,7 @@ impl Proxy {
             })
         } else {
             let stream = Outgoing::new(stream);
-            let abort = stream.abort.clone();
+            let abort = stream.abort().clone();
             let send = self.drive_upstream(stream, false).await?;
             Ok(Sender { send, abort })
         }
@@ -373,129 +292,4 @@ pub(super) fn tls_reason<'e>(error: &'e (dyn Error + 'static)) -> Option<&'e rus
     }
     let io = error.downcast_ref::<std::io::Error>()?;
     tls_reason(io.get_ref()?)
-}
-
-/// A TCP stream, or TLS over one.
-pub(super) trait OverTcp {
-    fn tcp(&self) -> &TcpStream;
-}
-
-impl OverTcp for TcpStream {
-    fn tcp(&self) -> &TcpStream {
-        self
-    }
-}
-
-impl OverTcp for tokio_rustls::client::TlsStream<TcpStream> {
-    fn tcp(&self) -> &TcpStream {
-        self.get_ref().0
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// An upstream connection that is reset, not closed, when firedrill
-    /// lets go of it with a request unanswered: after a 504, say, or when
-    /// the client went away. A plain close would queue the end of the
-    /// stream behind bytes the upstream may never read, and the kernel
-    /// would keep the socket, and the upstream its connection, for as long
-    /// as the upstream keeps not reading. An idle kept-alive connection,
-    /// whose last bytes were an answer, closes as usual.
-    pub(super) struct Outgoing<S: OverTcp> {
-        #[pin]
-        inner: S,
-        // Bytes were written, or could not be, since the upstream last
-        // sent anything.
-        owed: bool,
-        abort: Abort,
-    }
-
-    impl<S: OverTcp> PinnedDrop for Outgoing<S> {
-        fn drop(this: Pin<&mut Self>) {
-            if this.owed {
-                this.abort();
-            }
-        }
-    }
-}
-
-impl<S: OverTcp> Outgoing<S> {
-    pub(super) fn new(inner: S) -> Outgoing<S> {
-        Outgoing {
-            inner,
-            owed: false,
-            abort: Abort::default(),
-        }
-    }
-
-    fn abort(&self) {
-        // Closing with a zero linger resets the connection and discards
-        // whatever is still queued for the upstream.
-        if let Err(e) = self.inner.tcp().set_zero_linger() {
-            tracing::debug!("resetting an unanswered upstream connection: {e}");
-        }
-    }
-}
-
-impl<S: OverTcp + AsyncRead> AsyncRead for Outgoing<S> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let this = self.project();
-        let before = buf.filled().len();
-        let read = this.abort.guard(cx, |cx| this.inner.poll_read(cx, buf));
-        if buf.filled().len() > before {
-            *this.owed = false;
-        }
-        read
-    }
-}
-
-impl<S: OverTcp + AsyncWrite> AsyncWrite for Outgoing<S> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        let this = self.project();
-        *this.owed = true;
-        this.abort.guard(cx, |cx| this.inner.poll_write(cx, buf))
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        let this = self.project();
-        *this.owed = true;
-        this.abort
-            .guard(cx, |cx| this.inner.poll_write_vectored(cx, bufs))
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        let this = self.project();
-        this.abort.guard(cx, |cx| this.inner.poll_flush(cx))
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        if self.owed {
-            // Nothing more is owed to this upstream, a TLS close_notify
-            // included: reset rather than wait on it.
-            self.abort();
-            return Poll::Ready(Ok(()));
-        }
-        self.project().inner.poll_shutdown(cx)
-    }
-}
-
-impl hyper_util::client::legacy::connect::Connection for Outgoing<TcpStream> {
-    fn connected(&self) -> hyper_util::client::legacy::connect::Connected {
-        self.inner.connected().extra(self.abort.clone())
-    }
 }

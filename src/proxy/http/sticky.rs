@@ -15,7 +15,8 @@ use hyper::body::Incoming;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::origin::{Armed, Failure, Sender, UpstreamBody};
+use super::abort::Armed;
+use super::origin::{Failure, Sender, UpstreamBody};
 use super::Proxy;
 use crate::workers::Workers;
 
