@@ -65,7 +65,7 @@ fn describe() {
     describe_counter!(
         REQUESTS_TOTAL,
         Unit::Count,
-        "HTTP requests, by service, data center, outcome (forwarded, delayed, dropped, blackholed, error, upstream_error) and code, the class of the status answered (1xx to 5xx; no code for a request that got no response), counted when their fate is decided."
+        "HTTP requests, by service, data center, outcome (forwarded, delayed, dropped, blackholed, error, upstream_error, and client_error for a request refused as malformed) and code, the class of the status answered (1xx to 5xx; no code for a request that got no response), counted when their fate is decided."
     );
     describe_counter!(
         CONNECTIONS_TOTAL,
@@ -111,10 +111,13 @@ pub enum Outcome {
     /// A client connection refused because the service was at its
     /// `max_connections`.
     Refused,
+    /// An HTTP request refused as the client's fault (400, 405): two `Host`
+    /// fields, `CONNECT`, a malformed body.
+    ClientError,
 }
 
 impl Outcome {
-    const ALL: [Outcome; 9] = [
+    const ALL: [Outcome; 10] = [
         Outcome::Forwarded,
         Outcome::Delayed,
         Outcome::Dropped,
@@ -124,6 +127,7 @@ impl Outcome {
         Outcome::Accepted,
         Outcome::TlsError,
         Outcome::Refused,
+        Outcome::ClientError,
     ];
 
     pub fn name(self) -> &'static str {
@@ -137,6 +141,7 @@ impl Outcome {
             Outcome::Accepted => "accepted",
             Outcome::TlsError => "tls_error",
             Outcome::Refused => "refused",
+            Outcome::ClientError => "client_error",
         }
     }
 }
@@ -174,6 +179,8 @@ const REQUEST_CODES: &[(Outcome, Codes)] = &[
     (Outcome::Error, Codes::classes(2, 5)),
     // firedrill's own 502 or 504.
     (Outcome::UpstreamError, Codes::classes(5, 5)),
+    // firedrill's own 400 or 405 for a request refused as the client's.
+    (Outcome::ClientError, Codes::classes(4, 4)),
     (Outcome::Dropped, Codes::NONE),
     (Outcome::Blackholed, Codes::NONE),
 ];
@@ -268,6 +275,7 @@ impl ServiceMetrics {
                 Outcome::Accepted => http,
                 Outcome::TlsError => service.tls.is_some(),
                 Outcome::Refused => true,
+                Outcome::ClientError => false,
                 // An injected error response means nothing to a byte stream.
                 Outcome::Error => false,
                 _ => !http,

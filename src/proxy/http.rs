@@ -6,8 +6,10 @@
 //! for the idle timeout is closed, and over `max_connections` a client gets
 //! a short 503.
 
+mod abort;
 mod headers;
 mod origin;
+mod sending;
 mod sticky;
 mod terminate;
 mod upgrade;
@@ -24,6 +26,7 @@ use http::{Request, Response, StatusCode, Version};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
+use hyper_util::client::legacy::connect::{capture_connection, CaptureConnection};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulConnection;
@@ -350,6 +353,19 @@ impl Proxy {
         sticky: &Arc<sticky::Sticky>,
     ) -> Result<Response<ProxyBody>, Refused> {
         let started = Instant::now();
+        if let Some((status, what)) = headers::malformed(&request) {
+            let mut response = self.client_error(status, what);
+            let elapsed = started.elapsed();
+            let metrics = &self.context.metrics;
+            metrics.request(Outcome::ClientError, Some(response.status()), elapsed);
+            if request.version() != Version::HTTP_2 {
+                // What follows such a request (a tunnel's bytes, say) is
+                // not to be read as the next request.
+                let close = HeaderValue::from_static("close");
+                response.headers_mut().insert(header::CONNECTION, close);
+            }
+            return Ok(response);
+        }
         let seed: u64 = rand::random();
         // Faults already counted as injected on this request; stays empty
         // (no allocation) while no fault hits.
@@ -543,25 +559,74 @@ impl Proxy {
             seed,
         );
         self.prepare(&mut request, forwarded_for, false);
-        let request =
-            request.map(|body| Counted::new(body, Arc::clone(&self.context), Flow::Upstream));
+        if multiplexed {
+            *request.uri_mut() = self.absolute(request.uri());
+        }
+        // A request with a body is watched on its way: `timeout` starts
+        // once it has all been sent.
+        let progress =
+            (!http_body::Body::is_end_stream(request.body())).then(sending::Progress::new);
+        let mut request = request.map(|body| {
+            let counted = Counted::new(body, Arc::clone(&self.context), Flow::Upstream);
+            sending::Sending::new(counted, progress.clone())
+        });
+        // Which pooled connection a request with a body goes over, to
+        // abort it if the request is given up (sticky.rs arms its own).
+        let captured =
+            (multiplexed && progress.is_some()).then(|| capture_connection(&mut request));
+        let abandoned = Abandoned(captured.as_ref());
         let service = &self.context.service;
         // Pinned where it is: a timeout around the future itself would move
         // it (a kilobyte and more) on every request.
+        // A failed send is the client's when its body broke off or was
+        // malformed (`Err(None)`); only the upstream's gets firedrill's
+        // 502 or 504, and its log line.
+        let upstreams = || {
+            progress
+                .as_ref()
+                .is_none_or(|p| p.client_failure().is_none())
+        };
         let sent = std::pin::pin!(async {
             if multiplexed {
                 self.client
                     .request(request)
                     .await
-                    .map_err(|e| self.upstream_failed(&e))
+                    .map_err(|e| upstreams().then(|| self.upstream_failed(&e)))
             } else {
                 self.send_sticky(sticky, request)
                     .await
-                    .map_err(|failure| self.refuse(failure))
+                    .map_err(|failure| upstreams().then(|| self.refuse(failure)))
             }
         });
-        match tokio::time::timeout(service.timeout, sent).await {
-            Ok(Ok(response)) => {
+        let overdue = async {
+            match &progress {
+                Some(progress) => {
+                    let stall = service.limits.upstream_idle_timeout;
+                    progress.overdue(stall, service.timeout).await
+                }
+                None => {
+                    tokio::time::sleep(service.timeout).await;
+                    sending::Overdue::Headers
+                }
+            }
+        };
+        // Dropping the request on its way closes its upstream connection.
+        let answered = tokio::select! {
+            biased;
+            answered = sent => answered,
+            overdue = overdue => return (Outcome::UpstreamError, Ok(self.overdue(overdue))),
+        };
+        match answered {
+            Ok(response) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
+                // hyper closes that upstream connection: it may speak
+                // another protocol now.
+                let what =
+                    "answered 101 Switching Protocols to a request that asked for no upgrade";
+                let failure = self.failure(StatusCode::BAD_GATEWAY, what.to_owned());
+                (Outcome::UpstreamError, Ok(failure))
+            }
+            Ok(response) => {
+                abandoned.disarm();
                 let outcome = if delayed {
                     Outcome::Delayed
                 } else {
@@ -569,18 +634,54 @@ impl Proxy {
                 };
                 (outcome, Ok(self.downstream(response, Some(watch))))
             }
-            Ok(Err(failure)) => (Outcome::UpstreamError, Ok(failure)),
-            Err(_) => (
-                Outcome::UpstreamError,
-                Ok(self.failure(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    format!(
-                        "did not send response headers within {}",
-                        humantime::format_duration(service.timeout)
-                    ),
-                )),
-            ),
+            Err(Some(failure)) => (Outcome::UpstreamError, Ok(failure)),
+            Err(None) => {
+                let why = progress.as_ref().and_then(|p| p.client_failure());
+                let what = format!(
+                    "the request body could not be read: {}",
+                    why.unwrap_or_default()
+                );
+                let response = self.client_error(StatusCode::BAD_REQUEST, &what);
+                (Outcome::ClientError, Ok(response))
+            }
         }
+    }
+
+    /// 504 for an upstream that held a request up too long.
+    fn overdue(&self, overdue: sending::Overdue) -> Response<ProxyBody> {
+        let limits = &self.context.service;
+        let what = match overdue {
+            sending::Overdue::Headers => format!(
+                "did not send response headers within {} of receiving the request",
+                humantime::format_duration(limits.timeout)
+            ),
+            sending::Overdue::Body => format!(
+                "took none of the request body for {} (upstream_idle_timeout)",
+                humantime::format_duration(limits.limits.upstream_idle_timeout)
+            ),
+        };
+        self.failure(StatusCode::GATEWAY_TIMEOUT, what)
+    }
+
+    /// A response of firedrill's own to a request it will not forward.
+    fn client_error(&self, status: StatusCode, what: &str) -> Response<ProxyBody> {
+        let service = &self.context.service;
+        tracing::debug!(service = %service.name, %status, "refused a request: {what}");
+        let body = format!("firedrill: service `{}`: {what}\n", service.name);
+        let mut response = Response::new(Either::Right(Full::new(Bytes::from(body))));
+        *response.status_mut() = status;
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        if status == StatusCode::METHOD_NOT_ALLOWED {
+            headers.insert(
+                header::ALLOW,
+                HeaderValue::from_static("GET, HEAD, POST, PUT, DELETE, OPTIONS, TRACE, PATCH"),
+            );
+        }
+        response
     }
 
     /// Maps an upstream client error to 502, or 504 for a connect timeout.
@@ -642,6 +743,26 @@ impl Proxy {
             HeaderValue::from_static("text/plain; charset=utf-8"),
         );
         response
+    }
+}
+
+/// Aborts the pooled connection a request with a body went over when
+/// dropped before [`Abandoned::disarm`]: a request given up (504, or the
+/// client gone) takes its connection with it.
+struct Abandoned<'a>(Option<&'a CaptureConnection>);
+
+impl Abandoned<'_> {
+    /// The request got its answer; its connection lives on.
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Abandoned<'_> {
+    fn drop(&mut self) {
+        if let Some(abort) = self.0.and_then(abort::Abort::of) {
+            abort.abort();
+        }
     }
 }
 

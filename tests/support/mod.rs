@@ -850,3 +850,125 @@ impl Binary {
         let _ = self.process.0.wait();
     }
 }
+
+// --- nginx as a real upstream -----------------------------------------------------
+
+/// nginx serving two name-based virtual hosts on a loopback port: the
+/// default server answers `default server`, `server_name myapp.example`
+/// answers `myapp.example`. Its access log records each request line and
+/// Host as `REQUEST|HOST`. Runs with its own prefix in a temp folder (as
+/// root or not) and is killed by its PID when dropped.
+pub struct Nginx {
+    pub addr: SocketAddr,
+    /// The same servers over TLS, when started with a certificate.
+    pub tls_addr: Option<SocketAddr>,
+    folder: TempDir,
+    _process: Process,
+}
+
+/// A free loopback port: the caller binds it right after.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Nginx {
+    /// Starts nginx, or returns `None` (after [`programs_present`]'s hint)
+    /// when it is not installed.
+    pub async fn start() -> Option<Nginx> {
+        Nginx::launch(None).await
+    }
+
+    /// Like [`Nginx::start`], also serving TLS with the PEM files
+    /// `(certificate, key)`.
+    pub async fn start_tls(files: (&std::path::Path, &std::path::Path)) -> Option<Nginx> {
+        Nginx::launch(Some(files)).await
+    }
+
+    async fn launch(tls: Option<(&std::path::Path, &std::path::Path)>) -> Option<Nginx> {
+        let program = ["/usr/sbin/nginx", "/usr/bin/nginx"]
+            .into_iter()
+            .map(std::path::PathBuf::from)
+            .find(|path| path.is_file());
+        let program = match program {
+            Some(program) => program,
+            None if programs_present(&["nginx"], "bash .ci/install-test-deps") => "nginx".into(),
+            None => return None,
+        };
+        let folder = TempDir::new("nginx");
+        let dir = folder.path().display().to_string();
+        let port = free_port();
+        let tls_port = tls.map(|_| free_port());
+        let ssl = match (tls, tls_port) {
+            (Some((cert, key)), Some(tls_port)) => format!(
+                "listen 127.0.0.1:{tls_port} ssl; ssl_certificate {}; ssl_certificate_key {};",
+                cert.display(),
+                key.display()
+            ),
+            _ => String::new(),
+        };
+        let config = format!(
+            "daemon off;\nmaster_process off;\nworker_processes 1;\npid {dir}/nginx.pid;\n\
+             error_log stderr;\nevents {{ worker_connections 64; }}\nhttp {{\n\
+             log_format seen '$request|$http_host';\naccess_log {dir}/access.log seen;\n\
+             client_body_temp_path {dir}/body;\nproxy_temp_path {dir}/proxy;\n\
+             fastcgi_temp_path {dir}/fastcgi;\nuwsgi_temp_path {dir}/uwsgi;\n\
+             scgi_temp_path {dir}/scgi;\n\
+             server {{ listen 127.0.0.1:{port} default_server; server_name _;\n\
+             {ssl}\nlocation / {{ return 200 \"default server\\n\"; }} }}\n\
+             server {{ listen 127.0.0.1:{port}; server_name myapp.example; {ssl}\n\
+             location / {{ return 200 \"myapp.example\\n\"; }} }}\n}}\n"
+        );
+        let file = folder.path().join("nginx.conf");
+        std::fs::write(&file, config).unwrap();
+        let child = Command::new(program)
+            .arg("-e")
+            .arg("stderr")
+            .arg("-p")
+            .arg(folder.path())
+            .arg("-c")
+            .arg(&file)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("starting nginx");
+        let mut process = Process(child);
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let deadline = Instant::now() + STEP;
+        while TcpStream::connect(addr).await.is_err() {
+            let exited = process.0.try_wait().expect("polling nginx");
+            assert!(exited.is_none(), "nginx exited: {exited:?}");
+            assert!(Instant::now() < deadline, "nginx did not listen on {addr}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Some(Nginx {
+            addr,
+            tls_addr: tls_port.map(|port| SocketAddr::from(([127, 0, 0, 1], port))),
+            folder,
+            _process: process,
+        })
+    }
+
+    /// Waits until the access log has a line `REQUEST|HOST` for `request`
+    /// (like `GET /x HTTP/1.1`) and returns the Host it logged.
+    pub async fn logged(&self, request: &str) -> String {
+        let log = self.folder.path().join("access.log");
+        let prefix = format!("{request}|");
+        let mut text = String::new();
+        let found = tokio::time::timeout(STEP, async {
+            loop {
+                text = std::fs::read_to_string(&log).unwrap_or_default();
+                if let Some(line) = text.lines().find(|line| line.starts_with(&prefix)) {
+                    return line[prefix.len()..].to_owned();
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        found.unwrap_or_else(|_| panic!("nginx logged no `{request}`; its log:\n{text}"))
+    }
+}

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
-use http::{Request, Response, Uri, Version};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::Either;
 use hyper::body::Incoming;
 use smallvec::SmallVec;
@@ -30,51 +30,46 @@ static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
 impl Proxy {
-    /// Rewrites a client request for the upstream: target URI, HTTP/1.1,
-    /// hop-by-hop fields removed (kept for an upgrade), X-Forwarded-For,
-    /// and X-Forwarded-Proto for clients that came over TLS.
+    /// Rewrites a client request for the upstream: origin-form target
+    /// (`*` for `OPTIONS *`), the client's `Host`, HTTP/1.1, hop-by-hop
+    /// fields removed (kept for an upgrade), `TE: trailers` when the client
+    /// takes trailers, X-Forwarded-For, and X-Forwarded-Proto for clients
+    /// that came over TLS.
     pub(super) fn prepare<B>(
         &self,
         request: &mut Request<B>,
         forwarded_for: HeaderValue,
         upgrade: bool,
     ) {
-        let path = request
+        let h2 = request.version() == Version::HTTP_2;
+        let authority = request
             .uri()
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        if !request.headers().contains_key(header::HOST) {
-            // An h2 client names the host in :authority; keep it for the upstream.
-            if let Some(host) = request
-                .uri()
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-            {
-                request.headers_mut().insert(header::HOST, host);
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok());
+        let headers = request.headers_mut();
+        match authority {
+            // RFC 9112 section 3.2.2: an HTTP/1.1 target in absolute form
+            // names the host, and replaces the Host field.
+            Some(host) if !h2 => {
+                headers.insert(header::HOST, host);
             }
-        }
-        if request.version() == Version::HTTP_2 {
-            join_cookies(request.headers_mut());
-        }
-        *request.uri_mut() = if upgrade {
-            // An upgrade goes out on a connection of its own, which writes
-            // the target as it is: origin form, and Host says the rest.
-            if !request.headers().contains_key(header::HOST) {
+            // An h2 client names the host in :authority (RFC 9113 section 8.3.1).
+            Some(host) => {
+                headers.entry(header::HOST).or_insert(host);
+            }
+            // An HTTP/1.0 client may send no Host at all.
+            None if !headers.contains_key(header::HOST) => {
                 if let Ok(host) = HeaderValue::from_str(self.authority.as_str()) {
-                    request.headers_mut().insert(header::HOST, host);
+                    headers.insert(header::HOST, host);
                 }
             }
-            Uri::from(path)
-        } else {
-            // The pooled client connects to the URI's authority and sends
-            // origin form itself.
-            let mut parts = http::uri::Parts::default();
-            parts.scheme = Some(self.scheme.clone());
-            parts.authority = Some(self.authority.clone());
-            parts.path_and_query = Some(path);
-            Uri::from_parts(parts).expect("scheme, authority and path make a URI")
-        };
+            None => {}
+        }
+        *request.uri_mut() = origin_form(request.uri());
+        let takes_trailers = h2 || te_trailers(request.headers());
+        if h2 {
+            join_cookies(request.headers_mut());
+        }
         *request.version_mut() = Version::HTTP_11;
         let headers = request.headers_mut();
         if upgrade {
@@ -87,11 +82,26 @@ impl Proxy {
         } else {
             strip_hop_by_hop(headers);
         }
+        if takes_trailers {
+            // The upstream sends trailers only to a request that takes them
+            // (RFC 9110 section 10.1.4); firedrill passes them on.
+            headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        }
         forward_for(headers, forwarded_for);
         if self.context.service.tls.is_some() {
             // The client came over TLS (every client of a TLS listener does).
             headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("https"));
         }
+    }
+
+    /// The target of an origin-form request for the pooled client, which
+    /// connects to the URI's authority and writes origin form itself.
+    pub(super) fn absolute(&self, target: &Uri) -> Uri {
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(self.scheme.clone());
+        parts.authority = Some(self.authority.clone());
+        parts.path_and_query = target.path_and_query().cloned();
+        Uri::from_parts(parts).expect("scheme, authority and path make a URI")
     }
 
     /// A forwarded response, its body watched by `watch` if given.
@@ -173,6 +183,54 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// Why a client's request is refused before anything else looks at it:
+/// the status and what is wrong. `CONNECT` asks for a tunnel, which
+/// firedrill does not open; RFC 9112 section 3.2 wants exactly one `Host`
+/// in an HTTP/1.1 request.
+pub(super) fn malformed<B>(request: &Request<B>) -> Option<(StatusCode, &'static str)> {
+    if request.method() == Method::CONNECT {
+        return Some((
+            StatusCode::METHOD_NOT_ALLOWED,
+            "CONNECT is not supported: firedrill is a reverse proxy, send requests to it directly",
+        ));
+    }
+    let mut hosts = request.headers().get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (Some(_), Some(_)) => Some((
+            StatusCode::BAD_REQUEST,
+            "the request has more than one Host field; send exactly one",
+        )),
+        (None, _) if request.version() == Version::HTTP_11 => Some((
+            StatusCode::BAD_REQUEST,
+            "the HTTP/1.1 request has no Host field; send exactly one",
+        )),
+        _ => None,
+    }
+}
+
+/// The origin-form target of `uri` (RFC 9112 section 3.2.1): its path and
+/// query, `/` when it has none, and `*` as it is (`OPTIONS *`).
+fn origin_form(uri: &Uri) -> Uri {
+    let path = uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    Uri::from(path)
+}
+
+/// Whether a client's `TE` fields accept trailers.
+fn te_trailers(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::TE)
+        .iter()
+        .filter_map(|line| line.to_str().ok())
+        .flat_map(|line| line.split(','))
+        .any(|coding| {
+            let coding = coding.split(';').next().unwrap_or_default();
+            coding.trim().eq_ignore_ascii_case("trailers")
+        })
+}
+
 /// RFC 9113 section 8.2.3: an h2 client may send each cookie as a field of
 /// its own, and HTTP/1.1 wants them in one, joined with "; ".
 fn join_cookies(headers: &mut HeaderMap) {
@@ -229,6 +287,47 @@ mod tests {
 
     fn names(headers: &HeaderMap) -> Vec<&str> {
         headers.keys().map(HeaderName::as_str).collect()
+    }
+
+    #[test]
+    fn origin_form_keeps_path_and_query_and_a_star() {
+        let form = |uri: &str| origin_form(&uri.parse().unwrap()).to_string();
+        assert_eq!(form("http://myapp.example/a/b?c=1"), "/a/b?c=1");
+        assert_eq!(form("/x"), "/x");
+        assert_eq!(form("http://myapp.example"), "/");
+        assert_eq!(form("*"), "*");
+    }
+
+    #[test]
+    fn trailers_are_taken_when_any_te_coding_says_so() {
+        assert!(te_trailers(&map(&[("te", "gzip;q=0.5, Trailers")])));
+        assert!(te_trailers(&map(&[("te", "gzip"), ("te", "trailers")])));
+        assert!(!te_trailers(&map(&[("te", "gzip")])));
+        assert!(!te_trailers(&map(&[])));
+    }
+
+    #[test]
+    fn connect_and_a_wrong_number_of_hosts_are_refused() {
+        let request = |method: Method, version: Version, hosts: &[&'static str]| {
+            let mut request = Request::builder().method(method).version(version);
+            for host in hosts {
+                request = request.header(header::HOST, *host);
+            }
+            request.uri("/").body(()).unwrap()
+        };
+        let status = |r: &Request<()>| malformed(r).map(|(status, _)| status);
+        let connect = request(Method::CONNECT, Version::HTTP_11, &["a:443"]);
+        assert_eq!(status(&connect), Some(StatusCode::METHOD_NOT_ALLOWED));
+        let two = request(Method::GET, Version::HTTP_11, &["a", "b"]);
+        assert_eq!(status(&two), Some(StatusCode::BAD_REQUEST));
+        let none = request(Method::GET, Version::HTTP_11, &[]);
+        assert_eq!(status(&none), Some(StatusCode::BAD_REQUEST));
+        assert_eq!(status(&request(Method::GET, Version::HTTP_10, &[])), None);
+        assert_eq!(status(&request(Method::GET, Version::HTTP_2, &[])), None);
+        assert_eq!(
+            status(&request(Method::GET, Version::HTTP_11, &["a"])),
+            None
+        );
     }
 
     #[test]

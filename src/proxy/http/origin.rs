@@ -19,12 +19,34 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
+use super::abort::{Abort, Outgoing, OverTcp};
+use super::sending::Sending;
 use super::{Proxy, ProxyBody};
 use crate::proxy::Counted;
 use crate::topology::{Limits, Service, UpstreamTls};
 
-/// The sending half of an upstream HTTP/1.1 connection.
-pub(super) type Sender = SendRequest<Counted<Incoming>>;
+/// A request body on its way upstream.
+pub(super) type UpstreamBody = Sending<Counted<Incoming>>;
+
+/// The sending half of an upstream HTTP/1.1 connection, and what aborts it.
+pub(super) struct Sender {
+    send: SendRequest<UpstreamBody>,
+    pub(super) abort: Abort,
+}
+
+impl std::ops::Deref for Sender {
+    type Target = SendRequest<UpstreamBody>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.send
+    }
+}
+
+impl std::ops::DerefMut for Sender {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.send
+    }
+}
 
 /// Why a request could not be sent upstream.
 pub(super) enum Failure {
@@ -37,8 +59,8 @@ pub(super) enum Failure {
 
 /// The pooled upstream client of a service, for h2 clients.
 pub(super) enum Pooled {
-    Plain(Client<HttpConnector, Counted<Incoming>>),
-    Tls(Client<TimedConnector, Counted<Incoming>>),
+    Plain(Client<PlainConnector, UpstreamBody>),
+    Tls(Client<TimedConnector, UpstreamBody>),
 }
 
 impl Pooled {
@@ -58,7 +80,7 @@ impl Pooled {
             builder.http1_max_headers(service.limits.max_headers);
         }
         match &service.upstream_tls {
-            None => Pooled::Plain(builder.build(connector)),
+            None => Pooled::Plain(builder.build(PlainConnector(connector))),
             Some(tls) => {
                 connector.enforce_http(false);
                 // hyper-rustls sets ALPN itself (to http/1.1 here) and
@@ -72,7 +94,7 @@ impl Pooled {
                         tls.server_name.clone(),
                     ))
                     .enable_http1()
-                    .wrap_connector(connector);
+                    .wrap_connector(PlainConnector(connector));
                 Pooled::Tls(builder.build(TimedConnector {
                     inner: https,
                     timeout: service.connect_timeout,
@@ -81,7 +103,7 @@ impl Pooled {
         }
     }
 
-    pub(super) fn request(&self, request: Request<Counted<Incoming>>) -> ResponseFuture {
+    pub(super) fn request(&self, request: Request<UpstreamBody>) -> ResponseFuture {
         match self {
             Pooled::Plain(client) => client.request(request),
             Pooled::Tls(client) => client.request(request),
@@ -89,20 +111,44 @@ impl Pooled {
     }
 }
 
+/// hyper-util's connector, its connections [`Outgoing`].
+#[derive(Clone)]
+pub(super) struct PlainConnector(HttpConnector);
+
+type PlainConnecting = Pin<Box<dyn Future<Output = Result<Pipe, BoxError>> + Send>>;
+
+impl tower_service::Service<Uri> for PlainConnector {
+    type Response = Pipe;
+    type Error = BoxError;
+    type Future = PlainConnecting;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let connecting = self.0.call(uri);
+        Box::pin(async move {
+            let stream = connecting.await?;
+            Ok(TokioIo::new(Outgoing::new(stream.into_inner())))
+        })
+    }
+}
+
 /// hyper-rustls's connector with one limit on TCP connect and TLS
 /// handshake together, as the plan's `connect_timeout` promises.
 #[derive(Clone)]
 pub(super) struct TimedConnector {
-    inner: HttpsConnector<HttpConnector>,
+    inner: HttpsConnector<PlainConnector>,
     timeout: Duration,
 }
 
 type BoxError = Box<dyn Error + Send + Sync>;
-type Connecting =
-    Pin<Box<dyn Future<Output = Result<MaybeHttpsStream<TokioIo<TcpStream>>, BoxError>> + Send>>;
+type Pipe = TokioIo<Outgoing<TcpStream>>;
+type Connecting = Pin<Box<dyn Future<Output = Result<MaybeHttpsStream<Pipe>, BoxError>> + Send>>;
 
 impl tower_service::Service<Uri> for TimedConnector {
-    type Response = MaybeHttpsStream<TokioIo<TcpStream>>;
+    type Response = MaybeHttpsStream<Pipe>;
     type Error = BoxError;
     type Future = Connecting;
 
@@ -137,18 +183,43 @@ impl Proxy {
                     .map_err(|_| Failure::ConnectTimedOut)?
                     .map_err(Failure::Connect)?;
                 let _ = stream.set_nodelay(true);
-                self.drive_upstream(stream, upgrades).await
+                self.drive(stream, upgrades).await
             }
             Some(tls) => {
                 let stream = tokio::time::timeout(limit, connect_tls(address, tls))
                     .await
                     .map_err(|_| Failure::ConnectTimedOut)??;
-                self.drive_upstream(stream, upgrades).await
+                self.drive(stream, upgrades).await
             }
         }
     }
 
-    async fn drive_upstream<S>(&self, stream: S, upgrades: bool) -> Result<Sender, Failure>
+    /// Drives a new connection; one for plain requests is [`Outgoing`].
+    /// An upgraded one is relayed like a tcp connection, half-closes and
+    /// all, so it closes as the relay says.
+    async fn drive<S>(&self, stream: S, upgrades: bool) -> Result<Sender, Failure>
+    where
+        S: OverTcp + AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        if upgrades {
+            let send = self.drive_upstream(stream, true).await?;
+            Ok(Sender {
+                send,
+                abort: Abort::default(),
+            })
+        } else {
+            let stream = Outgoing::new(stream);
+            let abort = stream.abort().clone();
+            let send = self.drive_upstream(stream, false).await?;
+            Ok(Sender { send, abort })
+        }
+    }
+
+    async fn drive_upstream<S>(
+        &self,
+        stream: S,
+        upgrades: bool,
+    ) -> Result<SendRequest<UpstreamBody>, Failure>
     where
         S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {

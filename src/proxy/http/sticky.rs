@@ -15,9 +15,9 @@ use hyper::body::Incoming;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::origin::{Failure, Sender};
+use super::abort::Armed;
+use super::origin::{Failure, Sender, UpstreamBody};
 use super::Proxy;
-use crate::proxy::Counted;
 use crate::workers::Workers;
 
 /// Idle upstream connections kept per service and worker for new clients.
@@ -167,19 +167,24 @@ impl Proxy {
     pub(super) async fn send_sticky(
         &self,
         sticky: &Arc<Sticky>,
-        request: Request<Counted<Incoming>>,
+        request: Request<UpstreamBody>,
     ) -> Result<Response<Incoming>, Failure> {
         let mut request = request;
         if let Some(mut sender) = sticky.take().or_else(|| sticky.spares.take()) {
             if sender.ready().await.is_ok() {
+                let armed = arm(&sender, &request);
                 match sender.try_send_request(request).await {
                     Ok(response) => {
+                        disarm(armed);
                         sticky.put(sender);
                         return Ok(response);
                     }
                     Err(mut e) => match e.take_message() {
                         // Not sent: the upstream closed the idle connection.
-                        Some(unsent) => request = unsent,
+                        Some(unsent) => {
+                            disarm(armed);
+                            request = unsent;
+                        }
                         None => return Err(Failure::Http(e.into_error())),
                     },
                 }
@@ -188,8 +193,25 @@ impl Proxy {
         // Boxed: connecting (and a TLS handshake) is the rare path, and
         // hyper moves each request's future, this one inside, into place.
         let mut sender = Box::pin(self.open_upstream(false)).await?;
+        let armed = arm(&sender, &request);
         let response = sender.send_request(request).await.map_err(Failure::Http)?;
+        disarm(armed);
         sticky.put(sender);
         Ok(response)
+    }
+}
+
+/// Arms the abort of `sender`'s connection while a request with a body is
+/// on its way: hyper, given up on mid-body, would keep the connection for
+/// as long as the upstream does not read. A request without a body needs
+/// none; hyper closes its connection itself.
+fn arm(sender: &Sender, request: &Request<UpstreamBody>) -> Option<Armed> {
+    let body = http_body::Body::is_end_stream(request.body());
+    (!body).then(|| Armed::new(&sender.abort))
+}
+
+fn disarm(armed: Option<Armed>) {
+    if let Some(armed) = armed {
+        armed.disarm();
     }
 }

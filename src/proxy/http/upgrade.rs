@@ -9,6 +9,7 @@ use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
+use super::sending::Sending;
 use super::{Proxy, ProxyBody};
 use crate::metrics::Outcome;
 use crate::proxy::limits;
@@ -54,8 +55,10 @@ impl Proxy {
             .open_upstream(true)
             .await
             .map_err(|failure| self.refuse(failure))?;
-        let request =
-            request.map(|body| Counted::new(body, Arc::clone(&self.context), Flow::Upstream));
+        let request = request.map(|body| {
+            let counted = Counted::new(body, Arc::clone(&self.context), Flow::Upstream);
+            Sending::new(counted, None)
+        });
         let mut response = tokio::time::timeout(service.timeout, sender.send_request(request))
             .await
             .map_err(|_| {
