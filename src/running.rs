@@ -81,7 +81,8 @@ pub struct Reloaded {
     pub removed: Vec<String>,
     /// Active scenarios the new plan no longer has.
     pub lifted: Vec<String>,
-    /// Settings that only apply on restart.
+    /// The new plan's own warnings, located as `file:line:column: ...`,
+    /// and settings that only apply on restart.
     pub warnings: Vec<String>,
 }
 
@@ -447,6 +448,10 @@ impl Reloader {
             });
         }
         let mut report = Reloaded::default();
+        report.warnings.extend(plan.warnings.iter().map(|warning| {
+            let at = format!("{}:{}:{}", warning.file, warning.line, warning.column);
+            format!("{at}: {}", warning.message)
+        }));
         let current = services.engine.plan().admin.clone();
         if plan.admin.tls.is_some() || current.tls.is_some() {
             report.warnings.push(

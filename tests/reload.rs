@@ -496,3 +496,28 @@ async fn two_services_cannot_take_one_listener() {
     assert_eq!(status, StatusCode::OK, "{answer}");
     assert_eq!(names(&answer["reloaded"]["kept"]), ["talk"]);
 }
+
+#[tokio::test]
+async fn a_reload_answers_with_the_new_plans_warnings() {
+    let web = http_upstream("web").await;
+    let plan = PlanText::new(&["pangyo"]).http("talk", "pangyo", web);
+    let firedrill = Reloadable::start(&plan).await;
+    let outlasting = plan.toml().to_owned()
+        + "[scenarios.drill]\nmax_duration = '10m'\n[[scenarios.drill.faults]]\nservice = 'talk'\naction = 'drop'\nafter = '5m'\nduration = '1h'\n";
+    let line = outlasting.lines().count();
+
+    let (status, answer) = firedrill.reload(&outlasting).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let warnings = names(&answer["reloaded"]["warnings"]);
+    let at = format!("{}:{line}:12: ", firedrill.path.display());
+    assert_eq!(warnings.len(), 1, "{answer}");
+    assert!(
+        warnings[0].starts_with(&at)
+            && warnings[0].contains("past the scenario's max_duration of 10m"),
+        "{answer}"
+    );
+    // The plan still applies as written.
+    let (status, scenarios) = admin(&firedrill.running, Method::GET, "/scenarios", "").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(scenarios.to_string().contains("drill"), "{scenarios}");
+}
