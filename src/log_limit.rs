@@ -1,6 +1,7 @@
 //! A log line that cannot flood the log: written at most once per
 //! interval, and the line that is written says how many were left out
-//! since the one before. Upstream failures and wrong admin tokens use it.
+//! since the one before. Upstream failures, refusals at max_connections and
+//! wrong admin tokens use it.
 
 use std::sync::Mutex;
 use std::time::Duration;

@@ -17,6 +17,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::ServiceContext;
+use crate::log_limit::LogLimit;
 use crate::metrics::{ActiveConnection, Outcome};
 
 /// How often a service at its cap may log a warning.
@@ -188,30 +189,26 @@ pub(crate) fn admit_handshake(context: &Arc<ServiceContext>) -> Option<Handshake
 
 /// Counts refused connections and warns about them, at most once every
 /// [`WARN_EVERY`]; owned by a service's accept loop.
-#[derive(Debug, Default)]
-pub(crate) struct Refusals {
-    last_warned: Option<Instant>,
-    since: u64,
+#[derive(Debug)]
+pub(crate) struct Refusals(LogLimit);
+
+impl Default for Refusals {
+    fn default() -> Refusals {
+        Refusals(LogLimit::new(WARN_EVERY))
+    }
 }
 
 impl Refusals {
     pub(crate) fn record(&mut self, context: &ServiceContext) {
         context.metrics.connection(Outcome::Refused);
-        self.since += 1;
-        let now = Instant::now();
-        if self
-            .last_warned
-            .is_none_or(|then| now.duration_since(then) >= WARN_EVERY)
-        {
+        if let Some(left_out) = self.0.admit() {
             let service = &context.service;
             tracing::warn!(
                 service = %service.name,
                 max_connections = service.limits.max_connections,
-                refused = self.since,
+                refused = left_out + 1,
                 "service is at max_connections; refusing new connections"
             );
-            self.last_warned = Some(now);
-            self.since = 0;
         }
     }
 }
