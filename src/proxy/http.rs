@@ -152,9 +152,15 @@ pub async fn serve(
         let proxy = Arc::clone(&proxy);
         let sticky = Arc::new(sticky::Sticky::new(Arc::clone(&spares)));
         let activity = Arc::new(Activity::new());
-        let watched = Arc::clone(&activity);
         let responses = Arc::new(Responses::new(Arc::clone(&context.live)));
-        let streaming = Arc::clone(&responses);
+        let driving = Driving {
+            peer,
+            activity: Arc::clone(&activity),
+            idle_timeout: limits.idle_timeout,
+            draining: shutdown.draining.clone(),
+            hard_stop: shutdown.hard_stop.clone(),
+            responses: Arc::clone(&responses),
+        };
         let service = service_fn(move |request: Request<Incoming>| {
             let busy = activity.begin();
             let proxy = Arc::clone(&proxy);
@@ -170,8 +176,6 @@ pub async fn serve(
                 Ok::<_, Refused>(response.map(|body| Tracked::new(body, busy)))
             }
         });
-        let stops = (shutdown.draining.clone(), shutdown.hard_stop.clone());
-        let idle_timeout = limits.idle_timeout;
         let builder = Arc::clone(&builder);
         let (pending, acceptor) = match place {
             Place::Tls(pending, acceptor) => (pending, acceptor),
@@ -181,15 +185,7 @@ pub async fn serve(
                     let connection = builder
                         .serve_connection_with_upgrades(TokioIo::new(stream), service)
                         .into_owned();
-                    drive(
-                        connection,
-                        peer,
-                        slot,
-                        watched,
-                        idle_timeout,
-                        stops,
-                        streaming,
-                    )
+                    drive(connection, slot, driving)
                 };
                 shutdown
                     .workers
@@ -199,7 +195,7 @@ pub async fn serve(
         };
         let context = Arc::clone(&context);
         let serve = move |stream| async move {
-            let stop = (pending, &stops.1);
+            let stop = (pending, &driving.hard_stop);
             let handshake = terminate::handshake(&acceptor, stream, peer, &context, stop);
             let Some((stream, slot)) = handshake.await else {
                 return;
@@ -207,16 +203,7 @@ pub async fn serve(
             let connection = builder
                 .serve_connection_with_upgrades(TokioIo::new(stream), service)
                 .into_owned();
-            drive(
-                connection,
-                peer,
-                slot,
-                watched,
-                idle_timeout,
-                stops,
-                streaming,
-            )
-            .await;
+            drive(connection, slot, driving).await;
         };
         shutdown
             .workers
@@ -231,25 +218,37 @@ enum Place {
     Tls(Handshake, TlsAcceptor),
 }
 
-/// Serves one client connection until it ends, or has been idle for
-/// `idle_timeout`. When shutdown starts (`stops.0`) it finishes the
-/// requests in flight and closes; the hard stop (`stops.1`) cuts it. On
-/// every rule change it looks at its streaming `responses`: an HTTP/1.1
-/// response that a fault cuts closes the connection, one that a blackhole
-/// holds stops it (nothing more is written) until the hold ends, even when
-/// the client has stopped reading and hyper would not poll the body.
-async fn drive<C>(
-    connection: C,
+/// What the task driving one client connection watches besides it.
+struct Driving {
     peer: SocketAddr,
-    slot: Slot,
     activity: Arc<Activity>,
     idle_timeout: Duration,
-    (draining, hard_stop): (CancellationToken, CancellationToken),
+    draining: CancellationToken,
+    hard_stop: CancellationToken,
+    /// Its streaming responses, looked at on every rule change.
     responses: Arc<Responses>,
-) where
+}
+
+/// Serves one client connection until it ends, or has been idle for
+/// `idle_timeout`. When shutdown starts (`draining`) it finishes the
+/// requests in flight and closes; the hard stop cuts it. On every rule
+/// change it looks at its streaming `responses`: an HTTP/1.1 response that
+/// a fault cuts closes the connection, one that a blackhole holds stops it
+/// (nothing more is written) until the hold ends, even when the client has
+/// stopped reading and hyper would not poll the body.
+async fn drive<C>(connection: C, slot: Slot, driving: Driving)
+where
     C: GracefulConnection,
     C::Error: std::fmt::Display,
 {
+    let Driving {
+        peer,
+        activity,
+        idle_timeout,
+        draining,
+        hard_stop,
+        responses,
+    } = driving;
     let _slot = slot;
     let mut connection = std::pin::pin!(connection);
     let mut changes = responses.changes();
