@@ -497,12 +497,7 @@ async fn the_log_and_events_name_the_token_but_never_its_value() {
     }
     assert!(!events.json.to_string().contains(LEAD));
 
-    let pid = child.0.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
+    child.signal("TERM");
     let status = child.wait_within(Duration::from_secs(15));
     assert_eq!(status.and_then(|s| s.code()), Some(0), "{log:#?}");
     // The reader thread ends at EOF, so every line is in the channel now.

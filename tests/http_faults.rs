@@ -1381,24 +1381,6 @@ async fn raw_get(addr: SocketAddr, path: &str) -> TcpStream {
     .await
 }
 
-/// Reads a response head up to its blank line, one byte at a time so that
-/// nothing after it is consumed.
-async fn read_head(stream: &mut TcpStream) -> String {
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        let n = within(STEP, stream.read(&mut byte)).await.unwrap();
-        assert_eq!(
-            n,
-            1,
-            "connection closed inside the response head: {:?}",
-            String::from_utf8_lossy(&head)
-        );
-        head.push(byte[0]);
-    }
-    String::from_utf8_lossy(&head).into_owned()
-}
-
 /// Asserts that the peer closes or resets `stream` without sending anything.
 async fn assert_closed_without_answer(stream: &mut TcpStream) {
     let mut buf = [0u8; 256];

@@ -35,18 +35,6 @@ async fn exchange(addr: SocketAddr, request: &str) -> String {
     String::from_utf8_lossy(&answer).into_owned()
 }
 
-/// Reads a response head (up to the blank line).
-async fn read_head(stream: &mut TcpStream) -> String {
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        let n = within(STEP, stream.read(&mut byte)).await.unwrap();
-        assert!(n > 0, "closed before a full head: {head:?}");
-        head.push(byte[0]);
-    }
-    String::from_utf8(head).unwrap()
-}
-
 /// An h2c (prior knowledge) connection to `addr`.
 async fn h2c<B>(addr: SocketAddr) -> hyper::client::conn::http2::SendRequest<B>
 where

@@ -517,12 +517,7 @@ async fn run_starts_logs_where_it_listens_and_exits_0_on_sigterm() {
     carry_echo(&mut stream, b"ping").await;
     drop(stream);
 
-    let pid = child.0.id().to_string();
-    let kill = Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .expect("running kill");
-    assert!(kill.success());
+    child.signal("TERM");
     let status = child.wait_within(Duration::from_secs(15));
     assert_eq!(status.and_then(|s| s.code()), Some(0), "log:\n{text}");
     // The reader thread may still be forwarding the last lines; it hangs

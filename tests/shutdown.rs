@@ -162,11 +162,7 @@ async fn sigterm_closes_what_a_blackhole_holds_at_once_and_exits_once_the_rest_d
         .expect("the slow request reaches the upstream");
 
     let signalled = Instant::now();
-    let pid = firedrill.process.0.id().to_string();
-    let kill = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status();
-    assert!(kill.unwrap().success(), "kill -TERM {pid}");
+    firedrill.process.signal("TERM");
     // Well before the grace period: a blackhole's connections can never finish.
     let prompt = Duration::from_secs(3);
     for (what, stream) in [("http", &mut held_http), ("tcp", &mut held_tcp)] {
@@ -219,11 +215,7 @@ async fn sigterm_exits_within_the_grace_period_and_a_small_margin() {
         .expect("the request reaches the upstream");
 
     let signalled = Instant::now();
-    let pid = firedrill.process.0.id().to_string();
-    let kill = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status();
-    assert!(kill.unwrap().success(), "kill -TERM {pid}");
+    firedrill.process.signal("TERM");
     let exited = firedrill.process.wait_within(grace + STEP);
     let took = signalled.elapsed();
     eprintln!("exited {took:?} after SIGTERM (grace {grace:?})");

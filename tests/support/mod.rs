@@ -490,6 +490,24 @@ pub async fn wait_for_sample(running: &Running, name: &str, labels: &[(&str, &st
     assert_eq!(last, value, "{name} {labels:?} after waiting {STEP:?}");
 }
 
+/// Reads a response head up to its blank line, one byte at a time so that
+/// nothing after it is consumed.
+pub async fn read_head(stream: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = within(STEP, stream.read(&mut byte)).await.unwrap();
+        assert_eq!(
+            n,
+            1,
+            "connection closed inside the response head: {:?}",
+            String::from_utf8_lossy(&head)
+        );
+        head.push(byte[0]);
+    }
+    String::from_utf8_lossy(&head).into_owned()
+}
+
 /// A connection to `addr`.
 pub async fn connect(addr: SocketAddr) -> TcpStream {
     let stream = within(STEP, TcpStream::connect(addr)).await;
@@ -554,6 +572,18 @@ impl Process {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Sends `signal` ("TERM", "HUP", ...) to the process by its PID.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.0.id().to_string();
+        let sent = std::process::Command::new("kill")
+            .args([&format!("-{signal}"), &pid])
+            .status();
+        assert!(
+            sent.as_ref().is_ok_and(|s| s.success()),
+            "kill -{signal} {pid}: {sent:?}"
+        );
     }
 }
 
