@@ -296,7 +296,7 @@ async fn events(State(state): State<AdminState>) -> Json<Value> {
     };
     let events: Vec<Value> = state
         .engine
-        .events()
+        .history()
         .iter()
         .map(|event| {
             let (ended_at, ending, ended_by) = match &event.ended {

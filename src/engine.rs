@@ -1,25 +1,35 @@
 //! The fault engine: which scenarios are active, since when and until when.
-//! Every change (activate, lift, a stage starting or ending, expiry) builds
-//! a whole new rule snapshot and publishes it through [`Live`]. A timer task
-//! wakes at the next stage boundary.
+//! Every change (activate, adopt, lift, a stage starting or ending, expiry)
+//! builds a whole new rule snapshot, publishes it through [`Live`], and
+//! broadcasts an [`Event`] saying what happened. A timer task wakes at the
+//! next stage boundary. Reads ([`Engine::active`], [`Engine::history`])
+//! compute from state and never publish.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
-use tokio::sync::Notify;
+use tokio::sync::{broadcast, Notify};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 mod activation;
+mod adopt;
+pub mod event;
 pub mod history;
 
-pub use activation::{Activated, Activation};
+pub use activation::{Activated, Activation, Adopted, Origin, Remote};
+pub use event::{Event, Happened, Subject};
 
 use crate::config::Plan;
 use crate::fault::live::{Live, Rules};
 use crate::topology::Topology;
-use history::{Ending, Event, History};
+use history::{History, Record};
+
+/// How many events a subscriber may fall behind before it loses the oldest
+/// (it then gets [`broadcast::error::RecvError::Lagged`]); the engine never
+/// waits for a subscriber.
+pub const EVENT_BACKLOG: usize = 1024;
 
 /// The named scenario is not in the plan.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -42,6 +52,7 @@ struct Inner {
     // and the timer take it. The data plane reads `live` and never locks.
     state: Mutex<State>,
     wake: Notify,
+    events: broadcast::Sender<Event>,
 }
 
 #[derive(Debug)]
@@ -51,6 +62,9 @@ struct State {
     /// Active scenarios by plan index.
     active: BTreeMap<usize, Activation>,
     history: History,
+    /// The faults in force at the last publish, by activation id and fault
+    /// index, to announce each stage that starts or ends.
+    in_force: BTreeMap<(u64, usize), Arc<str>>,
     next_id: u64,
 }
 
@@ -66,9 +80,11 @@ impl Engine {
                     plan,
                     active: BTreeMap::new(),
                     history: History::default(),
+                    in_force: BTreeMap::new(),
                     next_id: 0,
                 }),
                 wake: Notify::new(),
+                events: broadcast::Sender::new(EVENT_BACKLOG),
             }),
         }
     }
@@ -80,6 +96,12 @@ impl Engine {
 
     pub fn live(&self) -> &Arc<Live> {
         &self.inner.live
+    }
+
+    /// Every event from now on, in order. A subscriber that falls more than
+    /// [`EVENT_BACKLOG`] events behind loses the oldest and is told so.
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.inner.events.subscribe()
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -99,6 +121,15 @@ impl Engine {
             })
     }
 
+    /// Records `what` in the history and broadcasts it. Called with the
+    /// state locked, so events go out in the order things happened.
+    fn emit(&self, state: &mut State, at: SystemTime, what: Happened) {
+        let event = Event { at, what };
+        state.history.apply(&event);
+        // No subscriber is not an error; a slow one loses old events.
+        let _ = self.inner.events.send(event);
+    }
+
     /// Activates a scenario for `duration` (capped at its `max_duration`);
     /// it ends earlier when every fault has a `duration` and the last one
     /// ends. On an active scenario, `None` changes nothing, and a duration
@@ -113,58 +144,95 @@ impl Engine {
         let index = Self::find(&state.plan, name)?;
         let now = Instant::now();
         self.expire(&mut state, now);
-        if let Some(existing) = state.active.get(&index) {
-            let existing = existing.clone();
+        if let Some(existing) = state.active.get(&index).cloned() {
             return Ok(match duration {
                 None => Activated::Existing(existing),
-                Some(duration) => self.reschedule(&mut state, index, existing, duration, now, by),
+                Some(duration) => {
+                    let deadline = existing.started + duration;
+                    self.reschedule(&mut state, index, existing, deadline, now, by)
+                }
             });
         }
-        state.next_id += 1;
         let scenario = Arc::clone(&state.plan.scenarios[index]);
         let length = duration.unwrap_or(scenario.max_duration);
-        let mut activation = Activation {
-            id: state.next_id,
+        let activation = Activation {
+            id: 0,
             plan: Arc::clone(&state.plan),
             started: now,
             started_at: SystemTime::now(),
             expires: now,
             deadline: now,
             by: by.to_owned(),
+            origin: Origin::Local,
             scenario,
+        }
+        .ending_at(now + length);
+        Ok(Activated::New(
+            self.insert(&mut state, index, activation, now),
+        ))
+    }
+
+    /// Makes `activation` the active one at `index`: gives it an id,
+    /// announces it and publishes the rules.
+    fn insert(
+        &self,
+        state: &mut State,
+        index: usize,
+        mut activation: Activation,
+        now: Instant,
+    ) -> Activation {
+        state.next_id += 1;
+        activation.id = state.next_id;
+        let name = &*activation.scenario.name;
+        let origin = match &activation.origin {
+            Origin::Local => "local",
+            Origin::Peer(peer) => peer,
         };
-        activation.set_deadline(now + length);
         tracing::info!(
             scenario = name,
-            by,
+            by = activation.by,
+            origin,
             expires_in = %humantime::format_duration(activation.expires - now),
             "scenario activated"
         );
         crate::metrics::scenario_active(name, true);
-        state.history.started(&activation);
+        let happened = Happened::Activated {
+            subject: activation.subject(),
+            by: activation.by.clone(),
+            origin: activation.origin.clone(),
+            started_at: activation.started_at,
+            expires_at: activation.expires_at(),
+        };
+        self.emit(state, SystemTime::now(), happened);
         state.active.insert(index, activation.clone());
-        self.publish(&state, now);
+        self.publish(state, now);
         self.inner.wake.notify_one();
-        Ok(Activated::New(activation))
+        activation
     }
 
-    /// Moves the deadline of `activation`, active at `index`, to `duration`
-    /// from its start, capped at `max_duration`. A deadline already passed
+    /// Moves the deadline of `activation`, active at `index`, to `deadline`,
+    /// capped at `max_duration` from its start. A deadline already passed
     /// lifts it now, recorded as lifted by `by`.
     fn reschedule(
         &self,
         state: &mut State,
         index: usize,
-        mut activation: Activation,
-        duration: Duration,
+        activation: Activation,
+        deadline: Instant,
         now: Instant,
         by: &str,
     ) -> Activated {
         let previous = activation.expires;
         // Not before now: what has run cannot be undone.
-        activation.set_deadline((activation.started + duration).max(now));
-        state.history.rescheduled(&activation);
+        let activation = activation.ending_at(deadline.max(now));
         let name = &*activation.scenario.name;
+        let at = SystemTime::now();
+        let happened = Happened::Rescheduled {
+            subject: activation.subject(),
+            expires_at: activation.expires_at(),
+            by: by.to_owned(),
+        };
+        self.emit(state, at, happened);
         let ended = activation.expires <= now;
         if ended {
             tracing::info!(
@@ -174,10 +242,11 @@ impl Engine {
             );
             crate::metrics::scenario_active(name, false);
             state.active.remove(&index);
-            let at = SystemTime::now();
-            state
-                .history
-                .ended(&activation, at, Ending::Lifted, Some(by));
+            let happened = Happened::Lifted {
+                subject: activation.subject(),
+                by: by.to_owned(),
+            };
+            self.emit(state, at, happened);
         } else {
             tracing::info!(
                 scenario = name,
@@ -209,11 +278,12 @@ impl Engine {
         if let Some(activation) = &lifted {
             tracing::info!(scenario = name, by, "scenario lifted");
             crate::metrics::scenario_active(name, false);
-            let at = SystemTime::now();
-            state
-                .history
-                .ended(activation, at, Ending::Lifted, Some(by));
-            self.publish(&state, now);
+            let happened = Happened::Lifted {
+                subject: activation.subject(),
+                by: by.to_owned(),
+            };
+            self.emit(&mut state, SystemTime::now(), happened);
+            self.publish(&mut state, now);
             self.inner.wake.notify_one();
         }
         Ok(lifted)
@@ -222,15 +292,12 @@ impl Engine {
     /// Lifts every active scenario at once and returns what was lifted.
     pub fn lift_all(&self, by: &str) -> Vec<Activation> {
         let mut state = self.lock();
+        let now = Instant::now();
         // One that ran out before the timer got to it was not lifted by us.
-        self.expire(&mut state, Instant::now());
+        self.expire(&mut state, now);
         let lifted: Vec<Activation> = std::mem::take(&mut state.active).into_values().collect();
-        let at = SystemTime::now();
         for activation in &lifted {
             crate::metrics::scenario_active(&activation.scenario.name, false);
-            state
-                .history
-                .ended(activation, at, Ending::Halted, Some(by));
         }
         tracing::warn!(
             by,
@@ -238,7 +305,12 @@ impl Engine {
             scenarios = ?lifted.iter().map(|a| &*a.scenario.name).collect::<Vec<_>>(),
             "all faults halted"
         );
-        self.publish(&state, Instant::now());
+        let happened = Happened::Halted {
+            by: by.to_owned(),
+            lifted: lifted.iter().map(Activation::subject).collect(),
+        };
+        self.emit(&mut state, SystemTime::now(), happened);
+        self.publish(&mut state, now);
         self.inner.wake.notify_one();
         lifted
     }
@@ -257,12 +329,21 @@ impl Engine {
             let name = Arc::clone(&activation.scenario.name);
             match plan.scenarios.iter().position(|s| s.name == name) {
                 Some(index) => {
+                    let previous = activation.expires;
                     activation.scenario = Arc::clone(&plan.scenarios[index]);
                     activation.plan = Arc::clone(&plan);
                     // Also cut short by the new max_duration, or by the
                     // new faults' end.
-                    activation.set_deadline(activation.deadline);
-                    state.history.rescheduled(&activation);
+                    let deadline = activation.deadline;
+                    let activation = activation.ending_at(deadline);
+                    if activation.expires != previous {
+                        let happened = Happened::Rescheduled {
+                            subject: activation.subject(),
+                            expires_at: activation.expires_at(),
+                            by: by.to_owned(),
+                        };
+                        self.emit(&mut state, at, happened);
+                    }
                     state.active.insert(index, activation);
                 }
                 None => {
@@ -272,10 +353,7 @@ impl Engine {
                         "scenario lifted: the reloaded plan no longer has it"
                     );
                     crate::metrics::scenario_active(&name, false);
-                    state
-                        .history
-                        .ended(&activation, at, Ending::Lifted, Some(by));
-                    lifted.push(name.to_string());
+                    lifted.push(activation.subject());
                 }
             }
         }
@@ -285,57 +363,94 @@ impl Engine {
             }
         }
         state.plan = plan;
+        let names = lifted.iter().map(|s| s.scenario.to_string()).collect();
+        let happened = Happened::Reloaded {
+            by: by.to_owned(),
+            lifted,
+        };
+        self.emit(&mut state, at, happened);
         // A shortened activation may be over already.
         self.expire(&mut state, now);
-        self.publish(&state, now);
+        self.publish(&mut state, now);
         self.inner.wake.notify_one();
-        lifted
+        names
     }
 
-    /// The activations in force now, in plan order.
+    /// The activations in force now, in plan order. Computed from state:
+    /// one past its end is left out, and the timer removes it on time.
     pub fn active(&self) -> Vec<Activation> {
-        let mut state = self.lock();
+        let state = self.lock();
         let now = Instant::now();
-        if self.expire(&mut state, now) {
-            self.publish(&state, now);
-        }
-        state.active.values().cloned().collect()
+        state
+            .active
+            .values()
+            .filter(|a| a.expires > now)
+            .cloned()
+            .collect()
     }
 
-    /// The recent activations and how they ended, newest first.
-    pub fn events(&self) -> Vec<Event> {
-        let mut state = self.lock();
+    /// The recent activations and how they ended, newest first. Computed
+    /// from state: one past its end shows how it ends, before the timer
+    /// records it.
+    pub fn history(&self) -> Vec<Record> {
+        let state = self.lock();
         let now = Instant::now();
-        if self.expire(&mut state, now) {
-            self.publish(&state, now);
-        }
-        state.history.newest_first()
-    }
-
-    /// Removes expired activations; returns whether any were.
-    fn expire(&self, state: &mut State, now: Instant) -> bool {
-        let State {
-            active, history, ..
-        } = state;
-        let before = active.len();
-        active.retain(|_, activation| {
-            let keep = activation.expires > now;
-            if !keep {
-                let ending = activation.ending();
-                tracing::info!(scenario = %activation.scenario.name, "scenario {}", ending.name());
-                crate::metrics::scenario_active(&activation.scenario.name, false);
-                history.ended(activation, activation.expires_at(), ending, None);
+        let mut records = state.history.newest_first();
+        for over in state.active.values().filter(|a| a.expires <= now) {
+            if let Some(record) = records.iter_mut().find(|r| r.id == over.id) {
+                record.ended = Some((over.expires_at(), over.ending(), None));
             }
-            keep
-        });
-        active.len() != before
+        }
+        records
     }
 
-    /// Builds the rules for `now` and swaps them in; returns the next time
+    /// Removes expired activations, announcing each; returns whether any
+    /// were.
+    fn expire(&self, state: &mut State, now: Instant) -> bool {
+        let over: Vec<usize> = state
+            .active
+            .iter()
+            .filter(|(_, activation)| activation.expires <= now)
+            .map(|(&index, _)| index)
+            .collect();
+        for index in &over {
+            let Some(activation) = state.active.remove(index) else {
+                continue;
+            };
+            let ending = activation.ending();
+            tracing::info!(scenario = %activation.scenario.name, "scenario {}", ending.name());
+            crate::metrics::scenario_active(&activation.scenario.name, false);
+            let subject = activation.subject();
+            let happened = match ending {
+                history::Ending::Completed => Happened::Completed { subject },
+                _ => Happened::Expired { subject },
+            };
+            self.emit(state, activation.expires_at(), happened);
+        }
+        !over.is_empty()
+    }
+
+    /// Builds the rules for `now`, swaps them in and announces the stages
+    /// that started or ended since the last publish; returns the next time
     /// the rules change by themselves.
-    fn publish(&self, state: &State, now: Instant) -> Option<Instant> {
+    fn publish(&self, state: &mut State, now: Instant) -> Option<Instant> {
         let (rules, next) = rules_at(&state.plan.topology, state.active.values(), now);
         self.inner.live.publish(rules);
+        let in_force: BTreeMap<(u64, usize), Arc<str>> = state
+            .active
+            .values()
+            .flat_map(|a| {
+                let faults = a.scenario.faults.iter();
+                faults
+                    .filter(move |fault| a.in_force(fault, now))
+                    .map(move |fault| ((a.id, fault.index), Arc::clone(&a.scenario.name)))
+            })
+            .collect();
+        let before = std::mem::replace(&mut state.in_force, in_force);
+        let at = SystemTime::now();
+        for happened in event::stages(&before, &state.in_force) {
+            self.emit(state, at, happened);
+        }
         next
     }
 
@@ -350,11 +465,11 @@ impl Engine {
                 let mut state = self.lock();
                 let now = Instant::now();
                 let expired = self.expire(&mut state, now);
-                let (rules, next) = rules_at(&state.plan.topology, state.active.values(), now);
                 if due || expired {
-                    self.inner.live.publish(rules);
+                    self.publish(&mut state, now)
+                } else {
+                    rules_at(&state.plan.topology, state.active.values(), now).1
                 }
-                next
             };
             let sleep = async {
                 match next {

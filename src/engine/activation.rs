@@ -1,12 +1,15 @@
-//! One activation of a scenario: when it started, when it ends, and when
-//! each of its faults is in force. A scenario whose faults all have a
-//! `duration` ends with its last fault, before its deadline.
+//! One activation of a scenario: when it started, when it ends, when each
+//! of its faults is in force, and where it was made. A scenario whose
+//! faults all have a `duration` ends with its last fault, before its
+//! deadline.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
+use super::event::Subject;
 use super::history::Ending;
 use crate::config::Plan;
 use crate::fault::{Fault, Scenario};
@@ -25,7 +28,36 @@ pub struct Activation {
     pub expires: Instant,
     /// The end asked for (or `max_duration`), capped at `max_duration`.
     pub deadline: Instant,
-    /// Who asked for it (the admin client's address).
+    /// Who asked for it (the admin client's address, or the caller a peer
+    /// names).
+    pub by: String,
+    /// Made here, or adopted from a peer.
+    pub origin: Origin,
+}
+
+/// Where an activation was made.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Origin {
+    /// Through this process's admin API.
+    Local,
+    /// Elsewhere (a fleet member, another API), named by the peer; applied
+    /// here with [`Engine::adopt`](super::Engine::adopt).
+    Peer(String),
+}
+
+/// An activation made elsewhere, for [`Engine::adopt`](super::Engine::adopt):
+/// wall-clock times, since the peer's clock readings mean nothing here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Remote {
+    pub scenario: String,
+    /// When it started there; its stages keep their `after` from this.
+    pub started_at: SystemTime,
+    /// When it ends there; here too, capped at `max_duration` from its start.
+    pub expires_at: SystemTime,
+    /// The peer's name.
+    pub peer: String,
+    /// Who asked for it there.
     pub by: String,
 }
 
@@ -47,11 +79,20 @@ impl Activation {
 
     /// Moves the deadline, capped at `max_duration` from the start, and
     /// with it the end.
-    pub(super) fn set_deadline(&mut self, deadline: Instant) {
+    pub(super) fn ending_at(mut self, deadline: Instant) -> Activation {
         self.deadline = deadline.min(self.started + self.scenario.max_duration);
         self.expires = self
             .completion()
             .map_or(self.deadline, |c| c.min(self.deadline));
+        self
+    }
+
+    /// What its events name it by.
+    pub fn subject(&self) -> Subject {
+        Subject {
+            id: self.id,
+            scenario: Arc::clone(&self.scenario.name),
+        }
     }
 
     /// How it ends when it runs out: `Completed` when its last fault ended
@@ -62,6 +103,12 @@ impl Activation {
         } else {
             Ending::Expired
         }
+    }
+
+    /// Whether `fault` is in force at `now`.
+    pub fn in_force(&self, fault: &Fault, now: Instant) -> bool {
+        self.window(fault)
+            .is_some_and(|(from, until)| self.started + from <= now && now < self.started + until)
     }
 
     /// When `fault` starts and ends within this activation, as offsets from
@@ -90,4 +137,14 @@ pub enum Activated {
         previous: Instant,
         ended: bool,
     },
+}
+
+/// What [`Engine::adopt`](super::Engine::adopt) did.
+#[derive(Debug, Clone)]
+pub enum Adopted {
+    /// Applied: a new activation, or a new end for the one active here.
+    Applied(Activated),
+    /// Its end (or `max_duration` from its start) has passed: nothing was
+    /// applied.
+    Over,
 }

@@ -1,11 +1,13 @@
 //! The recent activations and how each ended, newest first, for `GET
-//! /events` (and Grafana annotations). Bounded: the oldest records go.
+//! /events` (and Grafana annotations): the fold of the engine's broadcast
+//! [`Event`]s into one [`Record`] per activation. Bounded: the oldest
+//! records go.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use super::Activation;
+use super::event::{Event, Happened, Subject};
 
 /// How many activations the history keeps.
 pub const CAPACITY: usize = 200;
@@ -13,7 +15,7 @@ pub const CAPACITY: usize = 200;
 /// How an activation ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ending {
-    /// `DELETE /faults/{scenario}`.
+    /// `DELETE /faults/{scenario}`, or a reload without the scenario.
     Lifted,
     /// Its duration ran out.
     Expired,
@@ -34,9 +36,10 @@ impl Ending {
     }
 }
 
-/// One activation, from start to end.
-#[derive(Debug, Clone)]
-pub struct Event {
+/// The record of one activation, from start to end (the broadcast
+/// [`Event`]s are its steps).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
     pub id: u64,
     pub scenario: Arc<str>,
     pub activated_by: String,
@@ -49,48 +52,72 @@ pub struct Event {
 /// The bounded list of recent activations, oldest first inside.
 #[derive(Debug, Default)]
 pub struct History {
-    events: VecDeque<Event>,
+    records: VecDeque<Record>,
 }
 
 impl History {
-    pub fn started(&mut self, activation: &Activation) {
-        if self.events.len() == CAPACITY {
-            self.events.pop_front();
+    /// Applies one event: the only way the history changes.
+    pub fn apply(&mut self, event: &Event) {
+        let at = event.at;
+        match &event.what {
+            Happened::Activated {
+                subject,
+                by,
+                started_at,
+                expires_at,
+                ..
+            } => {
+                if self.records.len() == CAPACITY {
+                    self.records.pop_front();
+                }
+                self.records.push_back(Record {
+                    id: subject.id,
+                    scenario: Arc::clone(&subject.scenario),
+                    activated_by: by.clone(),
+                    started_at: *started_at,
+                    expires_at: *expires_at,
+                    ended: None,
+                });
+            }
+            Happened::Rescheduled {
+                subject,
+                expires_at,
+                ..
+            } => {
+                if let Some(record) = self.find(subject) {
+                    record.expires_at = *expires_at;
+                }
+            }
+            Happened::StageStarted { .. } | Happened::StageEnded { .. } => {}
+            Happened::Lifted { subject, by } => self.end(subject, at, Ending::Lifted, Some(by)),
+            Happened::Expired { subject } => self.end(subject, at, Ending::Expired, None),
+            Happened::Completed { subject } => self.end(subject, at, Ending::Completed, None),
+            Happened::Halted { by, lifted } => {
+                for subject in lifted {
+                    self.end(subject, at, Ending::Halted, Some(by));
+                }
+            }
+            Happened::Reloaded { by, lifted } => {
+                for subject in lifted {
+                    self.end(subject, at, Ending::Lifted, Some(by));
+                }
+            }
         }
-        self.events.push_back(Event {
-            id: activation.id,
-            scenario: Arc::clone(&activation.scenario.name),
-            activated_by: activation.by.clone(),
-            started_at: activation.started_at,
-            expires_at: activation.expires_at(),
-            ended: None,
-        });
     }
 
-    /// Records a new end of a running activation.
-    pub fn rescheduled(&mut self, activation: &Activation) {
-        if let Some(event) = self.events.iter_mut().rev().find(|e| e.id == activation.id) {
-            event.expires_at = activation.expires_at();
-        }
-    }
-
-    /// Records how an activation ended; `by` is `None` for expiry and
-    /// completion.
-    pub fn ended(
-        &mut self,
-        activation: &Activation,
-        at: SystemTime,
-        how: Ending,
-        by: Option<&str>,
-    ) {
+    fn find(&mut self, subject: &Subject) -> Option<&mut Record> {
         // Newest first: an activation still running is near the back.
-        if let Some(event) = self.events.iter_mut().rev().find(|e| e.id == activation.id) {
-            event.ended = Some((at, how, by.map(str::to_owned)));
+        self.records.iter_mut().rev().find(|r| r.id == subject.id)
+    }
+
+    fn end(&mut self, subject: &Subject, at: SystemTime, how: Ending, by: Option<&str>) {
+        if let Some(record) = self.find(subject) {
+            record.ended = Some((at, how, by.map(str::to_owned)));
         }
     }
 
     /// The records, newest first.
-    pub fn newest_first(&self) -> Vec<Event> {
-        self.events.iter().rev().cloned().collect()
+    pub fn newest_first(&self) -> Vec<Record> {
+        self.records.iter().rev().cloned().collect()
     }
 }

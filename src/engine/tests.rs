@@ -6,6 +6,7 @@ use tokio::time::Instant;
 use super::*;
 use crate::config;
 use crate::topology::ServiceId;
+use history::Ending;
 
 const PLAN: &str = r#"
 [datacenters.pangyo]
@@ -217,7 +218,7 @@ async fn events_say_who_started_each_activation_and_how_it_ended() {
     tokio::time::advance(Duration::from_secs(61)).await;
     engine.lift_all("chief");
 
-    let events = engine.events();
+    let events = engine.history();
     let summary: Vec<(&str, &str, Option<history::Ending>, Option<&str>)> = events
         .iter()
         .map(|e| {
@@ -246,7 +247,7 @@ async fn the_history_keeps_only_the_newest_activations() {
         engine.activate("fire", None, "t").unwrap();
         engine.lift("fire", "t").unwrap();
     }
-    let events = engine.events();
+    let events = engine.history();
     assert_eq!(events.len(), history::CAPACITY);
     assert!(events[0].id > events[1].id, "newest first");
 }
@@ -282,7 +283,7 @@ async fn a_reloaded_plan_keeps_its_scenarios_active_and_lifts_the_missing() {
         .map(|f| f.action.name())
         .collect();
     assert_eq!(on_slot_7, ["blackhole"]);
-    let events = engine.events();
+    let events = engine.history();
     let recovery = events.iter().find(|e| &*e.scenario == "recovery").unwrap();
     assert!(matches!(&recovery.ended, Some((_, Ending::Lifted, Some(by))) if by == "reload"));
     // The new max_duration cuts the activation short.
@@ -292,7 +293,7 @@ async fn a_reloaded_plan_keeps_its_scenarios_active_and_lifts_the_missing() {
 
 /// How the newest activation of `scenario` ended, from the history.
 fn ending_of(engine: &Engine, scenario: &str) -> Option<(Ending, Option<String>)> {
-    let events = engine.events();
+    let events = engine.history();
     let event = events.iter().find(|e| &*e.scenario == scenario).unwrap();
     event.ended.as_ref().map(|(_, how, by)| (*how, by.clone()))
 }
@@ -363,7 +364,7 @@ async fn a_new_duration_moves_the_end_of_an_active_scenario_and_the_timer_follow
     assert_eq!(activation.id, first.id, "the same activation");
     assert_eq!(activation.started, first.started);
     assert_eq!(activation.expires, first.started + minutes(5));
-    assert_eq!(engine.events()[0].expires_at, activation.expires_at());
+    assert_eq!(engine.history()[0].expires_at, activation.expires_at());
     // Past the old end, the timer that was due then lifts nothing.
     tokio::time::sleep(minutes(2)).await;
     assert_eq!(actions(&engine, TALK), ["blackhole"]);
@@ -440,8 +441,11 @@ async fn a_reload_that_gives_every_fault_a_duration_ends_the_activation_with_its
         active[0].expires - active[0].started,
         Duration::from_secs(60)
     );
-    assert_eq!(engine.events()[0].expires_at, active[0].expires_at());
+    assert_eq!(engine.history()[0].expires_at, active[0].expires_at());
     tokio::time::advance(Duration::from_secs(61)).await;
     assert!(engine.active().is_empty());
     assert_eq!(ending_of(&engine, "fire"), Some((Ending::Completed, None)));
 }
+
+mod adopt;
+mod events;

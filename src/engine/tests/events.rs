@@ -1,0 +1,182 @@
+//! The broadcast events, their order, and reads that never publish.
+
+use std::time::Duration;
+
+use tokio::sync::broadcast::error::TryRecvError;
+use tokio::sync::broadcast::Receiver;
+use tokio_util::sync::CancellationToken;
+
+use super::*;
+
+/// Every event received so far, each as a short line.
+pub(super) fn drain(events: &mut Receiver<Event>) -> Vec<String> {
+    let mut lines = Vec::new();
+    loop {
+        match events.try_recv() {
+            Ok(event) => lines.push(line(&event)),
+            Err(TryRecvError::Empty) => return lines,
+            Err(error) => panic!("no event lost here: {error:?}"),
+        }
+    }
+}
+
+fn line(event: &Event) -> String {
+    let name = event.scenario().unwrap_or("-");
+    match &event.what {
+        Happened::Activated { by, .. } => format!("activated {name} by {by}"),
+        Happened::Rescheduled { by, .. } => format!("rescheduled {name} by {by}"),
+        Happened::StageStarted { fault, .. } => format!("stage {fault} of {name} started"),
+        Happened::StageEnded { fault, .. } => format!("stage {fault} of {name} ended"),
+        Happened::Lifted { by, .. } => format!("lifted {name} by {by}"),
+        Happened::Expired { .. } => format!("expired {name}"),
+        Happened::Completed { .. } => format!("completed {name}"),
+        Happened::Halted { by, lifted } => {
+            let names: Vec<&str> = lifted.iter().map(|s| &*s.scenario).collect();
+            format!("halted {} by {by}", names.join(" "))
+        }
+        Happened::Reloaded { by, lifted } => {
+            let names: Vec<&str> = lifted.iter().map(|s| &*s.scenario).collect();
+            format!("reloaded by {by}, lifting {}", names.join(" "))
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn each_step_of_an_activation_is_broadcast_when_it_happens() {
+    let engine = engine();
+    let shutdown = CancellationToken::new();
+    tokio::spawn(engine.clone().run(shutdown.clone()));
+    let mut events = engine.subscribe();
+    engine.activate("recovery", None, "lead").unwrap();
+    assert_eq!(
+        drain(&mut events),
+        [
+            "activated recovery by lead",
+            "stage 0 of recovery started",
+            "stage 1 of recovery started",
+        ]
+    );
+    tokio::time::sleep(Duration::from_secs(61)).await;
+    assert_eq!(drain(&mut events), ["stage 0 of recovery ended"]);
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    assert_eq!(
+        drain(&mut events),
+        ["stage 1 of recovery ended", "stage 2 of recovery started"]
+    );
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    assert_eq!(
+        drain(&mut events),
+        ["completed recovery", "stage 2 of recovery ended"]
+    );
+
+    engine.activate("fire", None, "lead").unwrap();
+    engine
+        .activate("fire", Some(Duration::from_secs(60)), "ops")
+        .unwrap();
+    engine.lift("fire", "ops").unwrap();
+    engine.activate("fire", None, "lead").unwrap();
+    engine.activate("recovery", None, "lead").unwrap();
+    drain(&mut events);
+    engine.lift_all("chief");
+    assert_eq!(
+        drain(&mut events),
+        [
+            "halted fire recovery by chief",
+            "stage 0 of fire ended",
+            "stage 0 of recovery ended",
+            "stage 1 of recovery ended",
+        ]
+    );
+    shutdown.cancel();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_new_duration_and_a_lift_are_broadcast_with_the_caller() {
+    let engine = engine();
+    let mut events = engine.subscribe();
+    engine.activate("fire", None, "lead").unwrap();
+    engine
+        .activate("fire", Some(Duration::from_secs(60)), "ops")
+        .unwrap();
+    engine.lift("fire", "chief").unwrap();
+    assert_eq!(
+        drain(&mut events),
+        [
+            "activated fire by lead",
+            "stage 0 of fire started",
+            "rescheduled fire by ops",
+            "lifted fire by chief",
+            "stage 0 of fire ended",
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reload_is_broadcast_with_the_scenarios_it_lifted() {
+    let engine = engine();
+    engine.activate("fire", None, "lead").unwrap();
+    engine.activate("recovery", None, "lead").unwrap();
+    let mut events = engine.subscribe();
+    let text = PLAN.split("[scenarios.recovery]").next().unwrap();
+    let plan = config::parse(text, "engine.toml").unwrap();
+    engine.replace_plan(Arc::new(plan), "SIGHUP");
+    assert_eq!(
+        drain(&mut events),
+        [
+            "reloaded by SIGHUP, lifting recovery",
+            "stage 0 of recovery ended",
+            "stage 1 of recovery ended",
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_subscriber_that_falls_behind_loses_events_and_never_holds_up_the_engine() {
+    let engine = engine();
+    let mut slow = engine.subscribe();
+    // Four events a round: activated, stage started, lifted, stage ended.
+    let rounds = EVENT_BACKLOG / 4 + 10;
+    for _ in 0..rounds {
+        engine.activate("fire", None, "t").unwrap();
+        engine.lift("fire", "t").unwrap();
+    }
+    assert_eq!(
+        engine.history()[0].ended.as_ref().unwrap().1,
+        Ending::Lifted
+    );
+    let missed = rounds * 4 - EVENT_BACKLOG;
+    assert_eq!(slow.try_recv(), Err(TryRecvError::Lagged(missed as u64)));
+    assert!(matches!(
+        slow.recv().await.map(|e| e.what),
+        Ok(Happened::Activated { .. })
+    ));
+    drop(slow);
+    assert!(matches!(
+        engine.subscribe().try_recv(),
+        Err(TryRecvError::Empty)
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn reads_compute_from_state_and_never_publish() {
+    let engine = engine();
+    engine
+        .activate("fire", Some(Duration::from_secs(60)), "t")
+        .unwrap();
+    let mut changes = engine.live().subscribe();
+    changes.mark_unchanged();
+    let generation = engine.live().load().generation();
+    let mut events = engine.subscribe();
+    // Past its end, before the timer (not running here) gets to it.
+    tokio::time::advance(Duration::from_secs(61)).await;
+
+    assert!(engine.active().is_empty(), "past its end: not active");
+    let history = engine.history();
+    assert!(matches!(history[0].ended, Some((_, Ending::Expired, None))));
+
+    assert!(!changes.has_changed().unwrap(), "a read woke connections");
+    assert_eq!(engine.live().load().generation(), generation);
+    assert_eq!(drain(&mut events), Vec::<String>::new());
+    // The rules still hold it until the timer publishes.
+    assert_eq!(actions(&engine, TALK), ["blackhole"]);
+}
