@@ -2,8 +2,10 @@
 //! effective faults, the scenario catalogue, activating and lifting faults,
 //! and Prometheus metrics. Handlers only touch the engine's own lock and
 //! the lock-free rule snapshot, never the data plane. `auth.rs` guards the
-//! routes with bearer tokens; `listen.rs` serves them, with TLS if asked.
+//! routes with bearer tokens; `listen.rs` serves them, with TLS if asked;
+//! `api.rs` types every request and answer body.
 
+pub mod api;
 mod auth;
 mod listen;
 
@@ -20,8 +22,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Extension, Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
-use serde::Deserialize;
-use serde_json::{json, Value};
 use tokio::time::Instant;
 
 use crate::config::Plan;
@@ -88,9 +88,9 @@ impl IntoResponse for ApiError {
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden => StatusCode::FORBIDDEN,
         };
-        let mut body = json!({ "error": self.to_string() });
+        let mut body = api::ErrorBody::new(self.to_string());
         if let ApiError::UnknownScenario(unknown) = &self {
-            body["known"] = json!(unknown.known);
+            body.known = Some(unknown.known.clone());
         }
         let mut response = (status, Json(body)).into_response();
         if let ApiError::Unauthorized(_) = &self {
@@ -108,7 +108,11 @@ pub fn router(state: AdminState) -> Router {
     Router::new()
         .route(
             "/healthz",
-            get(|| async { Json(json!({ "status": "ok" })) }),
+            get(|| async {
+                Json(api::Health {
+                    status: "ok".to_owned(),
+                })
+            }),
         )
         .route("/metrics", get(metrics))
         .route("/topology", get(topology))
@@ -142,14 +146,6 @@ async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
         )],
         crate::metrics::render(&state.metrics),
     )
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ActivateBody {
-    /// How long this activation lasts from its start, capped at the
-    /// scenario's max_duration; on an active scenario, its new length.
-    duration: Option<String>,
 }
 
 /// Activates a scenario (201), or answers the running activation (200):
@@ -190,14 +186,14 @@ async fn activate(
             (StatusCode::OK, activation, status, Some(previous))
         }
     };
-    let mut body = activation_json(&activation);
-    body["status"] = json!(status);
-    if let Some(previous) = previous {
-        body["previous_expires_at"] = json!(timestamp(previous));
-    }
-    body["already_active"] = json!(code == StatusCode::OK);
-    body["capped"] = json!(duration.is_some_and(|d| d > activation.scenario.max_duration));
-    body["requested_duration"] = json!(duration.map(human));
+    let body = api::ActivateAnswer {
+        capped: duration.is_some_and(|d| d > activation.scenario.max_duration),
+        activation: activation_view(&activation),
+        status: status.to_owned(),
+        previous_expires_at: previous.map(timestamp),
+        already_active: code == StatusCode::OK,
+        requested_duration: duration.map(human),
+    };
     Ok((code, Json(body)).into_response())
 }
 
@@ -206,7 +202,7 @@ fn parse_activate_body(body: &[u8]) -> Result<Option<Duration>, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(None);
     }
-    let body: ActivateBody = serde_json::from_slice(body).map_err(|e| {
+    let body: api::ActivateRequest = serde_json::from_slice(body).map_err(|e| {
         ApiError::BadRequest(format!(
             "invalid JSON body: {e}; expected {{\"duration\": \"10m\"}} or no body"
         ))
@@ -229,21 +225,22 @@ async fn lift(
     State(state): State<AdminState>,
     Extension(caller): Extension<Caller>,
     scenario: Result<Path<String>, PathRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<api::LiftAnswer>, ApiError> {
     let Path(scenario) = scenario?;
     let lifted = state.engine.lift(&scenario, &caller.to_string())?;
-    Ok(Json(
-        json!({ "scenario": scenario, "lifted": lifted.is_some() }),
-    ))
+    Ok(Json(api::LiftAnswer {
+        scenario,
+        lifted: lifted.is_some(),
+    }))
 }
 
 async fn lift_all(
     State(state): State<AdminState>,
     Extension(caller): Extension<Caller>,
-) -> Json<Value> {
+) -> Json<api::HaltAnswer> {
     let lifted = state.engine.lift_all(&caller.to_string());
-    let names: Vec<&str> = lifted.iter().map(|a| &*a.scenario.name).collect();
-    Json(json!({ "lifted": names }))
+    let lifted = lifted.iter().map(|a| a.scenario.name.to_string()).collect();
+    Json(api::HaltAnswer { lifted })
 }
 
 /// Re-reads the plan file. An invalid plan changes nothing and answers 400
@@ -251,7 +248,17 @@ async fn lift_all(
 async fn reload(State(state): State<AdminState>, Extension(caller): Extension<Caller>) -> Response {
     let by = caller.to_string();
     match state.reloader.reload(&by).await {
-        Ok(reloaded) => (StatusCode::OK, Json(json!({ "reloaded": reloaded }))).into_response(),
+        Ok(reloaded) => {
+            let reloaded = api::ReloadReport {
+                kept: reloaded.kept,
+                changed: reloaded.changed,
+                added: reloaded.added,
+                removed: reloaded.removed,
+                lifted: reloaded.lifted,
+                warnings: reloaded.warnings,
+            };
+            (StatusCode::OK, Json(api::ReloadAnswer { reloaded })).into_response()
+        }
         Err(error) => {
             tracing::warn!(by, "reload refused: {error}");
             let status = match &error {
@@ -262,120 +269,107 @@ async fn reload(State(state): State<AdminState>, Extension(caller): Extension<Ca
                 | ReloadError::AdminListen { .. }
                 | ReloadError::ShuttingDown => StatusCode::CONFLICT,
             };
-            let mut body = json!({ "error": error.to_string() });
+            let mut body = api::ErrorBody::new(error.to_string());
             if let ReloadError::Plan(crate::config::Error::Invalid(diagnostics)) = &error {
-                body["errors"] = diagnostics
-                    .iter()
-                    .map(|d| {
-                        json!({
-                            "file": d.file,
-                            "line": d.line,
-                            "column": d.column,
-                            "message": d.message,
-                        })
-                    })
-                    .collect();
+                let errors = diagnostics.iter().map(|d| api::PlanError {
+                    file: d.file.clone(),
+                    line: d.line,
+                    column: d.column,
+                    message: d.message.clone(),
+                });
+                body.errors = Some(errors.collect());
             }
             (status, Json(body)).into_response()
         }
     }
 }
 
-async fn list(State(state): State<AdminState>) -> Json<Value> {
-    let active: Vec<Value> = state.engine.active().iter().map(activation_json).collect();
-    Json(json!({ "active": active }))
+async fn list(State(state): State<AdminState>) -> Json<api::FaultList> {
+    let active = state.engine.active().iter().map(activation_view).collect();
+    Json(api::FaultList { active })
 }
 
 /// The recent activations, newest first: who started each and when, and
 /// how it ended (lifted, expired, halted). `time` and `time_end` are Unix
 /// milliseconds, as annotation sources want them.
-async fn events(State(state): State<AdminState>) -> Json<Value> {
+async fn events(State(state): State<AdminState>) -> Json<api::EventList> {
     let millis = |t: SystemTime| {
         t.duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64)
     };
-    let events: Vec<Value> = state
+    let events = state
         .engine
         .history()
-        .iter()
-        .map(|event| {
-            let (ended_at, ending, ended_by) = match &event.ended {
-                Some((at, how, by)) => (Some(*at), Some(how.name()), by.as_deref()),
+        .into_iter()
+        .map(|record| {
+            let (ended_at, ending, ended_by) = match record.ended {
+                Some((at, how, by)) => (Some(at), Some(how.name().to_owned()), by),
                 None => (None, None, None),
             };
-            json!({
-                "scenario": &*event.scenario,
-                "activated_by": event.activated_by,
-                "started_at": timestamp(event.started_at),
-                "expires_at": timestamp(event.expires_at),
-                "ended_at": ended_at.map(timestamp),
-                "ended": ending,
-                "ended_by": ended_by,
-                "time": millis(event.started_at),
-                "time_end": ended_at.map(millis),
-            })
+            api::EventRecord {
+                scenario: record.scenario.to_string(),
+                activated_by: record.activated_by,
+                started_at: timestamp(record.started_at),
+                expires_at: timestamp(record.expires_at),
+                ended_at: ended_at.map(timestamp),
+                ended: ending,
+                ended_by,
+                time: millis(record.started_at),
+                time_end: ended_at.map(millis),
+            }
         })
         .collect();
-    Json(json!({ "events": events }))
+    Json(api::EventList { events })
 }
 
-async fn scenarios(State(state): State<AdminState>) -> Json<Value> {
+async fn scenarios(State(state): State<AdminState>) -> Json<api::ScenarioList> {
     let active = state.engine.active();
     let plan = state.engine.plan();
-    let scenarios: Vec<Value> = plan
+    let scenarios = plan
         .scenarios
         .iter()
-        .map(|scenario| {
-            json!({
-                "name": &*scenario.name,
-                "description": scenario.description,
-                "max_duration": human(scenario.max_duration),
-                "active": active.iter().any(|a| a.scenario.name == scenario.name),
-                "faults": scenario.faults.iter().map(|f| fault_json(f, &plan)).collect::<Vec<_>>(),
-            })
+        .map(|scenario| api::Scenario {
+            name: scenario.name.to_string(),
+            description: scenario.description.clone(),
+            max_duration: human(scenario.max_duration),
+            active: active.iter().any(|a| a.scenario.name == scenario.name),
+            faults: (scenario.faults.iter())
+                .map(|f| scenario_fault(f, &plan))
+                .collect(),
         })
         .collect();
-    Json(json!({ "scenarios": scenarios }))
+    Json(api::ScenarioList { scenarios })
 }
 
-async fn topology(State(state): State<AdminState>) -> Json<Value> {
+async fn topology(State(state): State<AdminState>) -> Json<api::Topology> {
     let rules = state.engine.live().load();
     let plan = state.engine.plan();
     let topology = &plan.topology;
-    let datacenters: Vec<Value> = topology
-        .datacenters
-        .iter()
-        .map(|dc| {
-            let services: Vec<Value> = dc
-                .services
-                .iter()
-                .map(|&id| {
-                    let service = &topology.services[id.index()];
-                    let faults: Vec<Value> = rules
-                        .slot(service.slot)
-                        .iter()
-                        .map(|f| {
-                            let mut fault = action_json(f);
-                            fault["scenario"] = json!(&*f.scenario);
-                            fault["index"] = json!(f.index);
-                            fault
-                        })
-                        .collect();
-                    json!({
-                        "name": &*service.name,
-                        "description": service.description,
-                        "protocol": service.protocol.name(),
-                        "listen": service.listen.to_string(),
-                        "upstream": service.upstream.to_string(),
-                        "upstream_skip_verify": service.upstream_tls.as_ref().is_some_and(|t| t.skip_verify),
-                        "faults": faults,
-                    })
-                })
-                .collect();
-            json!({ "name": &*dc.name, "description": dc.description, "services": services })
+    let service = |service: &Service| api::Service {
+        name: service.name.to_string(),
+        description: service.description.clone(),
+        protocol: service.protocol.name().to_owned(),
+        listen: service.listen.to_string(),
+        upstream: service.upstream.to_string(),
+        upstream_skip_verify: service.upstream_tls.as_ref().is_some_and(|t| t.skip_verify),
+        faults: (rules.slot(service.slot).iter())
+            .map(|f| api::ServiceFault {
+                action: action(f),
+                scenario: f.scenario.to_string(),
+                index: f.index,
+            })
+            .collect(),
+    };
+    let datacenters = (topology.datacenters.iter())
+        .map(|dc| api::DataCenter {
+            name: dc.name.to_string(),
+            description: dc.description.clone(),
+            services: (dc.services.iter())
+                .map(|&id| service(&topology.services[id.index()]))
+                .collect(),
         })
         .collect();
-    Json(json!({ "datacenters": datacenters }))
+    Json(api::Topology { datacenters })
 }
 
 fn human(d: Duration) -> String {
@@ -387,89 +381,101 @@ fn timestamp(t: SystemTime) -> String {
 }
 
 /// The action and its parameters, as the plan would write them.
-fn action_json(fault: &Fault) -> Value {
-    let mut value = json!({ "action": fault.action.name(), "probability": fault.probability });
+fn action(fault: &Fault) -> api::Action {
+    let mut action = api::Action {
+        action: fault.action.name().to_owned(),
+        probability: fault.probability,
+        latency: None,
+        jitter: None,
+        direction: None,
+        status: None,
+    };
     match &fault.action {
         Action::Delay(delay) => {
-            value["latency"] = json!(human(delay.latency));
-            value["jitter"] = json!(human(delay.jitter));
-            value["direction"] = json!(delay.direction.name());
+            action.latency = Some(human(delay.latency));
+            action.jitter = Some(human(delay.jitter));
+            action.direction = Some(delay.direction.name().to_owned());
         }
-        Action::Error(error) => value["status"] = json!(error.status.as_u16()),
+        Action::Error(error) => action.status = Some(error.status.as_u16()),
         Action::Blackhole | Action::Drop => {}
     }
-    value
+    action
 }
 
-/// Adds the names of the data centers and services `fault` hits, in plan
+/// The names of the data centers and services `fault` hits, in plan
 /// order, so a drill need not cross-read `/scenarios` and `/topology`.
-fn add_targets(value: &mut Value, fault: &Fault, plan: &Plan) {
+fn targets(fault: &Fault, plan: &Plan) -> (Vec<String>, Vec<String>) {
     let topology = &plan.topology;
     let services: Vec<&Service> = fault
         .targets
         .iter()
         .filter_map(|id| topology.services.get(id.index()))
         .collect();
-    let datacenters: Vec<&str> = topology
-        .datacenters
-        .iter()
+    let datacenters = (topology.datacenters.iter())
         .filter(|dc| services.iter().any(|s| s.datacenter == dc.name))
-        .map(|dc| &*dc.name)
+        .map(|dc| dc.name.to_string())
         .collect();
-    value["datacenters"] = json!(datacenters);
-    value["services"] = json!(services.iter().map(|s| &*s.name).collect::<Vec<_>>());
+    let services = services.iter().map(|s| s.name.to_string()).collect();
+    (datacenters, services)
 }
 
-fn fault_json(fault: &Fault, plan: &Plan) -> Value {
-    let mut value = action_json(fault);
-    value["index"] = json!(fault.index);
-    value["datacenter"] = json!(fault.selector.datacenter.as_deref());
-    value["service"] = json!(fault.selector.service.as_deref());
-    value["method"] = json!(fault.selector.method.as_ref().map(|m| m.as_str()));
-    value["path_prefix"] = json!(fault.selector.path_prefix);
-    value["after"] = json!(human(fault.after));
-    value["duration"] = json!(fault.duration.map(human));
-    add_targets(&mut value, fault, plan);
-    value
+fn scenario_fault(fault: &Fault, plan: &Plan) -> api::ScenarioFault {
+    let (datacenters, services) = targets(fault, plan);
+    let selector = &fault.selector;
+    api::ScenarioFault {
+        action: action(fault),
+        index: fault.index,
+        datacenter: selector.datacenter.as_deref().map(str::to_owned),
+        service: selector.service.as_deref().map(str::to_owned),
+        method: selector.method.as_ref().map(|m| m.as_str().to_owned()),
+        path_prefix: selector.path_prefix.clone(),
+        after: human(fault.after),
+        duration: fault.duration.map(human),
+        datacenters,
+        services,
+    }
 }
 
 /// An activation with each fault's window and state.
-fn activation_json(activation: &Activation) -> Value {
+fn activation_view(activation: &Activation) -> api::Activation {
     let now = Instant::now();
-    let faults: Vec<Value> = activation
-        .scenario
-        .faults
-        .iter()
+    let faults = (activation.scenario.faults.iter())
         .map(|fault| {
-            let mut value = action_json(fault);
-            value["index"] = json!(fault.index);
-            add_targets(&mut value, fault, &activation.plan);
-            match activation.window(fault) {
-                Some((from, until)) => {
-                    let (start, end) = (activation.started + from, activation.started + until);
-                    let state = if now < start {
-                        "pending"
-                    } else if now < end {
-                        "active"
-                    } else {
-                        "ended"
-                    };
-                    value["starts_at"] = json!(timestamp(activation.started_at + from));
-                    value["ends_at"] = json!(timestamp(activation.started_at + until));
-                    value["state"] = json!(state);
-                }
-                None => value["state"] = json!("never"),
+            let (datacenters, services) = targets(fault, &activation.plan);
+            let mut view = api::ActivationFault {
+                action: action(fault),
+                index: fault.index,
+                datacenters,
+                services,
+                starts_at: None,
+                ends_at: None,
+                state: "never".to_owned(),
+            };
+            if let Some((from, until)) = activation.window(fault) {
+                let (start, end) = (activation.started + from, activation.started + until);
+                let state = if now < start {
+                    "pending"
+                } else if now < end {
+                    "active"
+                } else {
+                    "ended"
+                };
+                view.starts_at = Some(timestamp(activation.started_at + from));
+                view.ends_at = Some(timestamp(activation.started_at + until));
+                view.state = state.to_owned();
             }
-            value
+            view
         })
         .collect();
-    json!({
-        "scenario": &*activation.scenario.name,
-        "description": activation.scenario.description,
-        "started_at": timestamp(activation.started_at),
-        "expires_at": timestamp(activation.expires_at()),
-        "remaining": human(Duration::from_secs(activation.expires.saturating_duration_since(now).as_secs())),
-        "activated_by": activation.by,
-        "faults": faults,
-    })
+    let remaining = activation.expires.saturating_duration_since(now).as_secs();
+    api::Activation {
+        scenario: activation.scenario.name.to_string(),
+        description: activation.scenario.description.clone(),
+        started_at: timestamp(activation.started_at),
+        expires_at: timestamp(activation.expires_at()),
+        remaining: human(Duration::from_secs(remaining)),
+        activated_by: activation.by.clone(),
+        origin: activation.origin.clone(),
+        faults,
+    }
 }

@@ -65,6 +65,8 @@ struct State {
     /// The faults in force at the last publish, by activation id and fault
     /// index, to announce each stage that starts or ends.
     in_force: BTreeMap<(u64, usize), Arc<str>>,
+    /// Events of the change under way, broadcast when it is done.
+    outbox: Vec<Event>,
     next_id: u64,
 }
 
@@ -81,6 +83,7 @@ impl Engine {
                     active: BTreeMap::new(),
                     history: History::default(),
                     in_force: BTreeMap::new(),
+                    outbox: Vec::new(),
                     next_id: 0,
                 }),
                 wake: Notify::new(),
@@ -121,13 +124,21 @@ impl Engine {
             })
     }
 
-    /// Records `what` in the history and broadcasts it. Called with the
-    /// state locked, so events go out in the order things happened.
+    /// Locks the state for a change; the change's events are broadcast
+    /// when it is done (see [`Change`]).
+    fn change(&self) -> Change<'_> {
+        Change {
+            state: self.lock(),
+            events: &self.inner.events,
+        }
+    }
+
+    /// Records `what` in the history at once, and queues it to be broadcast
+    /// when the change is done.
     fn emit(&self, state: &mut State, at: SystemTime, what: Happened) {
         let event = Event { at, what };
         state.history.apply(&event);
-        // No subscriber is not an error; a slow one loses old events.
-        let _ = self.inner.events.send(event);
+        state.outbox.push(event);
     }
 
     /// Activates a scenario for `duration` (capped at its `max_duration`);
@@ -140,7 +151,7 @@ impl Engine {
         duration: Option<Duration>,
         by: &str,
     ) -> Result<Activated, UnknownScenario> {
-        let mut state = self.lock();
+        let mut state = self.change();
         let index = Self::find(&state.plan, name)?;
         let now = Instant::now();
         self.expire(&mut state, now);
@@ -270,7 +281,7 @@ impl Engine {
 
     /// Lifts one scenario; `Ok(None)` when it was not active.
     pub fn lift(&self, name: &str, by: &str) -> Result<Option<Activation>, UnknownScenario> {
-        let mut state = self.lock();
+        let mut state = self.change();
         let index = Self::find(&state.plan, name)?;
         let now = Instant::now();
         self.expire(&mut state, now);
@@ -291,7 +302,7 @@ impl Engine {
 
     /// Lifts every active scenario at once and returns what was lifted.
     pub fn lift_all(&self, by: &str) -> Vec<Activation> {
-        let mut state = self.lock();
+        let mut state = self.change();
         let now = Instant::now();
         // One that ran out before the timer got to it was not lifted by us.
         self.expire(&mut state, now);
@@ -320,7 +331,7 @@ impl Engine {
     /// short if its new `max_duration` is shorter); one the plan no longer
     /// has is lifted. Returns the names of the lifted scenarios.
     pub fn replace_plan(&self, plan: Arc<Plan>, by: &str) -> Vec<String> {
-        let mut state = self.lock();
+        let mut state = self.change();
         let now = Instant::now();
         self.expire(&mut state, now);
         let at = SystemTime::now();
@@ -462,7 +473,7 @@ impl Engine {
         let mut due = true;
         loop {
             let next = {
-                let mut state = self.lock();
+                let mut state = self.change();
                 let now = Instant::now();
                 let expired = self.expire(&mut state, now);
                 if due || expired {
@@ -482,6 +493,37 @@ impl Engine {
                 () = self.inner.wake.notified() => due = false,
                 () = sleep => due = true,
             }
+        }
+    }
+}
+
+/// The state locked for one change. Dropping it broadcasts the change's
+/// events, still under the lock: they go out in the order things happened,
+/// and only once the rules they announce are published, so a subscriber
+/// that acts on an event sees its effect.
+struct Change<'a> {
+    state: MutexGuard<'a, State>,
+    events: &'a broadcast::Sender<Event>,
+}
+
+impl std::ops::Deref for Change<'_> {
+    type Target = State;
+    fn deref(&self) -> &State {
+        &self.state
+    }
+}
+
+impl std::ops::DerefMut for Change<'_> {
+    fn deref_mut(&mut self) -> &mut State {
+        &mut self.state
+    }
+}
+
+impl Drop for Change<'_> {
+    fn drop(&mut self) {
+        for event in self.state.outbox.drain(..) {
+            // No subscriber is not an error; a slow one loses old events.
+            let _ = self.events.send(event);
         }
     }
 }

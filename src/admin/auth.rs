@@ -205,9 +205,9 @@ fn client(ip: IpAddr) -> IpAddr {
 fn too_many(wait: Duration) -> Response {
     let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
     let seconds = seconds.max(1);
-    let body = serde_json::json!({
-        "error": format!("too many wrong tokens from this address; retry in {seconds} s with a token from [admin] tokens")
-    });
+    let body = super::api::ErrorBody::new(format!(
+        "too many wrong tokens from this address; retry in {seconds} s with a token from [admin] tokens"
+    ));
     let mut response = (StatusCode::TOO_MANY_REQUESTS, Json(body)).into_response();
     response
         .headers_mut()
