@@ -467,6 +467,7 @@ async fn the_scenario_active_gauge_goes_to_1_on_activation_and_back_to_0() {
 async fn an_activation_expires_by_itself_after_its_duration() {
     let fire = unique("fire");
     let running = stack(&fire).await;
+    let mut events = engine_events(&running);
     let asked = Instant::now();
     let body = activate_with(&running, &fire, r#"{"duration":"300ms"}"#).await;
     assert_eq!(
@@ -476,15 +477,8 @@ async fn an_activation_expires_by_itself_after_its_duration() {
     let gauge = |text: &str| sample(text, "firedrill_scenario_active", &[("scenario", &fire)]);
     assert_eq!(gauge(&metrics(&running).await), 1.0);
 
-    within(Duration::from_secs(10), async {
-        loop {
-            if active_scenarios(&running).await.is_empty() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-    })
-    .await;
+    wait_for_end(&mut events, &fire).await;
+    assert!(active_scenarios(&running).await.is_empty());
     assert!(
         asked.elapsed() >= Duration::from_millis(300),
         "expired early, after {:?}",
@@ -602,20 +596,16 @@ async fn events_list_activations_newest_first_with_who_and_how_they_ended() {
     let (_, empty) = admin(&running, Method::GET, "/events", "").await;
     assert_eq!(empty, json!({ "events": [] }));
 
+    let mut events = engine_events(&running);
     activate(&running, "pangyo-fire").await;
     lift(&running, "pangyo-fire").await;
     activate_with(&running, "short", r#"{"duration": "200ms"}"#).await;
     activate(&running, "maps-slow").await;
-    within(STEP, async {
-        // `short` expires by itself.
-        while active_scenarios(&running)
-            .await
-            .contains(&"short".to_owned())
-        {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
+    // `short` expires by itself.
+    wait_for_end(&mut events, "short").await;
+    assert!(!active_scenarios(&running)
+        .await
+        .contains(&"short".to_owned()));
     let (status, _) = admin(&running, Method::DELETE, "/faults", "").await;
     assert_eq!(status, StatusCode::OK);
 
@@ -711,19 +701,14 @@ async fn staged_stack(staged: &str) -> Running {
         .await
 }
 
-/// The newest `/events` record, once it says the activation ended.
-async fn until_ended(running: &Running) -> Value {
-    within(Duration::from_secs(10), async {
-        loop {
-            let (_, body) = admin(running, Method::GET, "/events", "").await;
-            let newest = body["events"][0].clone();
-            if !newest["ended"].is_null() {
-                return newest;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-    })
-    .await
+/// The newest `/events` record, once the engine says `scenario` ended by
+/// itself; `events` were subscribed before it was activated.
+async fn until_ended(running: &Running, events: &mut EngineEvents, scenario: &str) -> Value {
+    wait_for_end(events, scenario).await;
+    let (_, body) = admin(running, Method::GET, "/events", "").await;
+    let newest = body["events"][0].clone();
+    assert!(!newest["ended"].is_null(), "{body}");
+    newest
 }
 
 #[tokio::test]
@@ -731,6 +716,7 @@ async fn a_staged_scenario_completes_when_its_last_fault_ends_and_can_start_agai
     let staged = unique("staged");
     let running = staged_stack(&staged).await;
     let gauge = |text: &str| sample(text, "firedrill_scenario_active", &[("scenario", &staged)]);
+    let mut events = engine_events(&running);
     let body = activate_with(&running, &staged, "").await;
     assert_eq!(
         span(&body["started_at"], &body["expires_at"]),
@@ -739,7 +725,7 @@ async fn a_staged_scenario_completes_when_its_last_fault_ends_and_can_start_agai
     );
     assert_eq!(gauge(&metrics(&running).await), 1.0);
 
-    let event = until_ended(&running).await;
+    let event = until_ended(&running, &mut events, &staged).await;
     assert_eq!(event["scenario"], *staged);
     assert_eq!(event["ended"], "completed", "{event}");
     assert_eq!(event["ended_by"], Value::Null);
@@ -836,6 +822,7 @@ async fn a_shortened_scenario_ends_on_its_new_time_by_itself() {
     let fire = unique("fire");
     let running = stack(&fire).await;
     let web = addr(&running, "web");
+    let mut events = engine_events(&running);
     let asked = Instant::now();
     activate(&running, &fire).await;
     let path = format!("/faults/{fire}");
@@ -843,7 +830,7 @@ async fn a_shortened_scenario_ends_on_its_new_time_by_itself() {
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["status"], "shortened");
 
-    let event = until_ended(&running).await;
+    let event = until_ended(&running, &mut events, &fire).await;
     assert_eq!(event["ended"], "expired", "{event}");
     assert!(asked.elapsed() >= Duration::from_millis(500));
     let gauge = sample(

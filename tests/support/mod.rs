@@ -1002,3 +1002,51 @@ impl Nginx {
         found.unwrap_or_else(|_| panic!("nginx logged no `{request}`; its log:\n{text}"))
     }
 }
+
+// --- Engine events ---------------------------------------------------------
+
+/// A subscription to the engine's events.
+pub type EngineEvents = tokio::sync::broadcast::Receiver<firedrill::engine::Event>;
+
+/// The engine's events from now on; subscribe before the action whose
+/// events a test waits for.
+pub fn engine_events(running: &Running) -> EngineEvents {
+    running.engine().subscribe()
+}
+
+/// Waits at most [`STEP`] for the next event that `wanted` accepts, and
+/// returns it; fails the test if none comes or if events were lost.
+pub async fn wait_for_event(
+    events: &mut EngineEvents,
+    wanted: impl Fn(&firedrill::engine::Event) -> bool,
+) -> firedrill::engine::Event {
+    let found = tokio::time::timeout(STEP, async {
+        loop {
+            match events.recv().await {
+                Ok(event) if wanted(&event) => return event,
+                Ok(_) => {}
+                Err(error) => panic!("engine events stopped: {error}"),
+            }
+        }
+    })
+    .await;
+    found.unwrap_or_else(|_| panic!("no such engine event within {STEP:?}"))
+}
+
+/// Waits at most [`STEP`] for the activation of `scenario` to end by
+/// itself (expired or completed) and returns how.
+pub async fn wait_for_end(
+    events: &mut EngineEvents,
+    scenario: &str,
+) -> firedrill::engine::Happened {
+    use firedrill::engine::Happened;
+    let event = wait_for_event(events, |event| {
+        event.scenario() == Some(scenario)
+            && matches!(
+                event.what,
+                Happened::Expired { .. } | Happened::Completed { .. }
+            )
+    })
+    .await;
+    event.what
+}
