@@ -19,7 +19,7 @@ impl Engine {
     /// end moves (an end already passed lifts it now, by `remote.by`). One
     /// whose end has passed applies nothing: [`Adopted::Over`].
     pub fn adopt(&self, remote: &Remote) -> Result<Adopted, UnknownScenario> {
-        let mut state = self.lock();
+        let mut state = self.change();
         let index = Self::find(&state.plan, &remote.scenario)?;
         let now = Instant::now();
         let wall = SystemTime::now();
