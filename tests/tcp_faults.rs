@@ -248,20 +248,28 @@ async fn drop_with_probability_one_half_cuts_about_half_the_connections() {
 #[tokio::test]
 async fn a_staged_fault_waits_for_its_offset_and_ends_after_its_duration() {
     let drill = Drill::echo("action = 'drop'; after = '500ms'; duration = '500ms'").await;
+    let mut events = engine_events(&drill.running);
     let activated = Instant::now();
     drill.activate().await;
     assert_eq!(probe(drill.addr(0), REACH).await, Fate::Echoed);
-    let started = until_fate(drill.addr(0), Fate::Cut).await - activated;
+    wait_for_event(&mut events, |e| {
+        matches!(e.what, firedrill::engine::Happened::StageStarted { .. })
+    })
+    .await;
+    let started = activated.elapsed();
+    assert_eq!(probe(drill.addr(0), REACH).await, Fate::Cut);
     assert!(started >= ms(500), "the fault started after {started:?}");
-    let ended = until_fate(drill.addr(0), Fate::Echoed).await - activated;
+    // Its only fault ended: the activation is complete.
+    wait_for_end(&mut events, &drill.scenarios[0]).await;
+    let ended = activated.elapsed();
     assert!(ended >= ms(1000), "the fault ended after {ended:?}");
-    tokio::time::sleep(ms(200)).await;
     assert_eq!(probe(drill.addr(0), REACH).await, Fate::Echoed);
 }
 
 #[tokio::test]
 async fn an_activation_with_a_duration_ends_by_itself() {
     let drill = Drill::echo("action = 'drop'").await;
+    let mut events = engine_events(&drill.running);
     let activated = Instant::now();
     activate_with(
         &drill.running,
@@ -270,7 +278,9 @@ async fn an_activation_with_a_duration_ends_by_itself() {
     )
     .await;
     assert_eq!(probe(drill.addr(0), REACH).await, Fate::Cut);
-    let ended = until_fate(drill.addr(0), Fate::Echoed).await - activated;
+    wait_for_end(&mut events, &drill.scenarios[0]).await;
+    let ended = activated.elapsed();
+    assert_eq!(probe(drill.addr(0), REACH).await, Fate::Echoed);
     assert!(ended >= ms(600), "the activation ended after {ended:?}");
     let (status, faults) = admin(&drill.running, Method::GET, "/faults", "").await;
     assert_eq!(status, StatusCode::OK);
@@ -550,19 +560,6 @@ async fn probe(addr: SocketAddr, patience: Duration) -> Fate {
             assert_eq!(&back, b"ping\n");
             Fate::Echoed
         }
-    }
-}
-
-/// Probes `addr` every 20 ms until one probe has `fate`; returns when that
-/// probe finished. Gives up after 5 s.
-async fn until_fate(addr: SocketAddr, fate: Fate) -> Instant {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        if probe(addr, REACH).await == fate {
-            return Instant::now();
-        }
-        assert!(Instant::now() < deadline, "no probe {fate:?} within 5 s");
-        tokio::time::sleep(ms(20)).await;
     }
 }
 
