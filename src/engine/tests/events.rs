@@ -1,6 +1,6 @@
 //! The broadcast events, their order, and reads that never publish.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::broadcast::error::TryRecvError;
 use tokio::sync::broadcast::Receiver;
@@ -179,4 +179,104 @@ async fn reads_compute_from_state_and_never_publish() {
     assert_eq!(drain(&mut events), Vec::<String>::new());
     // The rules still hold it until the timer publishes.
     assert_eq!(actions(&engine, TALK), ["blackhole"]);
+}
+
+#[test]
+fn stages_that_end_are_told_before_stages_that_start() {
+    let fire: Arc<str> = Arc::from("fire");
+    let before = [((1, 0), Arc::clone(&fire)), ((1, 1), Arc::clone(&fire))];
+    let after = [((1, 1), Arc::clone(&fire)), ((2, 0), Arc::clone(&fire))];
+    let told: Vec<String> = event::stages(&before.into(), &after.into())
+        .into_iter()
+        .map(|what| {
+            line(&Event {
+                at: SystemTime::UNIX_EPOCH,
+                what,
+            })
+        })
+        .collect();
+    assert_eq!(told, ["stage 0 of fire ended", "stage 0 of fire started"]);
+}
+
+#[test]
+fn the_history_is_the_fold_of_the_events() {
+    let at = |s: u64| SystemTime::UNIX_EPOCH + Duration::from_secs(s);
+    let subject = |id: u64, scenario: &str| Subject {
+        id,
+        scenario: Arc::from(scenario),
+    };
+    let activated = |id: u64, scenario: &str| Happened::Activated {
+        subject: subject(id, scenario),
+        by: "lead".to_owned(),
+        origin: Origin::Local,
+        started_at: at(id),
+        expires_at: at(600),
+    };
+    let mut history = history::History::default();
+    for (second, what) in [
+        (1, activated(1, "fire")),
+        (2, activated(2, "flood")),
+        (3, activated(3, "quake")),
+        (
+            4,
+            Happened::StageStarted {
+                subject: subject(1, "fire"),
+                fault: 0,
+            },
+        ),
+        (
+            5,
+            Happened::Rescheduled {
+                subject: subject(1, "fire"),
+                expires_at: at(60),
+                by: "ops".to_owned(),
+            },
+        ),
+        (
+            60,
+            Happened::Expired {
+                subject: subject(1, "fire"),
+            },
+        ),
+        (
+            70,
+            Happened::Reloaded {
+                by: "SIGHUP".to_owned(),
+                lifted: vec![subject(2, "flood")],
+            },
+        ),
+        (
+            80,
+            Happened::Halted {
+                by: "chief".to_owned(),
+                lifted: vec![subject(3, "quake")],
+            },
+        ),
+    ] {
+        history.apply(&Event {
+            at: at(second),
+            what,
+        });
+    }
+    let records = history.newest_first();
+    let summary: Vec<_> = records
+        .iter()
+        .map(|r| (&*r.scenario, r.expires_at, r.ended.clone()))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (
+                "quake",
+                at(600),
+                Some((at(80), Ending::Halted, Some("chief".to_owned())))
+            ),
+            (
+                "flood",
+                at(600),
+                Some((at(70), Ending::Lifted, Some("SIGHUP".to_owned())))
+            ),
+            ("fire", at(60), Some((at(60), Ending::Expired, None))),
+        ]
+    );
 }
