@@ -194,3 +194,130 @@ async fn reading_the_api_never_wakes_open_connections() {
             .is_err()
     );
 }
+
+/// The field names of a JSON object, sorted.
+fn keys(value: &Value) -> Vec<&str> {
+    let object = value
+        .as_object()
+        .unwrap_or_else(|| panic!("not an object: {value}"));
+    let mut keys: Vec<&str> = object.keys().map(String::as_str).collect();
+    keys.sort_unstable();
+    keys
+}
+
+#[tokio::test]
+async fn answers_keep_the_fields_they_had_before_they_were_typed() {
+    let running = stack().await;
+    let ok = StatusCode::OK;
+    let five = r#"{"duration": "5m"}"#;
+    let (created, activated) = admin(&running, Method::POST, "/faults/maps-slow", five).await;
+    assert_eq!(created, StatusCode::CREATED, "{activated}");
+    let activation = [
+        "activated_by",
+        "description",
+        "expires_at",
+        "faults",
+        "origin",
+        "remaining",
+        "scenario",
+        "started_at",
+    ];
+    let answer = ["already_active", "capped", "requested_duration", "status"];
+    let mut expected = [&activation[..], &answer[..]].concat();
+    expected.sort_unstable();
+    assert_eq!(keys(&activated), expected);
+    let faults = &activated["faults"];
+    let window = [
+        "datacenters",
+        "ends_at",
+        "index",
+        "services",
+        "starts_at",
+        "state",
+    ];
+    let delay = ["action", "direction", "jitter", "latency", "probability"];
+    let mut expected = [&delay[..], &window[..]].concat();
+    expected.sort_unstable();
+    assert_eq!(keys(&faults[0]), expected);
+    let mut expected = [&["action", "probability", "status"][..], &window[..]].concat();
+    expected.sort_unstable();
+    assert_eq!(keys(&faults[1]), expected);
+    assert_eq!(
+        keys(&faults[2]),
+        [
+            "action",
+            "datacenters",
+            "index",
+            "probability",
+            "services",
+            "state"
+        ]
+    );
+
+    let (_, changed) = admin(&running, Method::POST, "/faults/maps-slow", five).await;
+    assert!(keys(&changed).contains(&"previous_expires_at"), "{changed}");
+    let (_, list) = admin(&running, Method::GET, "/faults", "").await;
+    assert_eq!(keys(&list["active"][0]), activation);
+
+    let (_, scenarios) = admin(&running, Method::GET, "/scenarios", "").await;
+    let scenario = &scenarios["scenarios"][1];
+    assert_eq!(
+        keys(scenario),
+        ["active", "description", "faults", "max_duration", "name"]
+    );
+    let selector = [
+        "after",
+        "datacenter",
+        "datacenters",
+        "duration",
+        "index",
+        "method",
+        "path_prefix",
+        "service",
+        "services",
+    ];
+    let mut expected = [&["action", "probability", "status"][..], &selector[..]].concat();
+    expected.sort_unstable();
+    assert_eq!(keys(&scenario["faults"][1]), expected);
+
+    let (_, topology) = admin(&running, Method::GET, "/topology", "").await;
+    let ansan = &topology["datacenters"][1];
+    assert_eq!(keys(ansan), ["description", "name", "services"]);
+    let maps = &ansan["services"][0];
+    assert_eq!(
+        keys(maps),
+        [
+            "description",
+            "faults",
+            "listen",
+            "name",
+            "protocol",
+            "upstream",
+            "upstream_skip_verify"
+        ]
+    );
+    let mut expected = [&delay[..], &["index", "scenario"][..]].concat();
+    expected.sort_unstable();
+    assert_eq!(keys(&maps["faults"][0]), expected);
+
+    let (_, lifted) = admin(&running, Method::DELETE, "/faults/maps-slow", "").await;
+    assert_eq!(keys(&lifted), ["lifted", "scenario"]);
+    let (status, events) = admin(&running, Method::GET, "/events", "").await;
+    assert_eq!(status, ok);
+    assert_eq!(
+        keys(&events["events"][0]),
+        [
+            "activated_by",
+            "ended",
+            "ended_at",
+            "ended_by",
+            "expires_at",
+            "scenario",
+            "started_at",
+            "time",
+            "time_end"
+        ]
+    );
+    let (_, unknown) = admin(&running, Method::DELETE, "/faults/flood", "").await;
+    assert_eq!(keys(&unknown), ["error", "known"]);
+}
