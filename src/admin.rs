@@ -19,7 +19,6 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Extension, Json, Router};
-use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::time::Instant;
@@ -34,7 +33,7 @@ use crate::{ReloadError, Reloader};
 #[derive(Clone)]
 pub struct AdminState {
     pub engine: Engine,
-    pub metrics: PrometheusHandle,
+    pub metrics: crate::metrics::Exporter,
     pub reloader: Reloader,
 }
 
