@@ -391,8 +391,12 @@ impl Stats {
     pub fn window_of(&self, over: Duration, select: impl Fn(&Arc<ServiceStats>) -> bool) -> Window {
         let now = Instant::now();
         let services = self.services();
-        let ticks = self.0.ticks.lock().unwrap_or_else(PoisonError::into_inner);
-        let (at, start) = ticks.at_or_before(now.checked_sub(over));
+        let (at, start) = self
+            .0
+            .ticks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .at_or_before(now.checked_sub(over));
         let span = now.saturating_duration_since(at);
         let mut window = Window::empty(span);
         for (index, service) in services.iter().enumerate() {
