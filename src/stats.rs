@@ -132,10 +132,10 @@ impl Listed {
 
 /// One fault's `firedrill_faults_injected_total` series on a service.
 #[derive(Debug)]
-pub struct FaultCount {
-    pub action: &'static str,
-    pub scenario: Arc<str>,
-    pub count: Arc<AtomicU64>,
+struct FaultCount {
+    action: &'static str,
+    scenario: Arc<str>,
+    count: Arc<AtomicU64>,
 }
 
 /// One service's numbers. The data plane adds with relaxed atomics: each
@@ -192,7 +192,7 @@ impl ServiceStats {
     /// Counts one request whose fate is decided, answered with a status of
     /// `code_slot` (0: none) after `elapsed`; only answered ones record
     /// their latency.
-    pub fn request(&self, outcome: Outcome, code_slot: usize, elapsed: Duration) {
+    pub(crate) fn request(&self, outcome: Outcome, code_slot: usize, elapsed: Duration) {
         self.requests[outcome as usize][code_slot.min(CODE_SLOTS - 1)].fetch_add(1, Relaxed);
         if code_slot != 0 {
             self.latency[bucket(elapsed)].fetch_add(1, Relaxed);
@@ -201,26 +201,26 @@ impl ServiceStats {
         }
     }
 
-    pub fn connection(&self, outcome: Outcome) {
+    pub(crate) fn connection(&self, outcome: Outcome) {
         self.connections[outcome as usize].fetch_add(1, Relaxed);
     }
 
     /// Moves the open connections gauge by `by` (+1 or -1).
-    pub fn open(&self, by: i64) {
+    pub(crate) fn open(&self, by: i64) {
         self.open.fetch_add(by, Relaxed);
     }
 
-    pub fn bytes_upstream(&self, n: usize) {
+    pub(crate) fn bytes_upstream(&self, n: usize) {
         self.bytes_upstream.fetch_add(n as u64, Relaxed);
     }
 
-    pub fn bytes_downstream(&self, n: usize) {
+    pub(crate) fn bytes_downstream(&self, n: usize) {
         self.bytes_downstream.fetch_add(n as u64, Relaxed);
     }
 
     /// The counter of faults of `action` from `scenario` hitting this
     /// service, created at 0 the first time.
-    pub fn fault(&self, action: &'static str, scenario: &Arc<str>) -> Arc<AtomicU64> {
+    pub(crate) fn fault(&self, action: &'static str, scenario: &Arc<str>) -> Arc<AtomicU64> {
         let mut faults = self.faults.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(found) = faults
             .iter()
@@ -238,7 +238,7 @@ impl ServiceStats {
     }
 
     /// Adds `listed` to the series `/metrics` lists for this service.
-    pub fn list(&self, listed: &Listed) {
+    pub(crate) fn list(&self, listed: &Listed) {
         self.listed
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -338,7 +338,7 @@ impl Stats {
     /// The numbers of the service `name` in `datacenter`: the ones it had
     /// if it was registered before, else fresh ones at 0. It becomes the
     /// service [`Stats::service`] finds by that name.
-    pub fn register(&self, name: &str, datacenter: &str) -> Arc<ServiceStats> {
+    pub(crate) fn register(&self, name: &str, datacenter: &str) -> Arc<ServiceStats> {
         let order = self.0.registrations.fetch_add(1, Relaxed) + 1;
         let mut services = self
             .0
@@ -409,7 +409,7 @@ impl Stats {
     }
 
     /// Records every service's numbers now, for windows to start from.
-    pub fn sample(&self) {
+    pub(crate) fn sample(&self) {
         self.sample_at(Instant::now());
     }
 
@@ -423,7 +423,7 @@ impl Stats {
     }
 
     /// Samples every [`SAMPLE_EVERY`] until `stop`.
-    pub async fn run(self, stop: CancellationToken) {
+    pub(crate) async fn run(self, stop: CancellationToken) {
         let mut every = tokio::time::interval(SAMPLE_EVERY);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
