@@ -95,6 +95,7 @@ static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 /// Installs the Prometheus recorder for this process (once; later calls
 /// return the same handle). It holds what is process-wide rather than per
 /// service: `firedrill_scenario_active`, set by the engine wherever it runs.
+/// It records no histogram, so it needs no upkeep thread.
 pub fn install() -> PrometheusHandle {
     HANDLE
         .get_or_init(|| {
@@ -104,14 +105,6 @@ pub fn install() -> PrometheusHandle {
                 tracing::warn!("another metrics recorder is installed; /metrics will stay empty");
             }
             metrics::describe_gauge!(SCENARIO_ACTIVE, "1 while a scenario is active, else 0.");
-            let upkeep = handle.clone();
-            std::thread::Builder::new()
-                .name("metrics-upkeep".to_owned())
-                .spawn(move || loop {
-                    std::thread::sleep(Duration::from_secs(5));
-                    upkeep.run_upkeep();
-                })
-                .expect("spawning the metrics upkeep thread");
             handle
         })
         .clone()
