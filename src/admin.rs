@@ -21,7 +21,6 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Extension, Json, Router};
-use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::time::Instant;
 
 use crate::config::Plan;
@@ -34,7 +33,7 @@ use crate::{ReloadError, Reloader};
 #[derive(Clone)]
 pub struct AdminState {
     pub engine: Engine,
-    pub metrics: PrometheusHandle,
+    pub metrics: crate::metrics::Exporter,
     pub reloader: Reloader,
 }
 

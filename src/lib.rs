@@ -11,6 +11,9 @@
 //! - [`proxy`] is the data plane: [`proxy::http`] decides per request,
 //!   [`proxy::tcp`] per connection and again whenever the rules change.
 //! - [`admin`] is the HTTP API and `/metrics`; [`metrics`] names every metric.
+//! - [`stats`] keeps every service's numbers (atomics the data plane adds
+//!   to) and reads them as rates and quantiles over a window; `/metrics`
+//!   renders the same numbers.
 //! - [`shutdown`] drains connections; [`demo`] runs stand-in upstreams.
 //! - [`workers`] runs client connections on threads with a single-threaded
 //!   runtime each.
@@ -31,6 +34,7 @@ pub mod metrics;
 pub mod probe;
 pub mod proxy;
 pub mod shutdown;
+pub mod stats;
 pub mod tls;
 pub mod topology;
 pub mod workers;

@@ -37,6 +37,7 @@ use crate::log_limit::LogLimit;
 use crate::proxy::limits::OpenConnections;
 use crate::proxy::{self, ServiceContext};
 use crate::shutdown::Shutdown;
+use crate::stats::Stats;
 use crate::topology::{Protocol, Service, Upstream};
 use crate::workers::Workers;
 use crate::{admin, metrics};
@@ -132,6 +133,12 @@ impl Running {
         &self.engine
     }
 
+    /// Every service's numbers, as `/metrics` shows them, readable as
+    /// rates and quantiles over a window.
+    pub fn stats(&self) -> &Stats {
+        &self.services.0.stats
+    }
+
     /// Connection tasks still running: client connections and the
     /// upstream connections they hold. 0 once everything has closed.
     pub fn connection_tasks(&self) -> usize {
@@ -173,6 +180,7 @@ struct Services {
     admin: config::Admin,
     /// Bound addresses by service name, for [`Running::service_addr`].
     addresses: Mutex<Vec<(Arc<str>, SocketAddr)>>,
+    stats: Stats,
 }
 
 /// One service's accept loop and what a reload compares it by.
@@ -283,7 +291,8 @@ pub async fn start_with(
     source: Option<PathBuf>,
     workers: Workers,
 ) -> Result<Running, StartError> {
-    let metrics_handle = metrics::install();
+    let stats = Stats::default();
+    let exporter = metrics::Exporter::new(stats.clone());
     let declared_admin = plan.admin.clone();
     // Bind everything first, so a taken port fails start-up as a whole, and
     // record the bound addresses so the API reports real ports, not 0.
@@ -310,6 +319,7 @@ pub async fn start_with(
         next_slot: AtomicUsize::new(plan.topology.slot_count()),
         admin: declared_admin,
         addresses: Mutex::new(Vec::new()),
+        stats: stats.clone(),
     });
     {
         let mut running = services.running.lock().await;
@@ -320,10 +330,11 @@ pub async fn start_with(
         services.record_addresses(&running);
     }
     let admin = plan.admin.listen;
+    tokio::spawn(stats.run(shutdown.hard_stop.clone()));
     let reloader = Reloader(services);
     let router = admin::router(admin::AdminState {
         engine: engine.clone(),
-        metrics: metrics_handle,
+        metrics: exporter,
         reloader: reloader.clone(),
     });
     // The admin API and the engine outlive the drain, so faults can still
@@ -366,6 +377,7 @@ impl Services {
             service: Arc::new(service.clone()),
             live: Arc::clone(&self.live),
             metrics: metrics::ServiceMetrics::new(
+                &self.stats,
                 service,
                 plan.scenarios
                     .iter()
