@@ -483,7 +483,7 @@ async fn unreading_upstream() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiv
 async fn assert_reset(stream: &TcpStream, limit: Duration) {
     let reset = tokio::time::timeout(limit, async {
         loop {
-            match socket2::SockRef::from(stream).take_error() {
+            match stream.take_error() {
                 Ok(Some(error)) => return error,
                 Ok(None) => tokio::time::sleep(Duration::from_millis(20)).await,
                 Err(error) => return error,
