@@ -22,7 +22,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
@@ -1361,36 +1361,6 @@ async fn assert_dropped(client: &Client<HttpConnector, Full<Bytes>>, url: &str) 
         closed_before_response(&error),
         "GET {url} failed otherwise: {error:?}"
     );
-}
-
-/// Connects to `addr` and writes `request`, an HTTP/1.1 request written out.
-async fn raw_request(addr: SocketAddr, request: &str) -> TcpStream {
-    let mut stream = connect(addr).await;
-    within(STEP, stream.write_all(request.as_bytes()))
-        .await
-        .unwrap();
-    stream
-}
-
-/// Connects to `addr` and writes an HTTP/1.1 GET of `path`.
-async fn raw_get(addr: SocketAddr, path: &str) -> TcpStream {
-    raw_request(
-        addr,
-        &format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n"),
-    )
-    .await
-}
-
-/// Asserts that the peer closes or resets `stream` without sending anything.
-async fn assert_closed_without_answer(stream: &mut TcpStream) {
-    let mut buf = [0u8; 256];
-    match within(STEP, stream.read(&mut buf)).await {
-        Ok(0) | Err(_) => {}
-        Ok(n) => panic!(
-            "expected the connection closed, got {:?}",
-            String::from_utf8_lossy(&buf[..n])
-        ),
-    }
 }
 
 /// Opens a connection to `addr` upgraded to the `echo` protocol.

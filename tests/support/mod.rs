@@ -1002,3 +1002,71 @@ impl Nginx {
         found.unwrap_or_else(|_| panic!("nginx logged no `{request}`; its log:\n{text}"))
     }
 }
+
+// --- Raw HTTP/1.1 on a socket, and connections that end -------------------------
+
+/// Connects to `addr` and writes `request`, an HTTP/1.1 request written out.
+pub async fn raw_request(addr: SocketAddr, request: &str) -> TcpStream {
+    let mut stream = connect(addr).await;
+    within(STEP, stream.write_all(request.as_bytes()))
+        .await
+        .unwrap();
+    stream
+}
+
+/// Connects to `addr` and writes an HTTP/1.1 GET of `path`.
+pub async fn raw_get(addr: SocketAddr, path: &str) -> TcpStream {
+    raw_request(
+        addr,
+        &format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n"),
+    )
+    .await
+}
+
+/// Reads one response with a `content-length` body, leaving the connection
+/// open: the head and the body as text.
+pub async fn read_response(stream: &mut TcpStream) -> (String, String) {
+    let head = read_head(stream).await;
+    let length: usize = head
+        .lines()
+        .find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse().ok())?
+        })
+        .unwrap_or_else(|| panic!("no content-length: {head}"));
+    let mut body = vec![0u8; length];
+    within(STEP, stream.read_exact(&mut body))
+        .await
+        .expect("reading a body");
+    (head, String::from_utf8(body).unwrap())
+}
+
+/// Reads until the peer closes (or resets) the connection; everything read.
+pub async fn read_to_close(stream: &mut TcpStream) -> String {
+    let mut all = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match within(STEP, stream.read(&mut buf)).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => all.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&all).into_owned()
+}
+
+/// Asserts that the peer closes or resets `stream` within `limit` without
+/// sending anything; `what` names the connection in the failure.
+pub async fn assert_closed(stream: &mut TcpStream, limit: Duration, what: &str) {
+    match closed_within(stream, limit).await {
+        None => panic!("{what}: still open after {limit:?}"),
+        Some(Ok(0) | Err(_)) => {}
+        Some(Ok(n)) => panic!("{what}: got {n} bytes instead of a close"),
+    }
+}
+
+/// Asserts that the peer closes or resets `stream` within [`STEP`] without
+/// sending anything.
+pub async fn assert_closed_without_answer(stream: &mut TcpStream) {
+    assert_closed(stream, STEP, "the connection").await;
+}
