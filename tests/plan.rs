@@ -466,7 +466,7 @@ async fn run_starts_logs_where_it_listens_and_exits_0_on_sigterm() {
             .spawn()
             .expect("starting firedrill"),
     );
-    let _stdout = collect(child.0.stdout.take().unwrap());
+    let stdout = collect(child.0.stdout.take().unwrap());
     let (lines, received) = mpsc::channel::<String>();
     let stderr = BufReader::new(child.0.stderr.take().unwrap());
     std::thread::spawn(move || {
@@ -529,6 +529,12 @@ async fn run_starts_logs_where_it_listens_and_exits_0_on_sigterm() {
         log.iter().any(|l| l.contains("SIGTERM received")),
         "{log:#?}"
     );
+    // Stdout has one machine-readable line with the same addresses.
+    let stdout = stdout.join().unwrap();
+    let ready = format!(
+        "firedrill ready admin={admin_addr} service.web={web_addr} service.cache={cache_addr}"
+    );
+    assert_eq!(stdout.lines().collect::<Vec<_>>(), [ready.as_str()]);
 }
 
 fn diagnostics(text: &str) -> Vec<config::Diagnostic> {

@@ -758,16 +758,17 @@ fn run(command: &mut Command, input: Option<&[u8]>, limit: Duration) -> Ran {
 pub struct Binary {
     pub process: Process,
     log: std::sync::Arc<std::sync::Mutex<String>>,
-    /// Where the admin API listens, read from the log.
+    /// Where the admin API listens, from its ready line.
     pub admin: SocketAddr,
-    /// Where each service listens, by name, read from the log.
+    /// Where each service listens, by name, from its ready line.
     pub services: std::collections::HashMap<String, SocketAddr>,
 }
 
 impl Binary {
     /// Runs `firedrill run --config PLAN` plus `args` and waits (up to
-    /// [`STEP`]) until it logs that it serves; panics with its log if it
-    /// exits or stays silent instead.
+    /// [`STEP`]) for the line it prints on stdout once it serves, which
+    /// says where everything listens; panics with its log if it exits or
+    /// stays silent instead.
     pub fn run(plan: &std::path::Path, args: &[&str]) -> Binary {
         use std::io::BufRead;
         let child = Command::new(env!("CARGO_BIN_EXE_firedrill"))
@@ -777,57 +778,48 @@ impl Binary {
             .args(args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .expect("starting firedrill");
         let mut process = Process(child);
+        let stdout = process.0.stdout.take().expect("piped stdout");
         let stderr = process.0.stderr.take().expect("piped stderr");
         let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-        let (ready, started) = std::sync::mpsc::channel();
         let shared = std::sync::Arc::clone(&log);
         std::thread::spawn(move || {
             for line in std::io::BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
-                let serving = line.contains("faults are never persisted");
-                {
-                    let mut log = shared.lock().unwrap();
-                    *log += &line;
-                    *log += "\n";
-                }
-                if serving {
-                    let _ = ready.send(());
+                let mut log = shared.lock().unwrap();
+                *log += &line;
+                *log += "\n";
+            }
+        });
+        let (ready, started) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if line.starts_with("firedrill ready ") {
+                    let _ = ready.send(line);
                 }
             }
         });
         let deadline = Instant::now() + STEP;
-        while started.recv_timeout(Duration::from_millis(50)).is_err() {
+        let line = loop {
+            if let Ok(line) = started.recv_timeout(Duration::from_millis(50)) {
+                break line;
+            }
             let exited = process.0.try_wait().expect("polling firedrill").is_some();
             if exited || Instant::now() >= deadline {
                 std::thread::sleep(Duration::from_millis(100));
                 panic!("firedrill did not start:\n{}", log.lock().unwrap());
             }
-        }
-        let text = log.lock().unwrap().clone();
-        let listen = |line: &str| -> SocketAddr {
-            let value = line.split("listen=").nth(1).expect("a listen field");
-            value.split_whitespace().next().unwrap().parse().unwrap()
         };
-        let mut admin = None;
-        let mut services = std::collections::HashMap::new();
-        for line in text.lines() {
-            if line.contains("admin API listening") {
-                admin = Some(listen(line));
-            } else if line.contains("service listening") {
-                let name = line.split(" service=").nth(1).expect("a service field");
-                let name = name.split_whitespace().next().unwrap().to_owned();
-                services.insert(name, listen(line));
-            }
-        }
+        let (admin, services) = ready_addresses(&line);
         Binary {
             process,
             log,
-            admin: admin.unwrap_or_else(|| panic!("no admin address in the log:\n{text}")),
+            admin: admin.unwrap_or_else(|| panic!("no admin address in `{line}`")),
             services,
         }
     }
@@ -842,7 +834,7 @@ impl Binary {
         *self
             .services
             .get(name)
-            .unwrap_or_else(|| panic!("service `{name}` in the log:\n{}", self.log()))
+            .unwrap_or_else(|| panic!("no service `{name}` in {:?}", self.services))
     }
 
     /// Calls its admin API and parses the JSON answer.
@@ -1069,4 +1061,32 @@ pub async fn assert_closed(stream: &mut TcpStream, limit: Duration, what: &str) 
 /// sending anything.
 pub async fn assert_closed_without_answer(stream: &mut TcpStream) {
     assert_closed(stream, STEP, "the connection").await;
+}
+
+/// The addresses in firedrill's ready line (`firedrill ready admin=ADDR
+/// service.NAME=ADDR ...`): the admin API's and each service's by name.
+pub fn ready_addresses(
+    line: &str,
+) -> (
+    Option<SocketAddr>,
+    std::collections::HashMap<String, SocketAddr>,
+) {
+    let mut admin = None;
+    let mut services = std::collections::HashMap::new();
+    for field in line.split_whitespace().skip(2) {
+        let (key, value) = field
+            .split_once('=')
+            .unwrap_or_else(|| panic!("`{field}` in `{line}` is not KEY=ADDR"));
+        let addr: SocketAddr = value
+            .parse()
+            .unwrap_or_else(|e| panic!("`{field}` in `{line}`: {e}"));
+        match key.strip_prefix("service.") {
+            Some(name) => {
+                services.insert(name.to_owned(), addr);
+            }
+            None if key == "admin" => admin = Some(addr),
+            None => panic!("unknown field `{field}` in `{line}`"),
+        }
+    }
+    (admin, services)
 }
