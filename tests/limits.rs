@@ -521,19 +521,15 @@ async fn stalling_upstream() -> SocketAddr {
     tokio::spawn(async move {
         while let Ok((mut stream, _)) = listener.accept().await {
             tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !head.ends_with(b"\r\n\r\n") {
-                    match stream.read(&mut buf).await {
-                        Ok(n) if n > 0 => head.extend_from_slice(&buf[..n]),
-                        _ => return,
-                    }
+                if read_request_head(&mut stream).await.is_none() {
+                    return;
                 }
                 let answer = "HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nfirst part";
                 if stream.write_all(answer.as_bytes()).await.is_err() {
                     return;
                 }
                 // Hold the connection open until the proxy lets go.
+                let mut buf = [0u8; 1024];
                 while matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {}
             });
         }
@@ -549,14 +545,9 @@ async fn padded_upstream() -> SocketAddr {
     tokio::spawn(async move {
         while let Ok((mut stream, _)) = listener.accept().await {
             tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !head.ends_with(b"\r\n\r\n") {
-                    match stream.read(&mut buf).await {
-                        Ok(n) if n > 0 => head.extend_from_slice(&buf[..n]),
-                        _ => return,
-                    }
-                }
+                let Some(head) = read_request_head(&mut stream).await else {
+                    return;
+                };
                 let head = String::from_utf8_lossy(&head);
                 let extra = if head.contains("/big HTTP/1.1") {
                     format!("x-pad: {}\r\n", "a".repeat(10_000))

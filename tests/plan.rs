@@ -6,10 +6,8 @@
 mod support;
 use support::*;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use firedrill::config;
@@ -467,15 +465,7 @@ async fn run_starts_logs_where_it_listens_and_exits_0_on_sigterm() {
             .expect("starting firedrill"),
     );
     let stdout = collect(child.0.stdout.take().unwrap());
-    let (lines, received) = mpsc::channel::<String>();
-    let stderr = BufReader::new(child.0.stderr.take().unwrap());
-    std::thread::spawn(move || {
-        for line in stderr.lines().map_while(Result::ok) {
-            if lines.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let received = lines(child.0.stderr.take().unwrap());
     let mut log = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(20);
     while !log

@@ -795,19 +795,14 @@ impl Binary {
                 *log += "\n";
             }
         });
-        let (ready, started) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if line.starts_with("firedrill ready ") {
-                    let _ = ready.send(line);
-                }
-            }
-        });
+        let printed = lines(stdout);
         let deadline = Instant::now() + STEP;
         let line = loop {
-            if let Ok(line) = started.recv_timeout(Duration::from_millis(50)) {
-                break line;
+            if let Ok(line) = printed.recv_timeout(Duration::from_millis(50)) {
+                if line.starts_with("firedrill ready ") {
+                    break line;
+                }
+                continue;
             }
             let exited = process.0.try_wait().expect("polling firedrill").is_some();
             if exited || Instant::now() >= deadline {
@@ -1089,4 +1084,34 @@ pub fn ready_addresses(
         }
     }
     (admin, services)
+}
+
+/// Reads up to the blank line that ends an HTTP/1.1 request head, one byte
+/// at a time so that nothing after it is consumed: for upstreams written
+/// by hand. `None` when the connection ends first.
+pub async fn read_request_head(stream: &mut TcpStream) -> Option<Vec<u8>> {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match stream.read(&mut byte).await {
+            Ok(1) => head.push(byte[0]),
+            _ => return None,
+        }
+    }
+    Some(head)
+}
+
+/// The lines of `pipe` (a child's stdout or stderr), sent as they come by a
+/// thread of its own; the receiver hangs up at the end of the output.
+pub fn lines(pipe: impl Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead;
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
+            if sender.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    receiver
 }
