@@ -679,7 +679,7 @@ async fn a_firedrill_killed_mid_blackout_restarts_in_pass_through_and_says_so() 
     first.kill();
 
     let second = Binary::run(&plan, &["--threads", "1"]);
-    let log = second.log();
+    let log = second.log_with("faults are never persisted").await;
     assert!(
         log.contains("faults are never persisted: firedrill starts in pass-through"),
         "{log}"

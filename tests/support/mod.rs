@@ -824,6 +824,20 @@ impl Binary {
         self.log.lock().unwrap().clone()
     }
 
+    /// Its log once it has `text`, waiting up to [`STEP`]: the log is read
+    /// on a thread of its own, so a line just written may not be in
+    /// [`Binary::log`] yet. After that, the log as it is.
+    pub async fn log_with(&self, text: &str) -> String {
+        let deadline = Instant::now() + STEP;
+        loop {
+            let log = self.log();
+            if log.contains(text) || Instant::now() >= deadline {
+                return log;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Where `service` listens.
     pub fn service(&self, name: &str) -> SocketAddr {
         *self
