@@ -280,17 +280,7 @@ pub async fn http_upstream(name: &str) -> SocketAddr {
     tokio::spawn(async move {
         let builder = auto::Builder::new(TokioExecutor::new());
         while let Ok((stream, _)) = listener.accept().await {
-            let name = name.clone();
-            let builder = builder.clone();
-            tokio::spawn(async move {
-                let service = service_fn(move |request: Request<Incoming>| {
-                    let name = name.clone();
-                    async move { Ok::<_, Infallible>(answer(&name, request).await) }
-                });
-                let _ = builder
-                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                    .await;
-            });
+            tokio::spawn(serve_answers(builder.clone(), name.clone(), stream));
         }
     });
     addr
@@ -317,17 +307,26 @@ pub async fn https_upstream(
                 else {
                     return;
                 };
-                let service = service_fn(move |request: Request<Incoming>| {
-                    let name = name.clone();
-                    async move { Ok::<_, Infallible>(answer(&name, request).await) }
-                });
-                let _ = builder
-                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                    .await;
+                serve_answers(builder, name, stream).await;
             });
         }
     });
     addr
+}
+
+/// Serves one connection of [`http_upstream`] or [`https_upstream`]
+/// named `name`, HTTP/1.1 or h2, until it ends.
+async fn serve_answers<S>(builder: auto::Builder<TokioExecutor>, name: String, stream: S)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |request: Request<Incoming>| {
+        let name = name.clone();
+        async move { Ok::<_, Infallible>(answer(&name, request).await) }
+    });
+    let _ = builder
+        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+        .await;
 }
 
 type UpstreamBody = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
