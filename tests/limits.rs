@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use http::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 use support::*;
 
@@ -500,69 +500,51 @@ async fn write_get(stream: &mut TcpStream, path: &str, close: bool) {
 
 /// An upstream that accepts connections, reads what comes and never answers.
 async fn silent_upstream() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut sink = [0u8; 1024];
-                while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
-            });
-        }
-    });
-    addr
+    raw_upstream(|mut stream| async move {
+        let mut sink = [0u8; 1024];
+        while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
+    })
+    .await
 }
 
 /// An HTTP upstream that answers each request with the head of a 100-byte
 /// response and its first 10 bytes, then sends nothing more.
 async fn stalling_upstream() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                if read_request_head(&mut stream).await.is_none() {
-                    return;
-                }
-                let answer = "HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nfirst part";
-                if stream.write_all(answer.as_bytes()).await.is_err() {
-                    return;
-                }
-                // Hold the connection open until the proxy lets go.
-                let mut buf = [0u8; 1024];
-                while matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {}
-            });
+    raw_upstream(|mut stream| async move {
+        if read_request_head(&mut stream).await.is_none() {
+            return;
         }
-    });
-    addr
+        let answer = "HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nfirst part";
+        if stream.write_all(answer.as_bytes()).await.is_err() {
+            return;
+        }
+        // Hold the connection open until the proxy lets go.
+        let mut buf = [0u8; 1024];
+        while matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {}
+    })
+    .await
 }
 
 /// An HTTP upstream whose response heads are small for `/small`, 10 KB for
 /// `/big` and 20 fields for `/many`; one request per connection.
 async fn padded_upstream() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let Some(head) = read_request_head(&mut stream).await else {
-                    return;
-                };
-                let head = String::from_utf8_lossy(&head);
-                let extra = if head.contains("/big HTTP/1.1") {
-                    format!("x-pad: {}\r\n", "a".repeat(10_000))
-                } else if head.contains("/many HTTP/1.1") {
-                    (0..20).map(|i| format!("x-field-{i}: {i}\r\n")).collect()
-                } else {
-                    String::new()
-                };
-                let answer = format!(
-                    "HTTP/1.1 200 OK\r\n{extra}content-length: 7\r\nconnection: close\r\n\r\npadded\n"
-                );
-                let _ = stream.write_all(answer.as_bytes()).await;
-                let _ = stream.shutdown().await;
-            });
-        }
-    });
-    addr
+    raw_upstream(|mut stream| async move {
+        let Some(head) = read_request_head(&mut stream).await else {
+            return;
+        };
+        let head = String::from_utf8_lossy(&head);
+        let extra = if head.contains("/big HTTP/1.1") {
+            format!("x-pad: {}\r\n", "a".repeat(10_000))
+        } else if head.contains("/many HTTP/1.1") {
+            (0..20).map(|i| format!("x-field-{i}: {i}\r\n")).collect()
+        } else {
+            String::new()
+        };
+        let answer = format!(
+            "HTTP/1.1 200 OK\r\n{extra}content-length: 7\r\nconnection: close\r\n\r\npadded\n"
+        );
+        let _ = stream.write_all(answer.as_bytes()).await;
+        let _ = stream.shutdown().await;
+    })
+    .await
 }

@@ -1128,3 +1128,20 @@ pub fn lines(pipe: impl Read + Send + 'static) -> std::sync::mpsc::Receiver<Stri
     });
     receiver
 }
+
+/// A loopback upstream written by hand: runs `serve` on each connection it
+/// accepts, in a task of its own.
+pub async fn raw_upstream<F, Fut>(serve: F) -> SocketAddr
+where
+    F: Fn(TcpStream) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(serve(stream));
+        }
+    });
+    addr
+}
