@@ -1242,11 +1242,11 @@ async fn metrics_come_sorted_and_the_same_on_every_scrape() {
 /// `upstream` and, per `(scenario, lines)`, a scenario with one fault that
 /// selects the service and has those lines (see [`PlanText`]).
 async fn serve(service: &str, upstream: SocketAddr, faults: &[(&str, &str)]) -> Running {
-    let mut plan = PlanText::new(&["pangyo"]).http(service, "pangyo", upstream);
-    for (scenario, lines) in faults {
-        plan = plan.fault(scenario, service, lines);
-    }
-    plan.start().await
+    PlanText::new(&["pangyo"])
+        .http(service, "pangyo", upstream)
+        .faults(service, faults)
+        .start()
+        .await
 }
 
 /// The labels of a request or connection count of `service` by `outcome`.

@@ -1145,3 +1145,13 @@ where
     });
     addr
 }
+
+impl PlanText {
+    /// Adds one scenario per `(scenario, lines)` of `faults`, each with one
+    /// fault that selects `service` (see [`PlanText::fault`]).
+    pub fn faults(self, service: &str, faults: &[(&str, &str)]) -> PlanText {
+        faults.iter().fold(self, |plan, (scenario, lines)| {
+            plan.fault(scenario, service, lines)
+        })
+    }
+}
