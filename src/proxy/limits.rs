@@ -362,12 +362,17 @@ mod tests {
         assert_eq!(max_handshakes(1), 1);
     }
 
+    /// `n` permits of `open` under a cap of `cap`; all must fit.
+    fn fill(open: &OpenConnections, n: usize, cap: usize) -> Vec<OwnedSemaphorePermit> {
+        (0..n)
+            .map(|_| open.take(cap).expect("under the cap"))
+            .collect()
+    }
+
     #[test]
     fn exactly_max_connections_fit_and_a_closed_one_frees_its_place() {
         let open = OpenConnections::default();
-        let mut held: Vec<_> = (0..3)
-            .map(|_| open.take(3).expect("under the cap"))
-            .collect();
+        let mut held = fill(&open, 3, 3);
         assert!(open.take(3).is_none(), "the fourth is over the cap");
         held.pop();
         assert!(open.take(3).is_some(), "a place came free");
@@ -376,9 +381,7 @@ mod tests {
     #[test]
     fn a_raised_cap_admits_more_at_once() {
         let open = OpenConnections::default();
-        let _held: Vec<_> = (0..2)
-            .map(|_| open.take(2).expect("under the cap"))
-            .collect();
+        let _held = fill(&open, 2, 2);
         assert!(open.take(2).is_none());
         let third = open.take(3);
         assert!(third.is_some(), "the raised cap has room");
@@ -388,9 +391,7 @@ mod tests {
     #[test]
     fn a_lowered_cap_admits_no_one_until_enough_connections_closed() {
         let open = OpenConnections::default();
-        let mut held: Vec<_> = (0..4)
-            .map(|_| open.take(4).expect("under the cap"))
-            .collect();
+        let mut held = fill(&open, 4, 4);
         assert!(open.take(2).is_none(), "four open, cap two");
         held.truncate(2);
         assert!(open.take(2).is_none(), "two open, cap two");
