@@ -965,6 +965,32 @@ async fn an_upgraded_connection_counts_as_active_while_it_is_open() {
     wait_for_sample(&running, "firedrill_connections_active", &labels, 0.0).await;
 }
 
+/// An upgraded connection keeps its place under `max_connections` while it
+/// is open, and gives it back when it closes.
+#[tokio::test]
+async fn an_upgraded_connection_holds_its_place_under_max_connections() {
+    let chat = unique("chat");
+    let upstream = upgrade_upstream().await;
+    let running = PlanText::new(&["pangyo"])
+        .service(&chat, "pangyo", "http", upstream, "max_connections = 1")
+        .start()
+        .await;
+    let proxy = addr(&running, &chat);
+    let labels = [("service", chat.as_str())];
+
+    let mut upgraded = upgrade(proxy).await;
+    carry_echo(&mut upgraded, b"ping").await;
+    let mut refused = raw_get(proxy, "/x").await;
+    let answer = read_to_close(&mut refused).await;
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    carry_echo(&mut upgraded, b"still open").await;
+
+    drop(upgraded);
+    wait_for_sample(&running, "firedrill_connections_active", &labels, 0.0).await;
+    let (status, _) = get(proxy, "/x").await;
+    assert_eq!(status, StatusCode::OK);
+}
+
 #[tokio::test]
 async fn an_upgrade_reaches_the_upstream_in_origin_form_with_its_host() {
     let chat = unique("chat");
