@@ -235,6 +235,12 @@ fn serve(
             }
         }
         let demo_hints = demo.then(|| demo_hints(&plan));
+        let names: Vec<_> = plan
+            .topology
+            .services
+            .iter()
+            .map(|s| s.name.clone())
+            .collect();
         let started = firedrill::start_with(plan, source, workers).await;
         let running = match started {
             Ok(running) => running,
@@ -251,6 +257,7 @@ fn serve(
             }
         };
         tracing::info!("faults are never persisted: firedrill starts in pass-through");
+        println!("{}", ready_line(&running, &names));
         if let Some(hints) = demo_hints {
             println!(
                 "{}",
@@ -280,6 +287,19 @@ fn serve(
         }
         ExitCode::SUCCESS
     })
+}
+
+/// The line printed on stdout once everything listens, for scripts and
+/// tests to wait on: `firedrill ready admin=ADDR service.NAME=ADDR ...`,
+/// with the bound addresses (the real ports where the plan said 0).
+fn ready_line(running: &firedrill::Running, services: &[std::sync::Arc<str>]) -> String {
+    let mut line = format!("firedrill ready admin={}", running.admin_addr());
+    for name in services {
+        if let Some(addr) = running.service_addr(name) {
+            line += &format!(" service.{name}={addr}");
+        }
+    }
+    line
 }
 
 /// The curl commands a newcomer can try against the demo.

@@ -6,11 +6,9 @@
 mod support;
 use support::*;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -437,15 +435,7 @@ async fn the_log_and_events_name_the_token_but_never_its_value() {
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     let mut child = Process(command.spawn().expect("starting firedrill"));
-    let (lines, received) = mpsc::channel::<String>();
-    let stderr = BufReader::new(child.0.stderr.take().unwrap());
-    std::thread::spawn(move || {
-        for line in stderr.lines().map_while(Result::ok) {
-            if lines.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let received = lines(child.0.stderr.take().unwrap());
     let mut log: Vec<String> = Vec::new();
     let admin: SocketAddr = loop {
         let line = received

@@ -5,10 +5,8 @@
 mod support;
 use support::*;
 
-use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener};
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use http::StatusCode;
@@ -130,15 +128,7 @@ async fn a_taken_port_points_the_demo_at_port_offset_which_moves_every_port() {
             .expect("starting the demo"),
     );
     let log = collect(demo.0.stderr.take().unwrap());
-    let (lines, received) = mpsc::channel();
-    let stdout = BufReader::new(demo.0.stdout.take().unwrap());
-    std::thread::spawn(move || {
-        for line in stdout.lines().map_while(Result::ok) {
-            if lines.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let received = lines(demo.0.stdout.take().unwrap());
     let mut hints = String::new();
     let deadline = Instant::now() + STEP;
     while !hints.contains("Ctrl-C stops the demo.") {

@@ -16,25 +16,6 @@ use http::{Method, StatusCode};
 const PROGRAMS: [&str; 3] = ["redis-server", "redis-cli", "curl"];
 const INSTALL: &str = "apt-get install redis-server redis-tools curl";
 
-/// Whether every program these tests drive is on PATH. A missing one fails
-/// the test on CI (CI=true) and skips it, with an install hint, elsewhere.
-fn programs_present() -> bool {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    let missing: Vec<&str> = PROGRAMS
-        .into_iter()
-        .filter(|program| !std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
-        .collect();
-    if missing.is_empty() {
-        return true;
-    }
-    let missing = missing.join(", ");
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{missing} missing on CI; install with `{INSTALL}`");
-    }
-    eprintln!("skipping: {missing} not installed; install with `{INSTALL}`");
-    false
-}
-
 /// A real redis-server on a loopback port, stopped on drop.
 struct Redis {
     _process: Process,
@@ -160,7 +141,7 @@ async fn stack(redis: &Redis) -> firedrill::Running {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pangyo_fire_silences_redis_and_http_there_and_lifting_it_brings_them_back() {
-    if !programs_present() {
+    if !programs_present(&PROGRAMS, INSTALL) {
         return;
     }
     let redis = Redis::start();
@@ -209,7 +190,7 @@ async fn a_pangyo_fire_silences_redis_and_http_there_and_lifting_it_brings_them_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drop_fault_makes_redis_cli_fail_at_once_instead_of_hanging() {
-    if !programs_present() {
+    if !programs_present(&PROGRAMS, INSTALL) {
         return;
     }
     let redis = Redis::start();

@@ -22,7 +22,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
@@ -965,6 +965,32 @@ async fn an_upgraded_connection_counts_as_active_while_it_is_open() {
     wait_for_sample(&running, "firedrill_connections_active", &labels, 0.0).await;
 }
 
+/// An upgraded connection keeps its place under `max_connections` while it
+/// is open, and gives it back when it closes.
+#[tokio::test]
+async fn an_upgraded_connection_holds_its_place_under_max_connections() {
+    let chat = unique("chat");
+    let upstream = upgrade_upstream().await;
+    let running = PlanText::new(&["pangyo"])
+        .service(&chat, "pangyo", "http", upstream, "max_connections = 1")
+        .start()
+        .await;
+    let proxy = addr(&running, &chat);
+    let labels = [("service", chat.as_str())];
+
+    let mut upgraded = upgrade(proxy).await;
+    carry_echo(&mut upgraded, b"ping").await;
+    let mut refused = raw_get(proxy, "/x").await;
+    let answer = read_to_close(&mut refused).await;
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    carry_echo(&mut upgraded, b"still open").await;
+
+    drop(upgraded);
+    wait_for_sample(&running, "firedrill_connections_active", &labels, 0.0).await;
+    let (status, _) = get(proxy, "/x").await;
+    assert_eq!(status, StatusCode::OK);
+}
+
 #[tokio::test]
 async fn an_upgrade_reaches_the_upstream_in_origin_form_with_its_host() {
     let chat = unique("chat");
@@ -1242,11 +1268,11 @@ async fn metrics_come_sorted_and_the_same_on_every_scrape() {
 /// `upstream` and, per `(scenario, lines)`, a scenario with one fault that
 /// selects the service and has those lines (see [`PlanText`]).
 async fn serve(service: &str, upstream: SocketAddr, faults: &[(&str, &str)]) -> Running {
-    let mut plan = PlanText::new(&["pangyo"]).http(service, "pangyo", upstream);
-    for (scenario, lines) in faults {
-        plan = plan.fault(scenario, service, lines);
-    }
-    plan.start().await
+    PlanText::new(&["pangyo"])
+        .http(service, "pangyo", upstream)
+        .faults(service, faults)
+        .start()
+        .await
 }
 
 /// The labels of a request or connection count of `service` by `outcome`.
@@ -1361,36 +1387,6 @@ async fn assert_dropped(client: &Client<HttpConnector, Full<Bytes>>, url: &str) 
         closed_before_response(&error),
         "GET {url} failed otherwise: {error:?}"
     );
-}
-
-/// Connects to `addr` and writes `request`, an HTTP/1.1 request written out.
-async fn raw_request(addr: SocketAddr, request: &str) -> TcpStream {
-    let mut stream = connect(addr).await;
-    within(STEP, stream.write_all(request.as_bytes()))
-        .await
-        .unwrap();
-    stream
-}
-
-/// Connects to `addr` and writes an HTTP/1.1 GET of `path`.
-async fn raw_get(addr: SocketAddr, path: &str) -> TcpStream {
-    raw_request(
-        addr,
-        &format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n"),
-    )
-    .await
-}
-
-/// Asserts that the peer closes or resets `stream` without sending anything.
-async fn assert_closed_without_answer(stream: &mut TcpStream) {
-    let mut buf = [0u8; 256];
-    match within(STEP, stream.read(&mut buf)).await {
-        Ok(0) | Err(_) => {}
-        Ok(n) => panic!(
-            "expected the connection closed, got {:?}",
-            String::from_utf8_lossy(&buf[..n])
-        ),
-    }
 }
 
 /// Opens a connection to `addr` upgraded to the `echo` protocol.

@@ -263,29 +263,18 @@ async fn an_h2c_client_without_a_host_reaches_the_upstream_with_its_authority() 
 /// An upstream that answers each connection's first request with its
 /// head, as received, for the body, and closes.
 async fn recording_upstream() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut byte = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") {
-                    match stream.read(&mut byte).await {
-                        Ok(1) => head.push(byte[0]),
-                        _ => return,
-                    }
-                }
-                let answer = format!(
-                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                    head.len()
-                );
-                let _ = stream.write_all(answer.as_bytes()).await;
-                let _ = stream.write_all(&head).await;
-            });
-        }
-    });
-    addr
+    raw_upstream(|mut stream| async move {
+        let Some(head) = read_request_head(&mut stream).await else {
+            return;
+        };
+        let answer = format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            head.len()
+        );
+        let _ = stream.write_all(answer.as_bytes()).await;
+        let _ = stream.write_all(&head).await;
+    })
+    .await
 }
 
 #[tokio::test]
@@ -483,7 +472,7 @@ async fn unreading_upstream() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiv
 async fn assert_reset(stream: &TcpStream, limit: Duration) {
     let reset = tokio::time::timeout(limit, async {
         loop {
-            match socket2::SockRef::from(stream).take_error() {
+            match stream.take_error() {
                 Ok(Some(error)) => return error,
                 Ok(None) => tokio::time::sleep(Duration::from_millis(20)).await,
                 Err(error) => return error,
@@ -547,20 +536,14 @@ async fn an_upstream_that_never_answers_a_body_gets_a_504_and_its_connection_res
 
 /// An upstream that answers every request with `101 Switching Protocols`.
 async fn switching_upstream() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut buf = [0u8; 4096];
-                let _ = stream.read(&mut buf).await;
-                let answer = "HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\nraw bytes";
-                let _ = stream.write_all(answer.as_bytes()).await;
-                let _ = stream.read(&mut buf).await;
-            });
-        }
-    });
-    addr
+    raw_upstream(|mut stream| async move {
+        let mut buf = [0u8; 4096];
+        let _ = stream.read(&mut buf).await;
+        let answer = "HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\nraw bytes";
+        let _ = stream.write_all(answer.as_bytes()).await;
+        let _ = stream.read(&mut buf).await;
+    })
+    .await
 }
 
 #[tokio::test]

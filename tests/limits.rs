@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use http::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 use support::*;
 
@@ -72,11 +72,11 @@ async fn http_connections_over_the_cap_get_a_503_and_are_closed() {
         .start()
         .await;
     let proxy = addr(&running, &talk);
-    let mut holder = raw_get(proxy, "/first", false).await;
+    let mut holder = raw_get(proxy, "/first").await;
     let (head, _) = read_response(&mut holder).await;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
 
-    let mut refused = raw_get(proxy, "/second", false).await;
+    let mut refused = raw_get(proxy, "/second").await;
     let answer = read_to_close(&mut refused).await;
     assert!(
         answer.starts_with("HTTP/1.1 503 Service Unavailable\r\n"),
@@ -284,7 +284,7 @@ async fn an_idle_keep_alive_connection_is_closed_after_idle_timeout() {
     let proxy = addr(&running, &talk);
 
     // A request in flight for longer than the idle timeout is not cut.
-    let mut stream = raw_get(proxy, "/sleep/700", false).await;
+    let mut stream = raw_get(proxy, "/sleep/700").await;
     let (head, body) = read_response(&mut stream).await;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     assert_eq!(body, "talk-upstream slept 700ms\n");
@@ -388,7 +388,7 @@ async fn an_upstream_that_stalls_mid_body_ends_the_client_connection() {
         )
         .start()
         .await;
-    let mut stream = raw_get(addr(&running, &talk), "/download", false).await;
+    let mut stream = raw_get(addr(&running, &talk), "/download").await;
     let started = Instant::now();
     let answer = read_to_close(&mut stream).await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
@@ -489,21 +489,7 @@ fn has_series(text: &str, name: &str, labels: &[(&str, &str)]) -> bool {
     })
 }
 
-async fn raw_request(addr: SocketAddr, request: &str) -> TcpStream {
-    let mut stream = connect(addr).await;
-    within(STEP, stream.write_all(request.as_bytes()))
-        .await
-        .unwrap();
-    stream
-}
-
-/// Connects and writes a GET of `path` (with `Connection: close` if `close`).
-async fn raw_get(addr: SocketAddr, path: &str, close: bool) -> TcpStream {
-    let mut stream = connect(addr).await;
-    write_get(&mut stream, path, close).await;
-    stream
-}
-
+/// Writes a GET of `path` on `stream` (with `Connection: close` if `close`).
 async fn write_get(stream: &mut TcpStream, path: &str, close: bool) {
     let connection = if close { "Connection: close\r\n" } else { "" };
     let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\n{connection}\r\n");
@@ -512,129 +498,53 @@ async fn write_get(stream: &mut TcpStream, path: &str, close: bool) {
         .unwrap();
 }
 
-/// Reads one response with a `content-length` body, leaving the connection
-/// open: the head and the body as text.
-async fn read_response(stream: &mut TcpStream) -> (String, String) {
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        let n = within(STEP, stream.read(&mut byte))
-            .await
-            .expect("reading a head");
-        assert_eq!(
-            n,
-            1,
-            "closed inside a head: {}",
-            String::from_utf8_lossy(&head)
-        );
-        head.push(byte[0]);
-    }
-    let head = String::from_utf8(head).unwrap();
-    let length: usize = head
-        .lines()
-        .find_map(|l| {
-            l.to_ascii_lowercase()
-                .strip_prefix("content-length: ")
-                .map(str::to_owned)
-        })
-        .unwrap_or_else(|| panic!("no content-length: {head}"))
-        .trim()
-        .parse()
-        .unwrap();
-    let mut body = vec![0u8; length];
-    within(STEP, stream.read_exact(&mut body))
-        .await
-        .expect("reading a body");
-    (head, String::from_utf8(body).unwrap())
-}
-
-/// Reads until the peer closes (or resets) the connection; everything read.
-async fn read_to_close(stream: &mut TcpStream) -> String {
-    let mut all = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        match within(STEP, stream.read(&mut buf)).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => all.extend_from_slice(&buf[..n]),
-        }
-    }
-    String::from_utf8_lossy(&all).into_owned()
-}
-
 /// An upstream that accepts connections, reads what comes and never answers.
 async fn silent_upstream() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut sink = [0u8; 1024];
-                while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
-            });
-        }
-    });
-    addr
+    raw_upstream(|mut stream| async move {
+        let mut sink = [0u8; 1024];
+        while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
+    })
+    .await
 }
 
 /// An HTTP upstream that answers each request with the head of a 100-byte
 /// response and its first 10 bytes, then sends nothing more.
 async fn stalling_upstream() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !head.ends_with(b"\r\n\r\n") {
-                    match stream.read(&mut buf).await {
-                        Ok(n) if n > 0 => head.extend_from_slice(&buf[..n]),
-                        _ => return,
-                    }
-                }
-                let answer = "HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nfirst part";
-                if stream.write_all(answer.as_bytes()).await.is_err() {
-                    return;
-                }
-                // Hold the connection open until the proxy lets go.
-                while matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {}
-            });
+    raw_upstream(|mut stream| async move {
+        if read_request_head(&mut stream).await.is_none() {
+            return;
         }
-    });
-    addr
+        let answer = "HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nfirst part";
+        if stream.write_all(answer.as_bytes()).await.is_err() {
+            return;
+        }
+        // Hold the connection open until the proxy lets go.
+        let mut buf = [0u8; 1024];
+        while matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {}
+    })
+    .await
 }
 
 /// An HTTP upstream whose response heads are small for `/small`, 10 KB for
 /// `/big` and 20 fields for `/many`; one request per connection.
 async fn padded_upstream() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !head.ends_with(b"\r\n\r\n") {
-                    match stream.read(&mut buf).await {
-                        Ok(n) if n > 0 => head.extend_from_slice(&buf[..n]),
-                        _ => return,
-                    }
-                }
-                let head = String::from_utf8_lossy(&head);
-                let extra = if head.contains("/big HTTP/1.1") {
-                    format!("x-pad: {}\r\n", "a".repeat(10_000))
-                } else if head.contains("/many HTTP/1.1") {
-                    (0..20).map(|i| format!("x-field-{i}: {i}\r\n")).collect()
-                } else {
-                    String::new()
-                };
-                let answer = format!(
-                    "HTTP/1.1 200 OK\r\n{extra}content-length: 7\r\nconnection: close\r\n\r\npadded\n"
-                );
-                let _ = stream.write_all(answer.as_bytes()).await;
-                let _ = stream.shutdown().await;
-            });
-        }
-    });
-    addr
+    raw_upstream(|mut stream| async move {
+        let Some(head) = read_request_head(&mut stream).await else {
+            return;
+        };
+        let head = String::from_utf8_lossy(&head);
+        let extra = if head.contains("/big HTTP/1.1") {
+            format!("x-pad: {}\r\n", "a".repeat(10_000))
+        } else if head.contains("/many HTTP/1.1") {
+            (0..20).map(|i| format!("x-field-{i}: {i}\r\n")).collect()
+        } else {
+            String::new()
+        };
+        let answer = format!(
+            "HTTP/1.1 200 OK\r\n{extra}content-length: 7\r\nconnection: close\r\n\r\npadded\n"
+        );
+        let _ = stream.write_all(answer.as_bytes()).await;
+        let _ = stream.shutdown().await;
+    })
+    .await
 }

@@ -6,10 +6,8 @@
 mod support;
 use support::*;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use firedrill::config;
@@ -466,16 +464,8 @@ async fn run_starts_logs_where_it_listens_and_exits_0_on_sigterm() {
             .spawn()
             .expect("starting firedrill"),
     );
-    let _stdout = collect(child.0.stdout.take().unwrap());
-    let (lines, received) = mpsc::channel::<String>();
-    let stderr = BufReader::new(child.0.stderr.take().unwrap());
-    std::thread::spawn(move || {
-        for line in stderr.lines().map_while(Result::ok) {
-            if lines.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let stdout = collect(child.0.stdout.take().unwrap());
+    let received = lines(child.0.stderr.take().unwrap());
     let mut log = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(20);
     while !log
@@ -529,6 +519,12 @@ async fn run_starts_logs_where_it_listens_and_exits_0_on_sigterm() {
         log.iter().any(|l| l.contains("SIGTERM received")),
         "{log:#?}"
     );
+    // Stdout has one machine-readable line with the same addresses.
+    let stdout = stdout.join().unwrap();
+    let ready = format!(
+        "firedrill ready admin={admin_addr} service.web={web_addr} service.cache={cache_addr}"
+    );
+    assert_eq!(stdout.lines().collect::<Vec<_>>(), [ready.as_str()]);
 }
 
 fn diagnostics(text: &str) -> Vec<config::Diagnostic> {

@@ -467,6 +467,56 @@ async fn a_kept_service_keeps_counting_its_connections() {
     carry_echo(&mut first, b"still one").await;
 }
 
+/// A kept service's cap follows a changed `max_connections`: raised, it
+/// admits more at once; lowered below the connections open, it admits no
+/// one until enough of them have closed.
+#[tokio::test]
+async fn a_kept_service_takes_up_a_changed_max_connections() {
+    const ACTIVE: &str = "firedrill_connections_active";
+    let echo = echo_upstream().await;
+    let name = unique("cache");
+    let plan = |cap: u32| {
+        let extra = format!("max_connections = {cap}");
+        PlanText::new(&["pangyo"]).service(&name, "pangyo", "tcp", echo, &extra)
+    };
+    let firedrill = Reloadable::start(&plan(1)).await;
+    let cache = addr(&firedrill.running, &name);
+    let mut open = vec![connect(cache).await];
+    carry_echo(&mut open[0], b"one").await;
+    assert_refused(cache, "one open, cap one").await;
+
+    let (status, answer) = firedrill.reload(plan(3).toml()).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(names(&answer["reloaded"]["kept"]), [name.as_str()]);
+    for data in [b"two", b"six"] {
+        let mut stream = connect(cache).await;
+        carry_echo(&mut stream, data).await;
+        open.push(stream);
+    }
+    assert_refused(cache, "three open, cap three").await;
+
+    let (status, answer) = firedrill.reload(plan(1).toml()).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let labels = [("service", name.as_str())];
+    for left in [2.0, 1.0] {
+        drop(open.pop());
+        wait_for_sample(&firedrill.running, ACTIVE, &labels, left).await;
+        assert_refused(cache, &format!("{left} open, cap one")).await;
+    }
+    for stream in &mut open {
+        carry_echo(stream, b"still relaying").await;
+    }
+    drop(open.pop());
+    wait_for_sample(&firedrill.running, ACTIVE, &labels, 0.0).await;
+    let mut last = connect(cache).await;
+    carry_echo(&mut last, b"room again").await;
+}
+
+/// Asserts that a new connection to `addr` is refused (closed or reset).
+async fn assert_refused(addr: std::net::SocketAddr, what: &str) {
+    assert_closed(&mut connect(addr).await, STEP, what).await;
+}
+
 /// Two new services that would take the same running listener (one by
 /// name on port 0, one by naming the port it was given) fail the reload.
 #[tokio::test]

@@ -459,18 +459,6 @@ fn reset_and_close(stream: TcpStream) {
     drop(stream);
 }
 
-/// Reads up to the blank line that ends an HTTP/1.1 request head.
-async fn read_request_head(stream: &mut TcpStream) {
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        match stream.read(&mut byte).await {
-            Ok(1) => head.push(byte[0]),
-            _ => return,
-        }
-    }
-}
-
 /// One firedrill with a sick service in front of `upstream` (with extra
 /// `lines`) and a healthy http and tcp service beside it.
 struct Ward {
@@ -691,7 +679,7 @@ async fn a_firedrill_killed_mid_blackout_restarts_in_pass_through_and_says_so() 
     first.kill();
 
     let second = Binary::run(&plan, &["--threads", "1"]);
-    let log = second.log();
+    let log = second.log_with("faults are never persisted").await;
     assert!(
         log.contains("faults are never persisted: firedrill starts in pass-through"),
         "{log}"

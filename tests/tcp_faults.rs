@@ -58,9 +58,14 @@ async fn lifting_a_blackhole_closes_the_connections_it_held_and_lets_new_ones_pa
     assert_silent(&mut fresh, "a new connection while blackholed").await;
 
     drill.lift().await;
-    assert_closed(&mut open, "the connection open before the blackhole").await;
-    assert_closed(&mut server, "its upstream connection").await;
-    assert_closed(&mut fresh, "the connection made during the blackhole").await;
+    assert_closed(&mut open, REACH, "the connection open before the blackhole").await;
+    assert_closed(&mut server, REACH, "its upstream connection").await;
+    assert_closed(
+        &mut fresh,
+        REACH,
+        "the connection made during the blackhole",
+    )
+    .await;
     let mut after = drill.connect().await;
     let (_, mut server) = tap.next().await;
     carry(&mut after, &mut server, b"up").await;
@@ -72,7 +77,7 @@ async fn drop_resets_new_connections_at_once() {
     let drill = Drill::echo("action = 'drop'").await;
     drill.activate().await;
     let mut client = drill.connect().await;
-    assert_closed(&mut client, "a new connection under drop").await;
+    assert_closed(&mut client, REACH, "a new connection under drop").await;
     assert_eq!(probe(drill.addr(0), REACH).await, Fate::Cut);
 }
 
@@ -82,7 +87,7 @@ async fn drop_resets_open_connections_when_it_starts() {
     let mut client = drill.connect().await;
     carry_echo(&mut client, b"before").await;
     drill.activate().await;
-    assert_closed(&mut client, "a connection open when drop started").await;
+    assert_closed(&mut client, REACH, "a connection open when drop started").await;
 }
 
 #[tokio::test]
@@ -392,7 +397,12 @@ async fn an_unreachable_upstream_closes_the_client_connection_quickly() {
     let (nothing, _reserved) = unreachable_upstream();
     let drill = Drill::start(&[("dc-a", nothing)], &[]).await;
     let mut client = drill.connect().await;
-    assert_closed(&mut client, "a connection to an unreachable upstream").await;
+    assert_closed(
+        &mut client,
+        REACH,
+        "a connection to an unreachable upstream",
+    )
+    .await;
     assert_eq!(drill.connections("upstream_error").await, 1.0);
     assert_eq!(drill.connections("forwarded").await, 0.0);
 }
@@ -597,15 +607,6 @@ async fn assert_silent(stream: &mut TcpStream, what: &str) {
     let mut buf = [0u8; 64];
     if let Ok(read) = tokio::time::timeout(SILENCE, stream.read(&mut buf)).await {
         panic!("{what}: expected silence, got {read:?}");
-    }
-}
-
-/// Asserts that the peer closes or resets `stream` within [`REACH`].
-async fn assert_closed(stream: &mut TcpStream, what: &str) {
-    match closed_within(stream, REACH).await {
-        None => panic!("{what}: still open after {REACH:?}"),
-        Some(Ok(0) | Err(_)) => {}
-        Some(Ok(n)) => panic!("{what}: got {n} bytes instead of a close"),
     }
 }
 

@@ -237,12 +237,11 @@ async fn tls_listener_on(
 ) -> Running {
     let upstream = http_upstream("plain-upstream").await;
     let files = pki.issue("listener", &["localhost", "127.0.0.1"]);
-    let mut plan =
-        PlanText::new(&["pangyo"]).service(name, "pangyo", "http", upstream, &tls_line(&files));
-    for (scenario, lines) in faults {
-        plan = plan.fault(scenario, name, lines);
-    }
-    plan.start_on(workers).await
+    PlanText::new(&["pangyo"])
+        .service(name, "pangyo", "http", upstream, &tls_line(&files))
+        .faults(name, faults)
+        .start_on(workers)
+        .await
 }
 
 // --- Terminating TLS ------------------------------------------------------------

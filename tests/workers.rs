@@ -45,14 +45,6 @@ async fn echo_on_two_workers() -> (Running, String) {
     (running, cache)
 }
 
-/// Asserts that the peer closed or reset `stream` within [`STEP`].
-async fn assert_closed(stream: &mut TcpStream, what: &str) {
-    match closed_within(stream, STEP).await {
-        Some(Ok(0) | Err(_)) => {}
-        other => panic!("{what} was not closed: {other:?}"),
-    }
-}
-
 /// How long a connection must stay silent to count as held by a blackhole.
 const HOLD: Duration = Duration::from_millis(300);
 
@@ -236,7 +228,7 @@ async fn faults_reach_open_connections_on_every_worker() {
     // A lifted blackhole closes what it held, on every worker.
     lift(&running, &blackout).await;
     for (i, stream) in streams.iter_mut().enumerate() {
-        assert_closed(stream, &format!("tcp connection {i}")).await;
+        assert_closed(stream, STEP, &format!("tcp connection {i}")).await;
     }
 }
 
@@ -280,7 +272,7 @@ async fn shutdown_drains_the_workers_and_their_threads_end() {
     // is still open at the deadline and is cut there.
     let cut = within(STEP, running.shutdown(Duration::from_millis(300))).await;
     assert_eq!(cut, 1, "the tcp connection was still open at the deadline");
-    assert_closed(&mut stream, "the tcp connection").await;
+    assert_closed(&mut stream, STEP, "the tcp connection").await;
 
     // Nothing holds the workers any more: their threads end.
     wait_for_workers(0).await;
@@ -296,6 +288,11 @@ async fn dropping_the_running_proxy_cuts_its_connections_and_ends_the_threads() 
 
     // No shutdown: an embedder that just lets go.
     drop(running);
-    assert_closed(&mut stream, "the tcp connection, outliving the proxy,").await;
+    assert_closed(
+        &mut stream,
+        STEP,
+        "the tcp connection, outliving the proxy,",
+    )
+    .await;
     wait_for_workers(0).await;
 }

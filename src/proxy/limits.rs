@@ -1,9 +1,10 @@
-//! The per-service connection cap: an atomic count of open client
-//! connections, a [`Slot`] that holds one place until its connection ends,
-//! and the refusal a client gets over the cap (tcp: a reset; http: a short
-//! 503), counted and logged at most once every few seconds. On a TLS
-//! listener a connection in its handshake holds a [`Handshake`]: those are
-//! bounded apart, and under pressure the oldest makes room for newcomers.
+//! The per-service connection cap: a semaphore with one permit per place
+//! under `max_connections`, a [`Slot`] that holds one permit until its
+//! connection ends, and the refusal a client gets over the cap (tcp: a
+//! reset; http: a short 503), counted and logged at most once every few
+//! seconds. On a TLS listener a connection in its handshake holds a
+//! [`Handshake`]: those are bounded apart, and under pressure the oldest
+//! makes room for newcomers.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -13,6 +14,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -31,12 +33,39 @@ const LINGER: Duration = Duration::from_secs(2);
 pub(crate) const PRESSED_HANDSHAKE: Duration = Duration::from_secs(1);
 
 /// Client connections of one service open now, and those of them still in
-/// their TLS handshake.
-#[derive(Debug, Default)]
+/// their TLS handshake. A reload that keeps the service keeps this, so its
+/// open connections go on counting; the cap follows the service's
+/// `max_connections` from the next admission on.
+#[derive(Debug)]
 pub struct OpenConnections {
-    count: AtomicUsize,
-    // A std Mutex: held for a map operation, never across an await.
+    /// One permit per place; each open connection holds one.
+    permits: Arc<Semaphore>,
+    // A std Mutex, like the one below: held for a few integer and permit
+    // operations, never across an await. Every permit is taken under it,
+    // so a shrunken cap is never overtaken by a newcomer.
+    size: Mutex<Size>,
     handshakes: Mutex<Pending>,
+}
+
+impl Default for OpenConnections {
+    fn default() -> OpenConnections {
+        OpenConnections {
+            permits: Arc::new(Semaphore::new(0)),
+            size: Mutex::default(),
+            handshakes: Mutex::default(),
+        }
+    }
+}
+
+/// What the permits stand for: all of them, free and held, number `cap +
+/// excess`.
+#[derive(Debug, Default)]
+struct Size {
+    /// The `max_connections` the permits were last sized for.
+    cap: usize,
+    /// Permits beyond `cap`, held by connections admitted before the cap
+    /// shrank or taken over it by an upgrade; forgotten as they come back.
+    excess: usize,
 }
 
 /// The TLS handshakes under way, oldest first.
@@ -64,27 +93,16 @@ pub fn max_handshakes(max_connections: usize) -> usize {
 /// and in `firedrill_connections_active`; both are given back on drop.
 #[derive(Debug)]
 pub(crate) struct Slot {
-    context: Arc<ServiceContext>,
+    _permit: OwnedSemaphorePermit,
     _active: ActiveConnection,
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.context.open.count.fetch_sub(1, Ordering::Relaxed);
-    }
 }
 
 /// Takes a place for a new client connection, or `None` when the service
 /// is at its cap.
 pub(crate) fn admit(context: &Arc<ServiceContext>) -> Option<Slot> {
-    let max = context.service.limits.max_connections;
-    // Each caller sees a distinct previous count, so exactly `max` fit.
-    if context.open.count.fetch_add(1, Ordering::Relaxed) >= max {
-        context.open.count.fetch_sub(1, Ordering::Relaxed);
-        return None;
-    }
+    let permit = context.open.take(context.service.limits.max_connections)?;
     Some(Slot {
-        context: Arc::clone(context),
+        _permit: permit,
         _active: context.metrics.connection_opened(),
     })
 }
@@ -92,9 +110,10 @@ pub(crate) fn admit(context: &Arc<ServiceContext>) -> Option<Slot> {
 /// Takes a place without checking the cap: for a connection that is
 /// already open and changes hands (an upgraded HTTP connection).
 pub(crate) fn occupy(context: &Arc<ServiceContext>) -> Slot {
-    context.open.count.fetch_add(1, Ordering::Relaxed);
     Slot {
-        context: Arc::clone(context),
+        _permit: context
+            .open
+            .take_over(context.service.limits.max_connections),
         _active: context.metrics.connection_opened(),
     }
 }
@@ -132,6 +151,56 @@ impl Drop for Handshake {
 }
 
 impl OpenConnections {
+    /// A permit for a new connection under a cap of `max`, or `None` at
+    /// the cap.
+    fn take(&self, max: usize) -> Option<OwnedSemaphorePermit> {
+        let size = self.sized(max);
+        if size.excess > 0 {
+            return None;
+        }
+        Arc::clone(&self.permits).try_acquire_owned().ok()
+    }
+
+    /// A permit under a cap of `max`, or one more than the cap allows.
+    fn take_over(&self, max: usize) -> OwnedSemaphorePermit {
+        let mut size = self.sized(max);
+        if size.excess == 0 {
+            if let Ok(permit) = Arc::clone(&self.permits).try_acquire_owned() {
+                return permit;
+            }
+        }
+        size.excess += 1;
+        self.permits.add_permits(1);
+        Arc::clone(&self.permits)
+            .try_acquire_owned()
+            .expect("a permit just added is free: permits are taken under the size lock")
+    }
+
+    /// Sizes the permits for a cap of `max` and forgets the excess ones
+    /// that came back; the lock on the size is held until the caller has
+    /// taken its permit.
+    fn sized(&self, max: usize) -> std::sync::MutexGuard<'_, Size> {
+        // Beyond this, `add_permits` panics; no cap gets near it.
+        let max = max.min(Semaphore::MAX_PERMITS / 2);
+        let mut size = self
+            .size
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if max >= size.cap {
+            let grow = max - size.cap;
+            let repaid = grow.min(size.excess);
+            size.excess -= repaid;
+            self.permits.add_permits(grow - repaid);
+        } else {
+            size.excess += size.cap - max;
+        }
+        size.cap = max;
+        if size.excess > 0 {
+            size.excess -= self.permits.forget_permits(size.excess);
+        }
+        size
+    }
+
     fn pending(&self) -> std::sync::MutexGuard<'_, Pending> {
         // The map stays consistent even if a holder panicked.
         self.handshakes
@@ -291,5 +360,71 @@ mod tests {
         assert_eq!(max_handshakes(10), 4);
         assert_eq!(max_handshakes(3), 3);
         assert_eq!(max_handshakes(1), 1);
+    }
+
+    /// `n` permits of `open` under a cap of `cap`; all must fit.
+    fn fill(open: &OpenConnections, n: usize, cap: usize) -> Vec<OwnedSemaphorePermit> {
+        (0..n)
+            .map(|_| open.take(cap).expect("under the cap"))
+            .collect()
+    }
+
+    #[test]
+    fn exactly_max_connections_fit_and_a_closed_one_frees_its_place() {
+        let open = OpenConnections::default();
+        let mut held = fill(&open, 3, 3);
+        assert!(open.take(3).is_none(), "the fourth is over the cap");
+        held.pop();
+        assert!(open.take(3).is_some(), "a place came free");
+    }
+
+    #[test]
+    fn a_raised_cap_admits_more_at_once() {
+        let open = OpenConnections::default();
+        let _held = fill(&open, 2, 2);
+        assert!(open.take(2).is_none());
+        let third = open.take(3);
+        assert!(third.is_some(), "the raised cap has room");
+        assert!(open.take(3).is_none());
+    }
+
+    #[test]
+    fn a_lowered_cap_admits_no_one_until_enough_connections_closed() {
+        let open = OpenConnections::default();
+        let mut held = fill(&open, 4, 4);
+        assert!(open.take(2).is_none(), "four open, cap two");
+        held.truncate(2);
+        assert!(open.take(2).is_none(), "two open, cap two");
+        held.pop();
+        let again = open.take(2);
+        assert!(again.is_some(), "one open, cap two");
+        assert!(open.take(2).is_none());
+        // Raised again while over: the permits forgotten meanwhile are not
+        // given twice.
+        drop((held, again));
+        let fresh: Vec<_> = (0..6).map_while(|_| open.take(5)).collect();
+        assert_eq!(fresh.len(), 5);
+    }
+
+    #[test]
+    fn a_place_taken_over_the_cap_is_not_given_again_when_it_closes() {
+        let open = OpenConnections::default();
+        let first = open.take(1).expect("under the cap");
+        let upgraded = open.take_over(1);
+        assert!(open.take(1).is_none());
+        drop(first);
+        assert!(
+            open.take(1).is_none(),
+            "the upgraded one still holds the one place"
+        );
+        drop(upgraded);
+        let next = open.take(1);
+        assert!(next.is_some());
+        assert!(open.take(1).is_none(), "still one place");
+        let under = open.take_over(1);
+        drop(next);
+        drop(under);
+        let fresh: Vec<_> = (0..3).map_while(|_| open.take(2)).collect();
+        assert_eq!(fresh.len(), 2);
     }
 }

@@ -280,17 +280,7 @@ pub async fn http_upstream(name: &str) -> SocketAddr {
     tokio::spawn(async move {
         let builder = auto::Builder::new(TokioExecutor::new());
         while let Ok((stream, _)) = listener.accept().await {
-            let name = name.clone();
-            let builder = builder.clone();
-            tokio::spawn(async move {
-                let service = service_fn(move |request: Request<Incoming>| {
-                    let name = name.clone();
-                    async move { Ok::<_, Infallible>(answer(&name, request).await) }
-                });
-                let _ = builder
-                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                    .await;
-            });
+            tokio::spawn(serve_answers(builder.clone(), name.clone(), stream));
         }
     });
     addr
@@ -317,17 +307,26 @@ pub async fn https_upstream(
                 else {
                     return;
                 };
-                let service = service_fn(move |request: Request<Incoming>| {
-                    let name = name.clone();
-                    async move { Ok::<_, Infallible>(answer(&name, request).await) }
-                });
-                let _ = builder
-                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                    .await;
+                serve_answers(builder, name, stream).await;
             });
         }
     });
     addr
+}
+
+/// Serves one connection of [`http_upstream`] or [`https_upstream`]
+/// named `name`, HTTP/1.1 or h2, until it ends.
+async fn serve_answers<S>(builder: auto::Builder<TokioExecutor>, name: String, stream: S)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |request: Request<Incoming>| {
+        let name = name.clone();
+        async move { Ok::<_, Infallible>(answer(&name, request).await) }
+    });
+    let _ = builder
+        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+        .await;
 }
 
 type UpstreamBody = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
@@ -758,16 +757,17 @@ fn run(command: &mut Command, input: Option<&[u8]>, limit: Duration) -> Ran {
 pub struct Binary {
     pub process: Process,
     log: std::sync::Arc<std::sync::Mutex<String>>,
-    /// Where the admin API listens, read from the log.
+    /// Where the admin API listens, from its ready line.
     pub admin: SocketAddr,
-    /// Where each service listens, by name, read from the log.
+    /// Where each service listens, by name, from its ready line.
     pub services: std::collections::HashMap<String, SocketAddr>,
 }
 
 impl Binary {
     /// Runs `firedrill run --config PLAN` plus `args` and waits (up to
-    /// [`STEP`]) until it logs that it serves; panics with its log if it
-    /// exits or stays silent instead.
+    /// [`STEP`]) for the line it prints on stdout once it serves, which
+    /// says where everything listens; panics with its log if it exits or
+    /// stays silent instead.
     pub fn run(plan: &std::path::Path, args: &[&str]) -> Binary {
         use std::io::BufRead;
         let child = Command::new(env!("CARGO_BIN_EXE_firedrill"))
@@ -777,57 +777,43 @@ impl Binary {
             .args(args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .expect("starting firedrill");
         let mut process = Process(child);
+        let stdout = process.0.stdout.take().expect("piped stdout");
         let stderr = process.0.stderr.take().expect("piped stderr");
         let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-        let (ready, started) = std::sync::mpsc::channel();
         let shared = std::sync::Arc::clone(&log);
         std::thread::spawn(move || {
             for line in std::io::BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
-                let serving = line.contains("faults are never persisted");
-                {
-                    let mut log = shared.lock().unwrap();
-                    *log += &line;
-                    *log += "\n";
-                }
-                if serving {
-                    let _ = ready.send(());
-                }
+                let mut log = shared.lock().unwrap();
+                *log += &line;
+                *log += "\n";
             }
         });
+        let printed = lines(stdout);
         let deadline = Instant::now() + STEP;
-        while started.recv_timeout(Duration::from_millis(50)).is_err() {
+        let line = loop {
+            if let Ok(line) = printed.recv_timeout(Duration::from_millis(50)) {
+                if line.starts_with("firedrill ready ") {
+                    break line;
+                }
+                continue;
+            }
             let exited = process.0.try_wait().expect("polling firedrill").is_some();
             if exited || Instant::now() >= deadline {
                 std::thread::sleep(Duration::from_millis(100));
                 panic!("firedrill did not start:\n{}", log.lock().unwrap());
             }
-        }
-        let text = log.lock().unwrap().clone();
-        let listen = |line: &str| -> SocketAddr {
-            let value = line.split("listen=").nth(1).expect("a listen field");
-            value.split_whitespace().next().unwrap().parse().unwrap()
         };
-        let mut admin = None;
-        let mut services = std::collections::HashMap::new();
-        for line in text.lines() {
-            if line.contains("admin API listening") {
-                admin = Some(listen(line));
-            } else if line.contains("service listening") {
-                let name = line.split(" service=").nth(1).expect("a service field");
-                let name = name.split_whitespace().next().unwrap().to_owned();
-                services.insert(name, listen(line));
-            }
-        }
+        let (admin, services) = ready_addresses(&line);
         Binary {
             process,
             log,
-            admin: admin.unwrap_or_else(|| panic!("no admin address in the log:\n{text}")),
+            admin: admin.unwrap_or_else(|| panic!("no admin address in `{line}`")),
             services,
         }
     }
@@ -837,12 +823,26 @@ impl Binary {
         self.log.lock().unwrap().clone()
     }
 
+    /// Its log once it has `text`, waiting up to [`STEP`]: the log is read
+    /// on a thread of its own, so a line just written may not be in
+    /// [`Binary::log`] yet. After that, the log as it is.
+    pub async fn log_with(&self, text: &str) -> String {
+        let deadline = Instant::now() + STEP;
+        loop {
+            let log = self.log();
+            if log.contains(text) || Instant::now() >= deadline {
+                return log;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Where `service` listens.
     pub fn service(&self, name: &str) -> SocketAddr {
         *self
             .services
             .get(name)
-            .unwrap_or_else(|| panic!("service `{name}` in the log:\n{}", self.log()))
+            .unwrap_or_else(|| panic!("no service `{name}` in {:?}", self.services))
     }
 
     /// Calls its admin API and parses the JSON answer.
@@ -1049,4 +1049,157 @@ pub async fn wait_for_end(
     })
     .await;
     event.what
+}
+
+// --- Raw HTTP/1.1 on a socket, and connections that end -------------------------
+
+/// Connects to `addr` and writes `request`, an HTTP/1.1 request written out.
+pub async fn raw_request(addr: SocketAddr, request: &str) -> TcpStream {
+    let mut stream = connect(addr).await;
+    within(STEP, stream.write_all(request.as_bytes()))
+        .await
+        .unwrap();
+    stream
+}
+
+/// Connects to `addr` and writes an HTTP/1.1 GET of `path`.
+pub async fn raw_get(addr: SocketAddr, path: &str) -> TcpStream {
+    raw_request(
+        addr,
+        &format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n"),
+    )
+    .await
+}
+
+/// Reads one response with a `content-length` body, leaving the connection
+/// open: the head and the body as text.
+pub async fn read_response(stream: &mut TcpStream) -> (String, String) {
+    let head = read_head(stream).await;
+    let length: usize = head
+        .lines()
+        .find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse().ok())?
+        })
+        .unwrap_or_else(|| panic!("no content-length: {head}"));
+    let mut body = vec![0u8; length];
+    within(STEP, stream.read_exact(&mut body))
+        .await
+        .expect("reading a body");
+    (head, String::from_utf8(body).unwrap())
+}
+
+/// Reads until the peer closes (or resets) the connection; everything read.
+pub async fn read_to_close(stream: &mut TcpStream) -> String {
+    let mut all = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match within(STEP, stream.read(&mut buf)).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => all.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&all).into_owned()
+}
+
+/// Asserts that the peer closes or resets `stream` within `limit` without
+/// sending anything; `what` names the connection in the failure.
+pub async fn assert_closed(stream: &mut TcpStream, limit: Duration, what: &str) {
+    match closed_within(stream, limit).await {
+        None => panic!("{what}: still open after {limit:?}"),
+        Some(Ok(0) | Err(_)) => {}
+        Some(Ok(n)) => panic!("{what}: got {n} bytes instead of a close"),
+    }
+}
+
+/// Asserts that the peer closes or resets `stream` within [`STEP`] without
+/// sending anything.
+pub async fn assert_closed_without_answer(stream: &mut TcpStream) {
+    assert_closed(stream, STEP, "the connection").await;
+}
+
+/// The addresses in firedrill's ready line (`firedrill ready admin=ADDR
+/// service.NAME=ADDR ...`): the admin API's and each service's by name.
+pub fn ready_addresses(
+    line: &str,
+) -> (
+    Option<SocketAddr>,
+    std::collections::HashMap<String, SocketAddr>,
+) {
+    let mut admin = None;
+    let mut services = std::collections::HashMap::new();
+    for field in line.split_whitespace().skip(2) {
+        let (key, value) = field
+            .split_once('=')
+            .unwrap_or_else(|| panic!("`{field}` in `{line}` is not KEY=ADDR"));
+        let addr: SocketAddr = value
+            .parse()
+            .unwrap_or_else(|e| panic!("`{field}` in `{line}`: {e}"));
+        match key.strip_prefix("service.") {
+            Some(name) => {
+                services.insert(name.to_owned(), addr);
+            }
+            None if key == "admin" => admin = Some(addr),
+            None => panic!("unknown field `{field}` in `{line}`"),
+        }
+    }
+    (admin, services)
+}
+
+/// Reads up to the blank line that ends an HTTP/1.1 request head, one byte
+/// at a time so that nothing after it is consumed: for upstreams written
+/// by hand. `None` when the connection ends first.
+pub async fn read_request_head(stream: &mut TcpStream) -> Option<Vec<u8>> {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match stream.read(&mut byte).await {
+            Ok(1) => head.push(byte[0]),
+            _ => return None,
+        }
+    }
+    Some(head)
+}
+
+/// The lines of `pipe` (a child's stdout or stderr), sent as they come by a
+/// thread of its own; the receiver hangs up at the end of the output.
+pub fn lines(pipe: impl Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead;
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
+            if sender.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    receiver
+}
+
+/// A loopback upstream written by hand: runs `serve` on each connection it
+/// accepts, in a task of its own.
+pub async fn raw_upstream<F, Fut>(serve: F) -> SocketAddr
+where
+    F: Fn(TcpStream) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(serve(stream));
+        }
+    });
+    addr
+}
+
+impl PlanText {
+    /// Adds one scenario per `(scenario, lines)` of `faults`, each with one
+    /// fault that selects `service` (see [`PlanText::fault`]).
+    pub fn faults(self, service: &str, faults: &[(&str, &str)]) -> PlanText {
+        faults.iter().fold(self, |plan, (scenario, lines)| {
+            plan.fault(scenario, service, lines)
+        })
+    }
 }
