@@ -25,17 +25,18 @@ use serde_json::{json, Value};
 use tokio::time::Instant;
 
 use crate::config::Plan;
+use crate::control::{Control, ReloadError};
 use crate::engine::{Activated, Activation, Engine, UnknownScenario};
 use crate::fault::{Action, Fault};
 use crate::topology::Service;
-use crate::{ReloadError, Reloader};
 
-/// What the admin handlers share.
+/// What the admin handlers share: the engine for activations, the
+/// control handle for what runs and for changing it.
 #[derive(Clone)]
 pub struct AdminState {
     pub engine: Engine,
     pub metrics: PrometheusHandle,
-    pub reloader: Reloader,
+    pub control: Control,
 }
 
 /// An admin API failure, answered as `{"error": "..."}`.
@@ -250,7 +251,7 @@ async fn lift_all(
 /// with every error, located; a taken port or a plan-less start answers 409.
 async fn reload(State(state): State<AdminState>, Extension(caller): Extension<Caller>) -> Response {
     let by = caller.to_string();
-    match state.reloader.reload(&by).await {
+    match state.control.reload(&by).await {
         Ok(reloaded) => (StatusCode::OK, Json(json!({ "reloaded": reloaded }))).into_response(),
         Err(error) => {
             tracing::warn!(by, "reload refused: {error}");
@@ -338,21 +339,37 @@ async fn scenarios(State(state): State<AdminState>) -> Json<Value> {
     Json(json!({ "scenarios": scenarios }))
 }
 
+/// The data centers and the services running in each now, where each
+/// listens and the faults in force on it.
 async fn topology(State(state): State<AdminState>) -> Json<Value> {
     let rules = state.engine.live().load();
-    let plan = state.engine.plan();
-    let topology = &plan.topology;
-    let datacenters: Vec<Value> = topology
-        .datacenters
+    let model = state.control.model();
+    let declared = &model.plan().topology.datacenters;
+    // The plan's data centers in its order, then any only a service
+    // added at runtime names.
+    let mut datacenters: Vec<(&str, &str)> = declared
         .iter()
-        .map(|dc| {
-            let services: Vec<Value> = dc
-                .services
+        .map(|dc| (&*dc.name, dc.description.as_str()))
+        .collect();
+    for running in model.services() {
+        if !datacenters
+            .iter()
+            .any(|(name, _)| **name == *running.service.datacenter)
+        {
+            datacenters.push((&running.service.datacenter, ""));
+        }
+    }
+    let datacenters: Vec<Value> = datacenters
+        .into_iter()
+        .map(|(name, description)| {
+            let services: Vec<Value> = model
+                .services()
                 .iter()
-                .map(|&id| {
-                    let service = &topology.services[id.index()];
+                .filter(|running| &*running.service.datacenter == name)
+                .map(|running| {
+                    let service = &running.service;
                     let faults: Vec<Value> = rules
-                        .slot(service.slot)
+                        .slot(running.slot)
                         .iter()
                         .map(|f| {
                             let mut fault = action_json(f);
@@ -365,14 +382,14 @@ async fn topology(State(state): State<AdminState>) -> Json<Value> {
                         "name": &*service.name,
                         "description": service.description,
                         "protocol": service.protocol.name(),
-                        "listen": service.listen.to_string(),
+                        "listen": running.bound.to_string(),
                         "upstream": service.upstream.to_string(),
                         "upstream_skip_verify": service.upstream_tls.as_ref().is_some_and(|t| t.skip_verify),
                         "faults": faults,
                     })
                 })
                 .collect();
-            json!({ "name": &*dc.name, "description": dc.description, "services": services })
+            json!({ "name": name, "description": description, "services": services })
         })
         .collect();
     Json(json!({ "datacenters": datacenters }))

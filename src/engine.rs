@@ -18,7 +18,7 @@ pub use activation::{Activated, Activation};
 
 use crate::config::Plan;
 use crate::fault::live::{Live, Rules};
-use crate::topology::Topology;
+use crate::topology::Slots;
 use history::{Ending, Event, History};
 
 /// The named scenario is not in the plan.
@@ -48,6 +48,9 @@ struct Inner {
 struct State {
     /// The plan in force; a reload swaps it (see [`Engine::replace_plan`]).
     plan: Arc<Plan>,
+    /// Where the faults of each of the plan's services go; the runtime
+    /// model decides.
+    slots: Slots,
     /// Active scenarios by plan index.
     active: BTreeMap<usize, Activation>,
     history: History,
@@ -55,6 +58,8 @@ struct State {
 }
 
 impl Engine {
+    /// An engine for `plan`, its services at the slots of their plan index
+    /// (as [`start`](crate::start) runs them).
     pub fn new(plan: Arc<Plan>, live: Arc<Live>) -> Engine {
         for scenario in &plan.scenarios {
             crate::metrics::scenario_active(&scenario.name, false);
@@ -63,6 +68,7 @@ impl Engine {
             inner: Arc::new(Inner {
                 live,
                 state: Mutex::new(State {
+                    slots: Slots::in_order(plan.topology.services.len()),
                     plan,
                     active: BTreeMap::new(),
                     history: History::default(),
@@ -243,11 +249,12 @@ impl Engine {
         lifted
     }
 
-    /// Swaps in a reloaded plan. A scenario the new plan still has stays
-    /// active under its new definition, keeping its start and expiry (cut
-    /// short if its new `max_duration` is shorter); one the plan no longer
-    /// has is lifted. Returns the names of the lifted scenarios.
-    pub fn replace_plan(&self, plan: Arc<Plan>, by: &str) -> Vec<String> {
+    /// Swaps in a reloaded plan, with where its services' faults go now. A
+    /// scenario the new plan still has stays active under its new
+    /// definition, keeping its start and expiry (cut short if its new
+    /// `max_duration` is shorter); one the plan no longer has is lifted.
+    /// Returns the names of the lifted scenarios.
+    pub fn replace_plan(&self, plan: Arc<Plan>, slots: Slots, by: &str) -> Vec<String> {
         let mut state = self.lock();
         let now = Instant::now();
         self.expire(&mut state, now);
@@ -285,6 +292,7 @@ impl Engine {
             }
         }
         state.plan = plan;
+        state.slots = slots;
         // A shortened activation may be over already.
         self.expire(&mut state, now);
         self.publish(&state, now);
@@ -334,7 +342,7 @@ impl Engine {
     /// Builds the rules for `now` and swaps them in; returns the next time
     /// the rules change by themselves.
     fn publish(&self, state: &State, now: Instant) -> Option<Instant> {
-        let (rules, next) = rules_at(&state.plan.topology, state.active.values(), now);
+        let (rules, next) = rules_at(&state.slots, state.active.values(), now);
         self.inner.live.publish(rules);
         next
     }
@@ -350,7 +358,7 @@ impl Engine {
                 let mut state = self.lock();
                 let now = Instant::now();
                 let expired = self.expire(&mut state, now);
-                let (rules, next) = rules_at(&state.plan.topology, state.active.values(), now);
+                let (rules, next) = rules_at(&state.slots, state.active.values(), now);
                 if due || expired {
                     self.inner.live.publish(rules);
                 }
@@ -373,13 +381,13 @@ impl Engine {
 
 /// The rules in force at `now` for the given activations, and the next
 /// instant at which they change by themselves (a stage starts or ends, or an
-/// activation expires).
+/// activation expires). `slots` places the faults of the activations' plan.
 pub fn rules_at<'a>(
-    topology: &Topology,
+    slots: &Slots,
     activations: impl Iterator<Item = &'a Activation>,
     now: Instant,
 ) -> (Rules, Option<Instant>) {
-    let mut rules = Rules::empty(topology.slot_count());
+    let mut rules = Rules::empty(slots.count());
     let mut next: Option<Instant> = None;
     let mut consider = |at: Instant| {
         if at > now {
@@ -396,7 +404,7 @@ pub fn rules_at<'a>(
             consider(start);
             consider(end);
             if start <= now && now < end {
-                rules.add(fault, topology);
+                rules.add(fault, slots);
             }
         }
     }

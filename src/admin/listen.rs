@@ -57,7 +57,8 @@ pub fn serve(
 ) {
     let names: Vec<&str> = settings.tokens.iter().map(|t| &*t.name).collect();
     tracing::info!(
-        listen = %settings.listen,
+        // Where it really listens: the plan may have said port 0.
+        listen = %listener.local_addr().unwrap_or(settings.listen),
         tls = %match &settings.tls {
             None => "off",
             Some(tls) if tls.mutual => "mutual",
