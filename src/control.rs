@@ -134,6 +134,8 @@ struct AcceptLoop {
     stop: CancellationToken,
     /// Closes the service's open connections (a child of the hard stop).
     cut: CancellationToken,
+    /// Its TLS as built when it started, for a renewed accept loop.
+    tls: ServiceTls,
     task: JoinHandle<Option<TcpListener>>,
 }
 
@@ -370,7 +372,23 @@ impl Control {
                 .expect("the model runs every service it was given");
             loops.push(self.spawn(&next, running, listener, tls, shared));
         }
-        loops.extend(old.into_iter().flatten());
+        // New scenarios may hit the others with new faults: renew their
+        // accept loops too (their connections stay), so their metrics know
+        // every fault that can hit them.
+        let renew = changes.iter().any(|c| matches!(c, Change::Scenarios(_)));
+        for untouched in old.into_iter().flatten() {
+            if !renew {
+                loops.push(untouched);
+                continue;
+            }
+            let (name, tls) = (Arc::clone(&untouched.name), untouched.tls.clone());
+            let (listener, shared) = untouched.stop().await;
+            let (Some(listener), Some(running)) = (listener, next.service(&name)) else {
+                shared.0.cancel();
+                continue;
+            };
+            loops.push(self.spawn(&next, running, listener, tls, shared));
+        }
 
         let (plan, slots) = (Arc::clone(next.plan()), next.slots());
         let engine_sees_a_change = !Arc::ptr_eq(current.plan(), &plan) || current.slots() != slots;
@@ -410,7 +428,7 @@ impl Control {
         let context = Arc::new(ServiceContext {
             service: Arc::clone(service),
             slot: running.slot,
-            tls,
+            tls: tls.clone(),
             live: Arc::clone(self.0.engine.live()),
             metrics: metrics::ServiceMetrics::new(
                 service,
@@ -443,6 +461,7 @@ impl Control {
             open,
             stop,
             cut,
+            tls,
             task,
         }
     }

@@ -62,6 +62,8 @@ async fn a_service_added_at_runtime_serves_obeys_a_scenario_and_goes_away_when_r
     activate(&running, "extra-down").await;
     let (status, _) = get(at, "/hello").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    let injected = [("service", "extra"), ("scenario", "extra-down")];
+    wait_for_sample(&running, "firedrill_faults_injected_total", &injected, 1.0).await;
     let (status, _) = get(talk, "/hello").await;
     assert_eq!(status, StatusCode::OK, "talk is not in the scenario");
 

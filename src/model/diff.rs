@@ -2,8 +2,9 @@
 //! are replaced, added or removed, as the [`Change`]s that make the model
 //! the plan's. Pure, so every rule is tested without sockets:
 //! - **kept**: on the same listener, the same service (name, protocol,
-//!   upstream and how its certificate is checked). Its open connections
-//!   stay and keep its rule slot; new connections get its new settings.
+//!   upstream and how its certificate is checked: skipped or not, for
+//!   which name). Its open connections stay and keep its rule slot; new
+//!   connections get its new settings.
 //! - **changed**: on the same listener, another service (renamed, or
 //!   another upstream, protocol or upstream trust). It takes the listener
 //!   over; its open connections are closed.
@@ -18,7 +19,7 @@ use std::sync::Arc;
 
 use super::{Change, Connections, Model, RunningService};
 use crate::config::Plan;
-use crate::topology::Service;
+use crate::topology::{Service, UpstreamTls};
 
 /// Why changes cannot apply; nothing changed.
 #[derive(Debug)]
@@ -138,10 +139,20 @@ fn same_listener(running: &RunningService, service: &Service) -> bool {
 }
 
 /// Whether `new` on the same listener is the service `old` was, so its
-/// connections may stay: they lead where they did, trusted as they were.
+/// connections may stay: they lead where they did, and the upstream's
+/// certificate is checked as it was (skipped or not, for the same name).
+/// Which CA file is trusted is a setting new connections pick up, like
+/// timeouts and limits.
 fn same_service(old: &Service, new: &Service) -> bool {
+    let check = |service: &Service| {
+        let tls = service.upstream_tls.as_ref()?;
+        Some(UpstreamTls {
+            ca: None,
+            ..tls.clone()
+        })
+    };
     old.name == new.name
         && old.protocol == new.protocol
         && old.upstream == new.upstream
-        && old.upstream_tls == new.upstream_tls
+        && check(old) == check(new)
 }

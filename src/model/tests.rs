@@ -136,6 +136,17 @@ fn a_stricter_upstream_check_is_another_service() {
     )
     .unwrap();
     assert_eq!(fates(&renamed), [vec![], vec!["talk"], vec![], vec![]]);
+    // Which CA is trusted is a setting new connections pick up.
+    let verified = plan_of(&[("talk", "127.0.0.1:0", https, "")]);
+    let model = started(&verified);
+    let mut other_ca = Arc::try_unwrap(plan_of(&[("talk", "127.0.0.1:0", https, "")])).unwrap();
+    let tls = other_ca.topology.services[0].upstream_tls.as_mut().unwrap();
+    tls.ca = Some(crate::topology::Pem {
+        path: "staging-ca.pem".into(),
+        text: Arc::from(&b"-----BEGIN CERTIFICATE-----"[..]),
+    });
+    let kept = diff(&model, Arc::new(other_ca)).unwrap();
+    assert_eq!(fates(&kept), [vec!["talk"], vec![], vec![], vec![]]);
 }
 
 #[test]
