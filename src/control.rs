@@ -34,9 +34,9 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("service `{service}`: {source}")]
+    #[error("{what}: {source}")]
     Tls {
-        service: String,
+        what: String,
         source: crate::tls::TlsError,
     },
 }
@@ -474,7 +474,7 @@ fn built_tls<'a>(
     services
         .map(|service| {
             ServiceTls::build(service).map_err(|source| StartError::Tls {
-                service: service.name.to_string(),
+                what: service_what(service),
                 source,
             })
         })

@@ -137,7 +137,11 @@ pub async fn start_with(
         router,
         &plan.admin,
         shutdown.hard_stop.clone(),
-    );
+    )
+    .map_err(|source| StartError::Tls {
+        what: "the admin API".to_owned(),
+        source,
+    })?;
     tokio::spawn(engine.run(shutdown.hard_stop.clone()));
     Ok(Running {
         admin,
