@@ -152,8 +152,9 @@ impl AcceptLoop {
     }
 }
 
-/// Binds a listener at `addr` (port 0 picks a free one).
-pub(crate) fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener, StartError> {
+/// Binds a listener at `addr` and says where it is bound (the real port
+/// when `addr` said 0).
+pub(crate) fn bind(addr: SocketAddr, what: &str) -> Result<(TcpListener, SocketAddr), StartError> {
     let error = |source| StartError::Bind {
         what: what.to_owned(),
         addr,
@@ -167,7 +168,9 @@ pub(crate) fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener, StartErr
     .map_err(error)?;
     socket.set_reuseaddr(true).map_err(error)?;
     socket.bind(addr).map_err(error)?;
-    socket.listen(1024).map_err(error)
+    let listener = socket.listen(1024).map_err(error)?;
+    let bound = listener.local_addr().map_err(error)?;
+    Ok((listener, bound))
 }
 
 fn service_what(service: &Service) -> String {
@@ -175,25 +178,17 @@ fn service_what(service: &Service) -> String {
 }
 
 impl Control {
-    /// Serves `plan`'s services on `listeners` (bound in plan order) and
+    /// Serves `plan`'s services on `listeners`, bound in plan order, and
     /// returns the handle that changes them. `source` is the plan file
     /// that [`Control::reload`] re-reads.
     pub(crate) fn start(
         plan: Arc<Plan>,
-        listeners: Vec<TcpListener>,
+        listeners: Vec<(TcpListener, SocketAddr)>,
         source: Option<PathBuf>,
         engine: Engine,
         shutdown: Shutdown,
     ) -> Result<Control, StartError> {
-        let mut bound = Vec::new();
-        for (service, listener) in plan.topology.services.iter().zip(&listeners) {
-            let addr = listener.local_addr().map_err(|source| StartError::Bind {
-                what: service_what(service),
-                addr: service.listen,
-                source,
-            })?;
-            bound.push(addr);
-        }
+        let (listeners, bound): (Vec<_>, Vec<_>) = listeners.into_iter().unzip();
         let model = Model::new(plan, &bound);
         let tls = built_tls(model.services().iter().map(|s| &*s.service))?;
         let control = Control(Arc::new(Inner {
@@ -310,14 +305,9 @@ impl Control {
         let mut tls = built_tls(starting).map_err(|e| Refusal::Conflict(e.to_string()))?;
         let mut listeners = Vec::new();
         let next = current.next(changes, |service| {
-            let listener = bind(service.listen, &service_what(service))?;
-            let addr = listener.local_addr().map_err(|source| StartError::Bind {
-                what: service_what(service),
-                addr: service.listen,
-                source,
-            })?;
+            let (listener, bound) = bind(service.listen, &service_what(service))?;
             listeners.push(listener);
-            Ok(addr)
+            Ok(bound)
         })?;
 
         // Hand listeners over, start and stop accept loops, in change order.

@@ -95,14 +95,7 @@ pub async fn start_with(
 ) -> Result<Running, StartError> {
     let metrics_handle = metrics::install();
     // Bind everything first, so a taken port fails start-up as a whole.
-    let admin_listener = control::bind(plan.admin.listen, "the admin API")?;
-    let admin = admin_listener
-        .local_addr()
-        .map_err(|source| StartError::Bind {
-            what: "the admin API".to_owned(),
-            addr: plan.admin.listen,
-            source,
-        })?;
+    let (admin_listener, admin) = control::bind(plan.admin.listen, "the admin API")?;
     let mut listeners = Vec::new();
     for service in &plan.topology.services {
         let what = format!("service `{}`", service.name);
