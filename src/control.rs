@@ -313,11 +313,11 @@ impl Control {
         // Hand listeners over, start and stop accept loops, in change order.
         let mut old: Vec<Option<AcceptLoop>> =
             std::mem::take(loops).into_iter().map(Some).collect();
+        // None when the service's accept loop had ended (see below).
         let mut take = |name: &str| {
             old.iter_mut()
                 .find(|l| l.as_ref().is_some_and(|l| &*l.name == name))
                 .and_then(Option::take)
-                .expect("the model checked that the service runs")
         };
         let mut listeners = listeners.into_iter();
         let mut tls = tls.drain(..);
@@ -332,7 +332,10 @@ impl Control {
                     with,
                     connections,
                 } => {
-                    let (listener, shared) = take(name).stop().await;
+                    let (listener, shared) = match take(name) {
+                        Some(accepting) => accepting.stop().await,
+                        None => (None, self.fresh()),
+                    };
                     let shared = match connections {
                         Connections::Keep => shared,
                         Connections::Close => {
@@ -343,9 +346,11 @@ impl Control {
                     (with, listener, shared)
                 }
                 Change::Remove(name) => {
-                    let (listener, (cut, _)) = take(name).stop().await;
-                    drop(listener);
-                    cut.cancel();
+                    if let Some(accepting) = take(name) {
+                        let (listener, (cut, _)) = accepting.stop().await;
+                        drop(listener);
+                        cut.cancel();
+                    }
                     continue;
                 }
                 Change::Scenarios(_) => continue,
