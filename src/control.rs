@@ -300,7 +300,7 @@ impl Control {
         // before anything changes.
         let starting = changes.iter().filter_map(|change| match change {
             Change::Add(service) | Change::Replace { with: service, .. } => Some(&**service),
-            Change::Remove(_) | Change::Scenarios(_) => None,
+            Change::Remove(_) | Change::Scenarios(_) | Change::Access(_) => None,
         });
         let mut tls = built_tls(starting).map_err(|e| Refusal::Conflict(e.to_string()))?;
         let mut listeners = Vec::new();
@@ -353,7 +353,7 @@ impl Control {
                     }
                     continue;
                 }
-                Change::Scenarios(_) => continue,
+                Change::Scenarios(_) | Change::Access(_) => continue,
             };
             let tls = tls.next().expect("one TLS per started service");
             let Some(listener) = listener else {

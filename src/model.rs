@@ -31,9 +31,12 @@ pub enum Change {
     },
     /// Stops the running service `name` and closes its connections.
     Remove(Arc<str>),
-    /// Puts the scenarios of this plan in force (and its `[admin]` tokens);
-    /// their faults name services of its topology, matched by name.
+    /// Puts the scenarios of this plan in force; their faults name services
+    /// of its topology, matched by name. The admin API's access stays.
     Scenarios(Arc<Plan>),
+    /// Puts the `tokens` and `open_reads` of these `[admin]` settings in
+    /// force; where the API listens and its TLS stay as started.
+    Access(Admin),
 }
 
 /// What happens to the open connections of a replaced service.
@@ -58,8 +61,8 @@ pub struct RunningService {
 pub struct Model {
     services: Vec<RunningService>,
     plan: Arc<Plan>,
-    /// The `[admin]` settings firedrill started with: its listener and TLS
-    /// change only on restart.
+    /// The `[admin]` settings in force: its listener and TLS as started
+    /// (only a restart changes them), its tokens as last changed.
     admin: Admin,
     /// The next unused rule slot; slots are never reused, so connections of
     /// a service that is gone never see another service's faults.
@@ -105,7 +108,8 @@ impl Model {
         &self.plan
     }
 
-    /// The `[admin]` settings firedrill started with.
+    /// The `[admin]` settings in force: who may call the API (as last
+    /// changed), where it listens and its TLS (as started).
     pub fn admin(&self) -> &Admin {
         &self.admin
     }
@@ -144,6 +148,11 @@ impl Model {
                 }
                 Change::Scenarios(plan) => {
                     next.plan = Arc::clone(plan);
+                    continue;
+                }
+                Change::Access(admin) => {
+                    next.admin.tokens = admin.tokens.clone();
+                    next.admin.open_reads = admin.open_reads;
                     continue;
                 }
                 Change::Replace { name, .. } | Change::Remove(name) => name,

@@ -46,7 +46,7 @@ impl Refusal {
 /// What it takes to run a re-read plan, with what a reload reports.
 #[derive(Debug)]
 pub struct Diff {
-    /// Every change, the plan's scenarios last.
+    /// Every change, the plan's `[admin]` access and scenarios last.
     pub changes: Vec<Change>,
     /// Names of the new plan's services, by fate, in plan order.
     pub kept: Vec<String>,
@@ -122,6 +122,7 @@ pub fn diff(model: &Model, plan: Arc<Plan>) -> Result<Diff, Refusal> {
         diff.changes
             .push(Change::Remove(Arc::clone(&old.service.name)));
     }
+    diff.changes.push(Change::Access(plan.admin.clone()));
     diff.changes.push(Change::Scenarios(plan));
     Ok(diff)
 }

@@ -312,3 +312,26 @@ fn changes_that_do_not_fit_refuse_them_all_before_anything_is_bound() {
     );
     assert!(matches!(taken, Err(Refusal::Bind(e)) if e == "taken"));
 }
+
+#[test]
+fn admin_tokens_follow_a_reload_but_not_a_change_of_scenarios_alone() {
+    let with_token = |token: &str| {
+        let text = format!(
+            "[admin]\nlisten = '127.0.0.1:0'\ntokens = [{{ name = '{token}', value = '{token}-value' }}]\n[datacenters.pangyo]\n[services.talk]\ndatacenter = 'pangyo'\nprotocol = 'http'\nlisten = '127.0.0.1:0'\nupstream = '127.0.0.1:9001'\n"
+        );
+        Arc::new(config::parse(&text, "plan.toml").unwrap_or_else(|e| panic!("{e}")))
+    };
+    let names = |model: &Model| -> Vec<String> {
+        let tokens = &model.admin().tokens;
+        tokens.iter().map(|t| t.name.to_string()).collect()
+    };
+    let model = started(&with_token("lead"));
+    let other = with_token("other");
+    let scenarios = [Change::Scenarios(Arc::clone(&other))];
+    let scenarios_only = model.next(&scenarios, fake_bind).unwrap();
+    assert_eq!(names(&scenarios_only), ["lead"]);
+    let reload = diff(&model, other).unwrap();
+    let reloaded = model.next(&reload.changes, fake_bind).unwrap();
+    assert_eq!(names(&reloaded), ["other"]);
+    assert_eq!(reloaded.admin().listen, model.admin().listen);
+}
