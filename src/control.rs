@@ -304,7 +304,7 @@ impl Control {
         });
         let mut tls = built_tls(starting).map_err(|e| Refusal::Conflict(e.to_string()))?;
         let mut listeners = Vec::new();
-        let next = current.next(changes, |service| {
+        let mut next = current.next(changes, |service| {
             let (listener, bound) = bind(service.listen, &service_what(service))?;
             listeners.push(listener);
             Ok(bound)
@@ -321,6 +321,8 @@ impl Control {
         };
         let mut listeners = listeners.into_iter();
         let mut tls = tls.drain(..);
+        // Services nothing serves any more, which the model drops.
+        let mut ended = Vec::new();
         for change in changes {
             let (service, listener, shared) = match change {
                 Change::Add(service) => {
@@ -360,6 +362,7 @@ impl Control {
                 // Shutdown started meanwhile, or the accept loop had ended:
                 // nothing serves the service, so its connections go too.
                 shared.0.cancel();
+                ended.push(Arc::clone(&service.name));
                 continue;
             };
             let running = next
@@ -380,11 +383,15 @@ impl Control {
             let (listener, shared) = untouched.stop().await;
             let (Some(listener), Some(running)) = (listener, next.service(&name)) else {
                 shared.0.cancel();
+                ended.push(name);
                 continue;
             };
             loops.push(self.spawn(&next, running, listener, tls, shared));
         }
 
+        for name in ended {
+            next.forget(&name);
+        }
         let (plan, slots) = (Arc::clone(next.plan()), next.slots());
         let engine_sees_a_change = !Arc::ptr_eq(current.plan(), &plan) || current.slots() != slots;
         self.0.model.store(Arc::new(next));

@@ -230,6 +230,12 @@ impl Model {
         Ok(next)
     }
 
+    /// Drops the service `name`, which nothing serves any more (its
+    /// accept loop ended while shutdown started).
+    pub(crate) fn forget(&mut self, name: &str) {
+        self.services.retain(|s| &*s.service.name != name);
+    }
+
     fn take_slot(&mut self) -> usize {
         self.next_slot += 1;
         self.next_slot - 1
