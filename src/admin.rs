@@ -24,17 +24,19 @@ use axum::{Extension, Json, Router};
 use tokio::time::Instant;
 
 use crate::config::Plan;
+use crate::control::{Control, ReloadError};
 use crate::engine::{Activated, Activation, Engine, UnknownScenario};
 use crate::fault::{Action, Fault};
+use crate::model::RunningService;
 use crate::topology::Service;
-use crate::{ReloadError, Reloader};
 
-/// What the admin handlers share.
+/// What the admin handlers share: the engine for activations, the
+/// control handle for what runs and for changing it.
 #[derive(Clone)]
 pub struct AdminState {
     pub engine: Engine,
     pub metrics: crate::metrics::Exporter,
-    pub reloader: Reloader,
+    pub control: Control,
 }
 
 /// An admin API failure, answered as `{"error": "..."}`.
@@ -246,7 +248,7 @@ async fn lift_all(
 /// with every error, located; a taken port or a plan-less start answers 409.
 async fn reload(State(state): State<AdminState>, Extension(caller): Extension<Caller>) -> Response {
     let by = caller.to_string();
-    match state.reloader.reload(&by).await {
+    match state.control.reload(&by).await {
         Ok(reloaded) => {
             let reloaded = api::ReloadReport {
                 kept: reloaded.kept,
@@ -340,31 +342,50 @@ async fn scenarios(State(state): State<AdminState>) -> Json<api::ScenarioList> {
     Json(api::ScenarioList { scenarios })
 }
 
+/// The data centers and the services running in each now, where each
+/// listens and the faults in force on it.
 async fn topology(State(state): State<AdminState>) -> Json<api::Topology> {
     let rules = state.engine.live().load();
-    let plan = state.engine.plan();
-    let topology = &plan.topology;
-    let service = |service: &Service| api::Service {
-        name: service.name.to_string(),
-        description: service.description.clone(),
-        protocol: service.protocol.name().to_owned(),
-        listen: service.listen.to_string(),
-        upstream: service.upstream.to_string(),
-        upstream_skip_verify: service.upstream_tls.as_ref().is_some_and(|t| t.skip_verify),
-        faults: (rules.slot(service.slot).iter())
-            .map(|f| api::ServiceFault {
-                action: action(f),
-                scenario: f.scenario.to_string(),
-                index: f.index,
-            })
-            .collect(),
+    let model = state.control.model();
+    let declared = &model.plan().topology.datacenters;
+    // The plan's data centers in its order, then any only a service
+    // added at runtime names.
+    let mut datacenters: Vec<(&str, &str)> = declared
+        .iter()
+        .map(|dc| (&*dc.name, dc.description.as_str()))
+        .collect();
+    for running in model.services() {
+        let name = &*running.service.datacenter;
+        if !datacenters.iter().any(|(known, _)| *known == name) {
+            datacenters.push((name, ""));
+        }
+    }
+    let service = |running: &RunningService| {
+        let service = &running.service;
+        api::Service {
+            name: service.name.to_string(),
+            description: service.description.clone(),
+            protocol: service.protocol.name().to_owned(),
+            listen: running.bound.to_string(),
+            upstream: service.upstream.to_string(),
+            upstream_skip_verify: service.upstream_tls.as_ref().is_some_and(|t| t.skip_verify),
+            faults: (rules.slot(running.slot).iter())
+                .map(|f| api::ServiceFault {
+                    action: action(f),
+                    scenario: f.scenario.to_string(),
+                    index: f.index,
+                })
+                .collect(),
+        }
     };
-    let datacenters = (topology.datacenters.iter())
-        .map(|dc| api::DataCenter {
-            name: dc.name.to_string(),
-            description: dc.description.clone(),
-            services: (dc.services.iter())
-                .map(|&id| service(&topology.services[id.index()]))
+    let datacenters = datacenters
+        .into_iter()
+        .map(|(name, description)| api::DataCenter {
+            name: name.to_owned(),
+            description: description.to_owned(),
+            services: (model.services().iter())
+                .filter(|running| &*running.service.datacenter == name)
+                .map(service)
                 .collect(),
         })
         .collect();

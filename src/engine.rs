@@ -23,14 +23,13 @@ pub use event::{Event, Happened, Subject};
 
 use crate::config::Plan;
 use crate::fault::live::{Live, Rules};
-use crate::topology::Topology;
+use crate::topology::Slots;
 use history::{History, Record};
 
 /// How many events a subscriber may fall behind before it loses the oldest
 /// (it then gets [`broadcast::error::RecvError::Lagged`]); the engine never
 /// waits for a subscriber.
 pub const EVENT_BACKLOG: usize = 1024;
-
 /// The named scenario is not in the plan.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("unknown scenario `{name}`; known: {}", known.join(", "))]
@@ -59,6 +58,9 @@ struct Inner {
 struct State {
     /// The plan in force; a reload swaps it (see [`Engine::replace_plan`]).
     plan: Arc<Plan>,
+    /// Where the faults of each of the plan's services go; the runtime
+    /// model decides.
+    slots: Slots,
     /// Active scenarios by plan index.
     active: BTreeMap<usize, Activation>,
     history: History,
@@ -71,6 +73,8 @@ struct State {
 }
 
 impl Engine {
+    /// An engine for `plan`, its services at the slots of their plan index
+    /// (as [`start`](crate::start) runs them).
     pub fn new(plan: Arc<Plan>, live: Arc<Live>) -> Engine {
         for scenario in &plan.scenarios {
             crate::metrics::scenario_active(&scenario.name, false);
@@ -79,6 +83,7 @@ impl Engine {
             inner: Arc::new(Inner {
                 live,
                 state: Mutex::new(State {
+                    slots: Slots::in_order(plan.topology.services.len()),
                     plan,
                     active: BTreeMap::new(),
                     history: History::default(),
@@ -326,11 +331,12 @@ impl Engine {
         lifted
     }
 
-    /// Swaps in a reloaded plan. A scenario the new plan still has stays
-    /// active under its new definition, keeping its start and expiry (cut
-    /// short if its new `max_duration` is shorter); one the plan no longer
-    /// has is lifted. Returns the names of the lifted scenarios.
-    pub fn replace_plan(&self, plan: Arc<Plan>, by: &str) -> Vec<String> {
+    /// Swaps in a reloaded plan, with where its services' faults go now. A
+    /// scenario the new plan still has stays active under its new
+    /// definition, keeping its start and expiry (cut short if its new
+    /// `max_duration` is shorter); one the plan no longer has is lifted.
+    /// Returns the names of the lifted scenarios.
+    pub fn replace_plan(&self, plan: Arc<Plan>, slots: Slots, by: &str) -> Vec<String> {
         let mut state = self.change();
         let now = Instant::now();
         self.expire(&mut state, now);
@@ -374,6 +380,7 @@ impl Engine {
             }
         }
         state.plan = plan;
+        state.slots = slots;
         let names = lifted.iter().map(|s| s.scenario.to_string()).collect();
         let happened = Happened::Reloaded {
             by: by.to_owned(),
@@ -445,7 +452,7 @@ impl Engine {
     /// that started or ended since the last publish; returns the next time
     /// the rules change by themselves.
     fn publish(&self, state: &mut State, now: Instant) -> Option<Instant> {
-        let (rules, next) = rules_at(&state.plan.topology, state.active.values(), now);
+        let (rules, next) = rules_at(&state.slots, state.active.values(), now);
         self.inner.live.publish(rules);
         let in_force: BTreeMap<(u64, usize), Arc<str>> = state
             .active
@@ -479,7 +486,7 @@ impl Engine {
                 if due || expired {
                     self.publish(&mut state, now)
                 } else {
-                    rules_at(&state.plan.topology, state.active.values(), now).1
+                    rules_at(&state.slots, state.active.values(), now).1
                 }
             };
             let sleep = async {
@@ -530,13 +537,13 @@ impl Drop for Change<'_> {
 
 /// The rules in force at `now` for the given activations, and the next
 /// instant at which they change by themselves (a stage starts or ends, or an
-/// activation expires).
+/// activation expires). `slots` places the faults of the activations' plan.
 pub fn rules_at<'a>(
-    topology: &Topology,
+    slots: &Slots,
     activations: impl Iterator<Item = &'a Activation>,
     now: Instant,
 ) -> (Rules, Option<Instant>) {
-    let mut rules = Rules::empty(topology.slot_count());
+    let mut rules = Rules::empty(slots.count());
     let mut next: Option<Instant> = None;
     let mut consider = |at: Instant| {
         if at > now {
@@ -553,7 +560,7 @@ pub fn rules_at<'a>(
             consider(start);
             consider(end);
             if start <= now && now < end {
-                rules.add(fault, topology);
+                rules.add(fault, slots);
             }
         }
     }

@@ -17,20 +17,29 @@
 //! - [`shutdown`] drains connections; [`demo`] runs stand-in upstreams.
 //! - [`workers`] runs client connections on threads with a single-threaded
 //!   runtime each.
-//! - [`tls`] turns PEM files into rustls configurations.
+//! - [`tls`] reads PEM files into data and builds rustls configurations.
 //! - [`probe`] checks before a game day that every upstream answers.
+//! - [`model`] is what runs: services with their listeners' addresses and
+//!   rule slots, and the scenarios in force; [`model::diff`] turns a
+//!   re-read plan into [`model::Change`]s, without sockets.
+//! - [`control`] is the one path by which the running proxy changes: it
+//!   binds, starts and stops accept loops, and updates the engine.
 //!
-//! [`start`] binds every listener of a plan and returns a [`Running`] proxy;
-//! [`Reloader`] applies a re-read plan to it.
+//! Layers, each using only those below it: `admin` → `control` →
+//! `engine`, `proxy`, `model` → `fault`, `topology`, `config`. `running`
+//! wires them: [`start`] binds every listener of a plan and returns a
+//! [`Running`] proxy, whose [`Control`] reloads the plan.
 #![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod config;
+pub mod control;
 pub mod demo;
 pub mod engine;
 pub mod fault;
 mod log_limit;
 pub mod metrics;
+pub mod model;
 pub mod probe;
 pub mod proxy;
 pub mod shutdown;
@@ -41,7 +50,6 @@ pub mod workers;
 
 mod running;
 
-pub use running::{
-    start, start_reloadable, start_with, ReloadError, Reloaded, Reloader, Running, StartError,
-};
+pub use control::{Control, ReloadError, Reloaded, StartError};
+pub use running::{start, start_reloadable, start_with, Running};
 pub use workers::Workers;

@@ -266,7 +266,7 @@ fn serve(
         }
         while signals.recv().await == Received::Reload {
             // An invalid plan changes nothing; the error says what to fix.
-            if let Err(e) = running.reloader().reload("SIGHUP").await {
+            if let Err(e) = running.control().reload("SIGHUP").await {
                 tracing::error!("reload failed: {e}");
             }
         }

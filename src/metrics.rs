@@ -197,8 +197,8 @@ pub struct ServiceMetrics {
 
 impl ServiceMetrics {
     /// Registers the service in `stats`, counting on from its numbers if it
-    /// was there before, with a series for every fault in `faults` that
-    /// targets it.
+    /// was there before, with a series for every fault in `faults`: those
+    /// that can hit it.
     pub fn new<'a>(
         stats: &Stats,
         service: &Service,
@@ -207,7 +207,6 @@ impl ServiceMetrics {
         let numbers = stats.register(&service.name, &service.datacenter);
         numbers.list(&listed(service));
         let faults = faults
-            .filter(|fault| fault.targets.contains(&service.id))
             .map(|fault| {
                 (
                     fault.uid,

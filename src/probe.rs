@@ -13,6 +13,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
+use crate::tls::UpstreamConnector;
 use crate::topology::{Protocol, Service, Topology};
 
 /// What probing one service's upstream found.
@@ -65,6 +66,7 @@ async fn probe(service: &Service) -> Result<String, String> {
     match &service.upstream_tls {
         None => head(service, stream).await,
         Some(tls) => {
+            let tls = UpstreamConnector::new(tls).map_err(|e| format!("TLS setup failed: {e}"))?;
             let stream = tokio::time::timeout(limit, tls.handshake(stream))
                 .await
                 .map_err(|_| format!("no TLS handshake within {within} (connect_timeout)"))?

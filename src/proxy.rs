@@ -20,18 +20,46 @@ use http_body::{Body, Frame, SizeHint};
 use crate::fault::live::Live;
 use crate::log_limit::LogLimit;
 use crate::metrics::ServiceMetrics;
+use crate::tls::{self, TlsError, UpstreamConnector};
 use crate::topology::Service;
 
 /// Everything a listener needs about its service; shared by its connections.
 #[derive(Debug)]
 pub struct ServiceContext {
     pub service: Arc<Service>,
+    /// Where the service's faults sit in a rule snapshot: runtime state the
+    /// model keeps, stable while the service stays as it was.
+    pub slot: usize,
+    /// Its TLS, built from the service's data when it started.
+    pub tls: ServiceTls,
     pub live: Arc<Live>,
     pub metrics: ServiceMetrics,
     /// Client connections open now, held against `max_connections`.
     pub open: Arc<limits::OpenConnections>,
     /// Upstream failures are logged at most once every few seconds.
     pub(crate) failures: LogLimit,
+}
+
+/// A service's TLS both ways, built into rustls configurations from the
+/// data its [`Service`] holds.
+#[derive(Debug, Clone, Default)]
+pub struct ServiceTls {
+    /// Terminates TLS from clients.
+    pub listener: Option<Arc<rustls::ServerConfig>>,
+    /// Speaks TLS to an `https://` upstream.
+    pub upstream: Option<UpstreamConnector>,
+}
+
+impl ServiceTls {
+    /// Builds what `service` asks for; data that validation checked builds.
+    pub fn build(service: &Service) -> Result<ServiceTls, TlsError> {
+        Ok(ServiceTls {
+            listener: service.tls.as_ref().map(tls::listener_config).transpose()?,
+            upstream: (service.upstream_tls.as_ref())
+                .map(UpstreamConnector::new)
+                .transpose()?,
+        })
+    }
 }
 
 /// Which way payload bytes flow, for the bytes counter.

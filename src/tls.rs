@@ -1,12 +1,14 @@
-//! TLS settings shared by the admin API and the data plane: PEM files in,
-//! rustls configurations out. Every failure names the file and what is
-//! wrong with it, so `firedrill check` can point at the plan line.
+//! TLS settings shared by the admin API and the data plane: PEM files read
+//! into [`Pem`] data at validation, rustls configurations built from that
+//! data when a listener or upstream connection needs one. Every failure
+//! names the file and what is wrong with it, so `firedrill check` can
+//! point at the plan line.
 //!
 //! rustls runs on the `ring` provider, chosen per configuration rather than
 //! installed process-wide, so embedding firedrill never fights over it.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
@@ -15,6 +17,8 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::pki_types::{ServerName, UnixTime};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
+
+use crate::topology::{ListenerTls, Pem, UpstreamTls};
 
 /// ALPN protocols an HTTP listener offers, most preferred first.
 pub const ALPN_HTTP: &[&[u8]] = &[b"h2", b"http/1.1"];
@@ -71,13 +75,26 @@ fn pem_error(what: &'static str, path: &Path, error: rustls::pki_types::pem::Err
     }
 }
 
-/// Every certificate in a PEM file; at least one.
+/// Reads a PEM file the plan names into [`Pem`] data.
+pub fn read(what: &'static str, path: &Path) -> Result<Pem, TlsError> {
+    let text = std::fs::read(path).map_err(|source| TlsError::Read {
+        what,
+        path: path.to_owned(),
+        source,
+    })?;
+    Ok(Pem {
+        path: path.to_owned(),
+        text: text.into(),
+    })
+}
+
+/// Every certificate in PEM text; at least one.
 pub fn certificates(
     what: &'static str,
-    path: &Path,
+    pem: &Pem,
 ) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| pem_error(what, path, e))?
+    let path = pem.path.as_path();
+    let certs = CertificateDer::pem_slice_iter(&pem.text)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| pem_error(what, path, e))?;
     if certs.is_empty() {
@@ -90,9 +107,10 @@ pub fn certificates(
     Ok(certs)
 }
 
-/// The first private key (PKCS#8, PKCS#1 or SEC1) in a PEM file.
-pub fn private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    PrivateKeyDer::from_pem_file(path).map_err(|e| match e {
+/// The first private key (PKCS#8, PKCS#1 or SEC1) in PEM text.
+pub fn private_key(pem: &Pem) -> Result<PrivateKeyDer<'static>, TlsError> {
+    let path = pem.path.as_path();
+    PrivateKeyDer::from_pem_slice(&pem.text).map_err(|e| match e {
         rustls::pki_types::pem::Error::NoItemsFound => TlsError::Empty {
             what: "key file",
             path: path.to_owned(),
@@ -103,37 +121,63 @@ pub fn private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
 }
 
 /// A root store holding every certificate of a PEM CA bundle.
-pub fn root_store(what: &'static str, path: &Path) -> Result<RootCertStore, TlsError> {
+pub fn root_store(what: &'static str, pem: &Pem) -> Result<RootCertStore, TlsError> {
     let mut roots = RootCertStore::empty();
-    for cert in certificates(what, path)? {
+    for cert in certificates(what, pem)? {
         roots.add(cert).map_err(|e| TlsError::Pem {
             what,
-            path: path.to_owned(),
+            path: pem.path.clone(),
             message: format!("not a usable CA certificate: {e}"),
         })?;
     }
     Ok(roots)
 }
 
-/// The certificates the operating system trusts.
+/// The certificates the operating system trusts, read once: a service
+/// started later trusts what the first one did.
 pub fn system_roots() -> RootCertStore {
-    let found = rustls_native_certs::load_native_certs();
-    for error in &found.errors {
-        tracing::warn!("while loading the system's CA certificates: {error}");
-    }
-    let mut roots = RootCertStore::empty();
-    let (added, ignored) = roots.add_parsable_certificates(found.certs);
-    tracing::debug!(added, ignored, "system CA certificates loaded");
-    roots
+    static ROOTS: OnceLock<RootCertStore> = OnceLock::new();
+    ROOTS
+        .get_or_init(|| {
+            let found = rustls_native_certs::load_native_certs();
+            for error in &found.errors {
+                tracing::warn!("while loading the system's CA certificates: {error}");
+            }
+            let mut roots = RootCertStore::empty();
+            let (added, ignored) = roots.add_parsable_certificates(found.certs);
+            tracing::debug!(added, ignored, "system CA certificates loaded");
+            roots
+        })
+        .clone()
 }
 
-/// A server configuration from a certificate chain and key; with
-/// `client_ca`, clients must present a certificate signed by it.
+/// A server configuration from the certificate chain and key in PEM
+/// files; with `client_ca`, clients must present a certificate signed by
+/// it.
 pub fn server_config(
     cert: &Path,
     key: &Path,
     alpn: &[&[u8]],
     client_ca: Option<&Path>,
+) -> Result<Arc<ServerConfig>, TlsError> {
+    // Read and checked one by one, so the first bad file is the one named.
+    let cert = read("certificate file", cert)?;
+    certificates("certificate file", &cert)?;
+    let key = read("key file", key)?;
+    private_key(&key)?;
+    let client_ca = client_ca
+        .map(|path| read("client CA file", path))
+        .transpose()?;
+    server_config_of(&cert, &key, alpn, client_ca.as_ref())
+}
+
+/// A server configuration from a certificate chain and key; with
+/// `client_ca`, clients must present a certificate signed by it.
+pub fn server_config_of(
+    cert: &Pem,
+    key: &Pem,
+    alpn: &[&[u8]],
+    client_ca: Option<&Pem>,
 ) -> Result<Arc<ServerConfig>, TlsError> {
     let chain = certificates("certificate file", cert)?;
     let key_der = private_key(key)?;
@@ -145,7 +189,7 @@ pub fn server_config(
             let roots = root_store("client CA file", ca)?;
             let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
                 .build()
-                .map_err(|e| TlsError::Rustls(format!("client CA {}: {e}", ca.display())))?;
+                .map_err(|e| TlsError::Rustls(format!("client CA {}: {e}", ca.path.display())))?;
             builder.with_client_cert_verifier(verifier)
         }
         None => builder.with_no_client_auth(),
@@ -153,12 +197,51 @@ pub fn server_config(
     let mut config = builder.with_single_cert(chain, key_der).map_err(|e| {
         TlsError::Rustls(format!(
             "certificate {} and key {} do not form a usable pair: {e}",
-            cert.display(),
-            key.display()
+            cert.path.display(),
+            key.path.display()
         ))
     })?;
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(Arc::new(config))
+}
+
+/// The configuration a listener terminates TLS with.
+pub fn listener_config(tls: &ListenerTls) -> Result<Arc<ServerConfig>, TlsError> {
+    server_config_of(&tls.cert, &tls.key, tls.alpn, None)
+}
+
+/// How to speak TLS to an upstream: its trust and ALPN built into a
+/// rustls configuration, and the name to send and verify.
+#[derive(Debug, Clone)]
+pub struct UpstreamConnector {
+    pub config: Arc<ClientConfig>,
+    pub server_name: ServerName<'static>,
+}
+
+impl UpstreamConnector {
+    /// Builds what `tls` describes.
+    pub fn new(tls: &UpstreamTls) -> Result<UpstreamConnector, TlsError> {
+        let config = match (&tls.ca, tls.skip_verify) {
+            (_, true) => client_config_unverified(tls.alpn)?,
+            (Some(ca), false) => client_config(root_store("upstream CA file", ca)?, tls.alpn)?,
+            (None, false) => client_config(system_roots(), tls.alpn)?,
+        };
+        Ok(UpstreamConnector {
+            config,
+            server_name: tls.server_name.clone(),
+        })
+    }
+
+    /// The TLS handshake over `stream`, with this trust and server name:
+    /// what the proxy and `firedrill check --probe` both do.
+    pub async fn handshake(
+        &self,
+        stream: tokio::net::TcpStream,
+    ) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+        tokio_rustls::TlsConnector::from(Arc::clone(&self.config))
+            .connect(self.server_name.clone(), stream)
+            .await
+    }
 }
 
 /// A client configuration trusting `roots`, verifying as usual.

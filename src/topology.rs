@@ -1,14 +1,16 @@
 //! Data centers and the services that live in them, as the plan declares
-//! them. Fixed after start-up; everything else refers to services by
-//! [`ServiceId`].
+//! them: plain data, never rewritten after validation. Faults refer to a
+//! topology's services by [`ServiceId`]; [`Slots`] says where each one's
+//! faults sit in a rule snapshot, which the runtime model decides.
 
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::path::PathBuf;
+
 use rustls::pki_types::ServerName;
-use rustls::{ClientConfig, ServerConfig};
 use serde::Deserialize;
 
 /// Index of a service in [`Topology::services`].
@@ -33,10 +35,34 @@ impl Topology {
     pub fn service(&self, name: &str) -> Option<&Service> {
         self.services.iter().find(|s| &*s.name == name)
     }
+}
 
-    /// How many rule slots a snapshot needs for these services.
-    pub fn slot_count(&self) -> usize {
-        self.services.iter().map(|s| s.slot + 1).max().unwrap_or(0)
+/// Where the faults of each service of one topology sit in a rule snapshot,
+/// by [`ServiceId`]; `None` for a service nothing runs. The runtime model
+/// keeps a service's slot while it stays as it was, so its open
+/// connections keep seeing their faults, and never reuses one.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Slots(Vec<Option<usize>>);
+
+impl Slots {
+    /// Each service at the slot of its own index, as at start-up.
+    pub fn in_order(services: usize) -> Slots {
+        Slots((0..services).map(Some).collect())
+    }
+
+    /// The slot of each service, by index.
+    pub fn new(slots: Vec<Option<usize>>) -> Slots {
+        Slots(slots)
+    }
+
+    /// The slot of `service`, if it runs.
+    pub fn of(&self, service: ServiceId) -> Option<usize> {
+        self.0.get(service.index()).copied().flatten()
+    }
+
+    /// How many slots a snapshot needs to hold every one of these.
+    pub fn count(&self) -> usize {
+        self.0.iter().flatten().map(|s| s + 1).max().unwrap_or(0)
     }
 }
 
@@ -49,7 +75,7 @@ pub struct DataCenter {
 }
 
 /// One proxied service: where clients connect and where traffic goes.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Service {
     pub id: ServiceId,
     pub name: Arc<str>,
@@ -62,40 +88,49 @@ pub struct Service {
     pub connect_timeout: Duration,
     /// HTTP: limit for the upstream's response headers.
     pub timeout: Duration,
-    /// HTTP: terminate TLS from clients with this configuration.
-    pub tls: Option<Arc<ServerConfig>>,
+    /// HTTP: terminate TLS from clients with this certificate.
+    pub tls: Option<ListenerTls>,
     /// HTTP with an `https://` upstream: how to speak TLS to it.
     pub upstream_tls: Option<UpstreamTls>,
-    /// Where this service's faults sit in a rule snapshot. Its plan index at
-    /// start-up; a reload keeps the slot of a service that stays as it was,
-    /// so its open connections keep seeing their faults.
-    pub slot: usize,
     /// Connection cap, header limits and idle timeouts.
     pub limits: Limits,
 }
 
+/// PEM text from a file the plan names, kept as validation read and
+/// checked it, so what runs is what was checked. Its Debug output shows
+/// the path and size only: a key's bytes never reach a log.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Pem {
+    pub path: PathBuf,
+    pub text: Arc<[u8]>,
+}
+
+impl fmt::Debug for Pem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Pem({}, {} bytes)", self.path.display(), self.text.len())
+    }
+}
+
+/// TLS a listener terminates: its certificate chain and key, and the
+/// protocols it offers through ALPN, most preferred first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerTls {
+    pub cert: Pem,
+    pub key: Pem,
+    pub alpn: &'static [&'static [u8]],
+}
+
 /// TLS towards an `https://` upstream.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamTls {
-    /// Trusts the configured CA or the system's roots, offers http/1.1.
-    pub config: Arc<ClientConfig>,
+    /// The CA certificates to trust; `None` trusts the system's roots.
+    pub ca: Option<Pem>,
     /// Sent as SNI and verified against the certificate.
     pub server_name: ServerName<'static>,
     /// The plan said `upstream_skip_verify = true`: any certificate passes.
     pub skip_verify: bool,
-}
-
-impl UpstreamTls {
-    /// The TLS handshake over `stream`, with this trust and server name:
-    /// what the proxy and `firedrill check --probe` both do.
-    pub async fn handshake(
-        &self,
-        stream: tokio::net::TcpStream,
-    ) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
-        tokio_rustls::TlsConnector::from(Arc::clone(&self.config))
-            .connect(self.server_name.clone(), stream)
-            .await
-    }
+    /// The protocols offered through ALPN.
+    pub alpn: &'static [&'static [u8]],
 }
 
 /// What one service allows its clients and its upstream, each with a

@@ -143,7 +143,7 @@ async fn a_service_a_reload_keeps_counts_on_in_the_stats_and_in_metrics() {
 
     let more = plan.http(&maps, "pangyo", http_upstream("maps").await);
     let more = firedrill::config::parse(more.toml(), "test.toml").unwrap();
-    let reloaded = running.reloader().apply(more, "test").await.unwrap();
+    let reloaded = running.control().reload_plan(more, "test").await.unwrap();
     assert_eq!(reloaded.kept, std::slice::from_ref(&talk));
     get(addr(&running, &talk), "/").await;
 

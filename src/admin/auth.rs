@@ -61,8 +61,8 @@ pub(super) async fn authorize(
     mut request: Request,
     next: Next,
 ) -> Response {
-    let plan = state.engine.plan();
-    let admin = &plan.admin;
+    let model = state.control.model();
+    let admin = model.admin();
     let read = matches!(*request.method(), Method::GET | Method::HEAD);
     let token = if admin.tokens.is_empty() {
         None

@@ -33,6 +33,7 @@ use super::auth::{Failures, PeerCertificate};
 use super::ApiError;
 use crate::config::{self, AdminTls};
 use crate::proxy::idle::{Activity, Tracked};
+use crate::tls::{self, TlsError};
 
 /// How long a client may take to complete its TLS handshake, to send a
 /// request's headers (HTTP/1.1), and to start a request on a connection
@@ -47,31 +48,39 @@ const MAX_BODY: u64 = 2_097_152;
 /// How long open admin connections may take to finish once `stop` fires.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
-/// Logs how the admin API is protected, then serves `router` on `listener`
-/// (with TLS when `settings` has it) until `stop` is cancelled.
+/// Builds the admin API's TLS from its data, if it has any, logs how the
+/// API is protected, then serves `router` on `listener` until `stop` is
+/// cancelled.
 pub fn serve(
     listener: TcpListener,
     router: Router,
     settings: &config::Admin,
     stop: CancellationToken,
-) {
+) -> Result<(), TlsError> {
+    let acceptor = settings
+        .tls
+        .as_ref()
+        .map(|tls: &AdminTls| {
+            let client_ca = tls.client_ca.as_ref();
+            tls::server_config_of(&tls.cert, &tls.key, tls::ALPN_HTTP, client_ca)
+                .map(TlsAcceptor::from)
+        })
+        .transpose()?;
     let names: Vec<&str> = settings.tokens.iter().map(|t| &*t.name).collect();
     tracing::info!(
-        listen = %settings.listen,
+        // Where it really listens: the plan may have said port 0.
+        listen = %listener.local_addr().unwrap_or(settings.listen),
         tls = %match &settings.tls {
             None => "off",
-            Some(tls) if tls.mutual => "mutual",
+            Some(tls) if tls.mutual() => "mutual",
             Some(_) => "on",
         },
         tokens = %if names.is_empty() { "none".to_owned() } else { names.join(",") },
         reads = %if !settings.protected() || settings.open_reads { "open" } else { "token" },
         "admin API listening (GET /scenarios, POST /faults/NAME, DELETE /faults, POST /reload, GET /metrics)"
     );
-    let acceptor = settings
-        .tls
-        .as_ref()
-        .map(|tls: &AdminTls| TlsAcceptor::from(Arc::clone(&tls.config)));
     tokio::spawn(accept(listener, router, acceptor, stop));
+    Ok(())
 }
 
 async fn accept(

@@ -6,6 +6,8 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use crate::topology::Pem;
+
 /// The `[admin]` table.
 #[derive(Debug, Clone)]
 pub struct Admin {
@@ -61,10 +63,19 @@ impl<'de> serde::Deserialize<'de> for Secret {
     }
 }
 
-/// The admin API's TLS settings, loaded and checked at plan validation.
-#[derive(Debug, Clone)]
+/// The admin API's TLS material, read and checked at plan validation;
+/// the admin listener builds its rustls configuration from it.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AdminTls {
-    pub config: Arc<rustls::ServerConfig>,
+    pub cert: Pem,
+    pub key: Pem,
+    /// Clients must present a certificate signed by one of these.
+    pub client_ca: Option<Pem>,
+}
+
+impl AdminTls {
     /// Whether clients must present a certificate signed by the client CA.
-    pub mutual: bool,
+    pub fn mutual(&self) -> bool {
+        self.client_ca.is_some()
+    }
 }

@@ -220,7 +220,6 @@ fn topology(raw: &raw::Plan, base: &Path, report: Report<'_>) -> Topology {
             tls: tls.listener,
             upstream_tls: tls.upstream,
             limits: limits::limits(name.get_ref(), service, report),
-            slot: i,
         });
     }
     Topology {

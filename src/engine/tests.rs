@@ -155,19 +155,19 @@ async fn rules_at_reports_the_next_boundary() {
         panic!("new activation");
     };
     let start = activation.started;
-    let plan = engine.plan();
-    let (rules, next) = rules_at(&plan.topology, [&activation].into_iter(), start);
+    let slots = crate::topology::Slots::in_order(engine.plan().topology.services.len());
+    let (rules, next) = rules_at(&slots, [&activation].into_iter(), start);
     assert_eq!(rules.slot(TALK.index()).len(), 1);
     assert_eq!(next, Some(start + Duration::from_secs(60)));
     let (rules, next) = rules_at(
-        &plan.topology,
+        &slots,
         [&activation].into_iter(),
         start + Duration::from_secs(180),
     );
     assert_eq!(rules.slot(MAIL.index())[0].action.name(), "delay");
     assert_eq!(next, Some(start + Duration::from_secs(300)));
     let late = Instant::now() + Duration::from_secs(3600);
-    let (rules, next) = rules_at(&plan.topology, [&activation].into_iter(), late);
+    let (rules, next) = rules_at(&slots, [&activation].into_iter(), late);
     assert!(rules.slot(MAIL.index()).is_empty());
     assert_eq!(next, None);
 }
@@ -266,9 +266,9 @@ async fn a_reloaded_plan_keeps_its_scenarios_active_and_lifts_the_missing() {
         .to_owned()
         + "[[scenarios.fire.faults]]\ndatacenter = \"ansan\"\naction = \"blackhole\"\n";
     let text = text.replace("max_duration = \"10m\"", "max_duration = \"1m\"");
-    let mut plan = config::parse(&text, "engine.toml").unwrap();
-    plan.topology.services[MAPS.index()].slot = 7;
-    let lifted = engine.replace_plan(Arc::new(plan), "reload");
+    let plan = config::parse(&text, "engine.toml").unwrap();
+    let slots = crate::topology::Slots::new(vec![Some(0), Some(1), Some(7)]);
+    let lifted = engine.replace_plan(Arc::new(plan), slots, "reload");
     assert_eq!(lifted, ["recovery"]);
     let active = engine.active();
     assert_eq!(active.len(), 1);
@@ -435,7 +435,10 @@ async fn a_reload_that_gives_every_fault_a_duration_ends_the_activation_with_its
         "datacenter = \"pangyo\"\naction = \"blackhole\"\nduration = \"1m\"\n",
     );
     let plan = config::parse(&text, "engine.toml").unwrap();
-    assert!(engine.replace_plan(Arc::new(plan), "reload").is_empty());
+    let slots = crate::topology::Slots::in_order(plan.topology.services.len());
+    assert!(engine
+        .replace_plan(Arc::new(plan), slots, "reload")
+        .is_empty());
     let active = engine.active();
     assert_eq!(
         active[0].expires - active[0].started,

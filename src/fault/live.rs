@@ -13,11 +13,11 @@ use arc_swap::{ArcSwap, Guard};
 use tokio::sync::watch;
 
 use super::Fault;
-use crate::topology::Topology;
+use crate::topology::Slots;
 use crate::workers::Workers;
 
 /// An immutable snapshot of the active faults, indexed by service slot
-/// ([`Service::slot`](crate::topology::Service::slot)), which stays put for a service across plan reloads.
+/// ([`Slots`]), which stays put for a service across plan reloads.
 #[derive(Debug, Default)]
 pub struct Rules {
     slots: Vec<Vec<Arc<Fault>>>,
@@ -38,11 +38,13 @@ impl Rules {
         }
     }
 
-    /// Adds an active fault to every service it targets in `topology`, the
-    /// plan the fault belongs to.
-    pub fn add(&mut self, fault: &Arc<Fault>, topology: &Topology) {
+    /// Adds an active fault to every service it targets that runs, at its
+    /// slot in `slots` (of the plan the fault belongs to).
+    pub fn add(&mut self, fault: &Arc<Fault>, slots: &Slots) {
         for &service in &fault.targets {
-            let slot = topology.services[service.index()].slot;
+            let Some(slot) = slots.of(service) else {
+                continue;
+            };
             if self.slots.len() <= slot {
                 self.slots.resize(slot + 1, Vec::new());
             }

@@ -98,7 +98,7 @@ pub async fn serve(
     }
     let proxy = Arc::new(Proxy {
         context: Arc::clone(&context),
-        client: origin::Pooled::new(service),
+        client: origin::Pooled::new(service, context.tls.upstream.as_ref()),
         upstream,
         authority,
         scheme: match service.upstream_tls {
@@ -118,7 +118,7 @@ pub async fn serve(
             "upstream_skip_verify = true: the upstream's certificate is NOT verified, so anyone on the path can pose as it"
         );
     }
-    let acceptor = service.tls.clone().map(TlsAcceptor::from);
+    let acceptor = context.tls.listener.clone().map(TlsAcceptor::from);
     let builder = Arc::new(server_builder(limits));
     let refusal = refusal_response(&context);
     let spares = sticky::Spares::new(shutdown.workers.clone(), shutdown.draining.clone());
@@ -423,7 +423,7 @@ impl Proxy {
         counted: &mut Vec<u64>,
     ) -> (Step, Duration) {
         let rules = self.context.live.load();
-        let faults = rules.slot(self.context.service.slot);
+        let faults = rules.slot(self.context.slot);
         if faults.is_empty() {
             return (Step::Forward, Duration::ZERO);
         }
@@ -514,7 +514,7 @@ impl Proxy {
                     method: request.method(),
                     path: request.uri().path(),
                 };
-                let faults = rules.slot(self.context.service.slot);
+                let faults = rules.slot(self.context.slot);
                 let decision = decide(faults, Some(info), |fault| connection_roll(seed, fault));
                 matches!(decision.verdict, Verdict::Blackhole) && !rules.draining()
             };

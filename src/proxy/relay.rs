@@ -70,7 +70,7 @@ impl Connection {
     /// fault once per connection when it first takes effect.
     pub fn evaluate(&mut self, context: &ServiceContext) -> Effect {
         let rules = context.live.load();
-        let faults = rules.slot(context.service.slot);
+        let faults = rules.slot(context.slot);
         if faults.is_empty() {
             self.counted.clear();
             return Effect {

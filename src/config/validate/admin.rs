@@ -199,11 +199,24 @@ fn tls(raw: &Spanned<raw::AdminTls>, base: &Path, report: Report<'_>) -> Option<
         .as_ref()
         .map(|ca| (resolve(base, ca.get_ref()), ca.span()));
     let ca_path = client_ca.as_ref().map(|(path, _)| path.as_path());
-    match tls::server_config(&cert, &key, tls::ALPN_HTTP, ca_path) {
-        Ok(config) => Some(AdminTls {
-            config,
-            mutual: client_ca.is_some(),
-        }),
+    let read = || {
+        // Read and checked one by one, so the first bad file is the one named.
+        let cert = tls::read("certificate file", &cert)?;
+        tls::certificates("certificate file", &cert)?;
+        let key = tls::read("key file", &key)?;
+        tls::private_key(&key)?;
+        let client_ca = ca_path
+            .map(|path| tls::read("client CA file", path))
+            .transpose()?;
+        tls::server_config_of(&cert, &key, tls::ALPN_HTTP, client_ca.as_ref())?;
+        Ok(AdminTls {
+            cert,
+            key,
+            client_ca,
+        })
+    };
+    match read() {
+        Ok(settings) => Some(settings),
         Err(e) => {
             let file: Option<&PathBuf> = match &e {
                 TlsError::Read { path, .. }

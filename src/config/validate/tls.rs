@@ -1,23 +1,37 @@
 //! TLS settings of a service: the listener's certificate and key, and how
-//! an `https://` upstream is trusted. Files are read here, so `check`
-//! reports a missing file or a mismatched pair at its line in the plan.
+//! an `https://` upstream is trusted. Files are read into data here and
+//! built once to check them, so `check` reports a missing file or a
+//! mismatched pair at its line in the plan; the data plane builds its own
+//! configurations from that data.
 
 use std::ops::Range;
 use std::path::Path;
-use std::sync::Arc;
 
 use rustls::pki_types::ServerName;
-use rustls::ServerConfig;
 
 use super::{raw, resolve, Report};
-use crate::tls::{self, ALPN_HTTP, ALPN_HTTP1};
-use crate::topology::{Protocol, Scheme, UpstreamTls};
+use crate::tls::{self, TlsError, UpstreamConnector, ALPN_HTTP, ALPN_HTTP1};
+use crate::topology::{ListenerTls, Protocol, Scheme, UpstreamTls};
 
 /// A service's TLS, both ways.
 #[derive(Default)]
 pub(super) struct ServiceTls {
-    pub listener: Option<Arc<ServerConfig>>,
+    pub listener: Option<ListenerTls>,
     pub upstream: Option<UpstreamTls>,
+}
+
+/// The listener's certificate and key, read and checked to form a pair.
+fn listener(cert: &Path, key: &Path) -> Result<ListenerTls, TlsError> {
+    // In the order the errors used to come: a bad certificate first.
+    let cert = tls::read("certificate file", cert)?;
+    tls::certificates("certificate file", &cert)?;
+    let tls = ListenerTls {
+        cert,
+        key: tls::read("key file", key)?,
+        alpn: ALPN_HTTP,
+    };
+    tls::listener_config(&tls)?;
+    Ok(tls)
 }
 
 /// Loads and checks the TLS settings of service `name`.
@@ -60,7 +74,7 @@ pub(super) fn service_tls(
         let files = spanned.get_ref();
         let cert = resolve(base, &files.cert);
         let key = resolve(base, &files.key);
-        tls::server_config(&cert, &key, ALPN_HTTP, None)
+        listener(&cert, &key)
             .map_err(|e| report(spanned.span(), format!("service `{name}`: {e}")))
             .ok()
     });
@@ -105,7 +119,9 @@ pub(super) fn service_tls(
             )
         }),
     };
-    let config = match (&service.upstream_ca, skip_verify) {
+    // Only a CA file can be wrong: any other trust builds from nothing
+    // the plan names.
+    let ca = match (&service.upstream_ca, skip_verify) {
         (Some(ca), true) => {
             report(
                 ca.span(),
@@ -115,24 +131,30 @@ pub(super) fn service_tls(
             );
             None
         }
-        (Some(ca), false) => tls::root_store("upstream CA file", &resolve(base, ca.get_ref()))
-            .and_then(|roots| tls::client_config(roots, ALPN_HTTP1))
-            .map_err(|e| report(ca.span(), format!("service `{name}`: {e}")))
-            .ok(),
-        (None, skip) => if skip {
-            tls::client_config_unverified(ALPN_HTTP1)
-        } else {
-            tls::client_config(tls::system_roots(), ALPN_HTTP1)
-        }
-        .map_err(|e| report(service.upstream.span(), format!("service `{name}`: {e}")))
-        .ok(),
+        (Some(ca), false) => Some(
+            tls::read("upstream CA file", &resolve(base, ca.get_ref()))
+                .and_then(|pem| tls::root_store("upstream CA file", &pem).map(|_| pem))
+                .map(Some)
+                .map_err(|e| report(ca.span(), format!("service `{name}`: {e}"))),
+        ),
+        (None, _) => Some(Ok(None)),
     };
-    let upstream = match (config, server_name) {
-        (Some(config), Ok(server_name)) => Some(UpstreamTls {
-            config,
-            server_name,
-            skip_verify,
-        }),
+    let upstream = match (ca, server_name) {
+        (Some(Ok(ca)), Ok(server_name)) => {
+            let tls = UpstreamTls {
+                ca,
+                server_name,
+                skip_verify,
+                alpn: ALPN_HTTP1,
+            };
+            match UpstreamConnector::new(&tls) {
+                Ok(_) => Some(tls),
+                Err(e) => {
+                    report(service.upstream.span(), format!("service `{name}`: {e}"));
+                    None
+                }
+            }
+        }
         _ => None,
     };
     ServiceTls { listener, upstream }

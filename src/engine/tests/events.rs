@@ -119,7 +119,8 @@ async fn a_reload_is_broadcast_with_the_scenarios_it_lifted() {
     let mut events = engine.subscribe();
     let text = PLAN.split("[scenarios.recovery]").next().unwrap();
     let plan = config::parse(text, "engine.toml").unwrap();
-    engine.replace_plan(Arc::new(plan), "SIGHUP");
+    let slots = crate::topology::Slots::in_order(plan.topology.services.len());
+    engine.replace_plan(Arc::new(plan), slots, "SIGHUP");
     assert_eq!(
         drain(&mut events),
         [

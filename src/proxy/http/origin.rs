@@ -23,7 +23,8 @@ use super::abort::{Abort, Outgoing, OverTcp};
 use super::sending::Sending;
 use super::{Proxy, ProxyBody};
 use crate::proxy::Counted;
-use crate::topology::{Limits, Service, UpstreamTls};
+use crate::tls::UpstreamConnector;
+use crate::topology::{Limits, Service};
 
 /// A request body on its way upstream.
 pub(super) type UpstreamBody = Sending<Counted<Incoming>>;
@@ -64,7 +65,7 @@ pub(super) enum Pooled {
 }
 
 impl Pooled {
-    pub(super) fn new(service: &Service) -> Pooled {
+    pub(super) fn new(service: &Service, upstream_tls: Option<&UpstreamConnector>) -> Pooled {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(service.connect_timeout));
@@ -79,7 +80,7 @@ impl Pooled {
         if service.limits.max_headers != Limits::DEFAULT_MAX_HEADERS {
             builder.http1_max_headers(service.limits.max_headers);
         }
-        match &service.upstream_tls {
+        match upstream_tls {
             None => Pooled::Plain(builder.build(PlainConnector(connector))),
             Some(tls) => {
                 connector.enforce_http(false);
@@ -176,7 +177,7 @@ impl Proxy {
         let service = &self.context.service;
         let limit = service.connect_timeout;
         let address = service.upstream.authority.as_str();
-        match &service.upstream_tls {
+        match &self.context.tls.upstream {
             None => {
                 let stream = tokio::time::timeout(limit, TcpStream::connect(address))
                     .await
@@ -271,7 +272,7 @@ impl Proxy {
 
 async fn connect_tls(
     address: &str,
-    tls: &UpstreamTls,
+    tls: &UpstreamConnector,
 ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, Failure> {
     let stream = TcpStream::connect(address)
         .await

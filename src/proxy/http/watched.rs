@@ -123,7 +123,7 @@ impl Watching {
             method: &self.method,
             path: self.uri.path(),
         };
-        let faults = rules.slot(self.context.service.slot);
+        let faults = rules.slot(self.context.slot);
         let decision = decide(faults, Some(info), |fault| {
             connection_roll(self.seed, fault)
         });
