@@ -34,7 +34,11 @@ async fn a_service_added_at_runtime_serves_obeys_a_scenario_and_goes_away_when_r
         .http("talk", "pangyo", web)
         .http("extra", "pangyo", extra_web)
         .fault("extra-down", "extra", "action = 'error'; status = 503");
-    let (scenarios, extra) = declared(with_extra.toml(), "extra");
+    let (scenarios, _) = declared(with_extra.toml(), "extra");
+    // Declared on its own, so it is the first service there and the
+    // second in the plan the scenarios come from.
+    let alone = PlanText::new(&["pangyo"]).http("extra", "pangyo", extra_web);
+    let (_, extra) = declared(alone.toml(), "extra");
 
     assert!(running.service_addr("extra").is_none());
     let lifted = within(STEP, control.apply(vec![Change::Add(extra)], "test"))
