@@ -121,7 +121,7 @@ impl Direction {
 }
 
 /// The canned answer of an `error` fault.
-#[derive(Debug)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ErrorResponse {
     pub status: StatusCode,
     pub body: Bytes,
