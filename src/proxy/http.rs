@@ -406,6 +406,7 @@ impl Proxy {
     /// Holds a blackholed request until the blackhole no longer applies to
     /// it, or shutdown starts.
     async fn blackhole(&self, policy: &mut Policy, mut fate: Fate) {
+        policy.hold();
         let hard_stop = &self.shutdown.hard_stop;
         while fate == Fate::Blackhole {
             match policy.changed(&*self.context, hard_stop).await {

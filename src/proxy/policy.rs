@@ -36,16 +36,18 @@ impl Fate {
         matches!(self, Fate::Drop | Fate::Released)
     }
 
-    /// The fate after one more snapshot, which decided `verdict`.
-    fn then(&self, verdict: Verdict<'_>, draining: bool) -> Fate {
+    /// The fate after one more snapshot, which decided `verdict`; `acted`
+    /// once the fate so far has been acted on (a cut stays, a hold that
+    /// ends releases), not while a request still waits to be forwarded.
+    fn then(&self, verdict: Verdict<'_>, draining: bool, acted: bool) -> Fate {
         match verdict {
-            _ if self.is_final() => self.clone(),
+            _ if acted && self.is_final() => self.clone(),
             Verdict::Drop => Fate::Drop,
             // Such a hold could never finish: shutdown lets it go at once.
             Verdict::Blackhole if draining => Fate::Released,
             Verdict::Blackhole => Fate::Blackhole,
             // What a blackhole held is lost with it.
-            _ if *self == Fate::Blackhole => Fate::Released,
+            _ if acted && *self == Fate::Blackhole => Fate::Released,
             Verdict::Error(error) => Fate::Error(Box::new(error.clone())),
             Verdict::Forward => Fate::Forward,
         }
@@ -93,8 +95,11 @@ impl Ruling {
 enum Scope {
     /// A tcp or upgraded connection: every fault that hits.
     Connection,
-    /// A request not yet forwarded: every fault that hits.
+    /// A request not yet forwarded: every fault that hits; its fate is
+    /// the newest snapshot's, as nothing has been done to it yet.
     Request,
+    /// A request a blackhole holds: every fault that hits.
+    Held,
     /// A response streaming back: only a drop or a blackhole reaches it;
     /// delays and errors wait for the next request.
     Response,
@@ -180,6 +185,17 @@ impl Policy {
         self
     }
 
+    /// The same policy, now that a blackhole holds its request: when the
+    /// blackhole ends, the request is released.
+    pub(crate) fn hold(&mut self) {
+        self.scope = Scope::Held;
+    }
+
+    /// Whether its fate has been acted on and nothing can change it.
+    fn is_settled(&self) -> bool {
+        self.scope != Scope::Request && self.fate.is_final()
+    }
+
     pub(crate) fn seed(&self) -> u64 {
         self.seed
     }
@@ -198,7 +214,7 @@ impl Policy {
         let mut ruling = None;
         for rules in &missed {
             ruling = Some(self.decide_on(rules, book));
-            if self.fate.is_final() {
+            if self.is_settled() {
                 break;
             }
         }
@@ -232,9 +248,10 @@ impl Policy {
         let seed = self.seed;
         let faults = rules.slot(book.slot());
         let decision = decide(faults, request, |fault| connection_roll(seed, fault));
-        if !self.fate.is_final() {
+        if !self.is_settled() {
             self.count(&decision, book);
-            self.fate = self.fate.then(decision.verdict, rules.draining());
+            let acted = self.scope != Scope::Request;
+            self.fate = self.fate.then(decision.verdict, rules.draining(), acted);
         }
         Ruling::of(self.fate.clone(), &decision)
     }
@@ -243,7 +260,7 @@ impl Policy {
     /// is and that it has not counted yet.
     fn count(&mut self, decision: &Decision<'_>, book: &impl Rulebook) {
         let effective = match (self.scope, decision.verdict) {
-            (Scope::Connection | Scope::Request, _) => &decision.applied[..],
+            (Scope::Connection | Scope::Request | Scope::Held, _) => &decision.applied[..],
             (Scope::Response, Verdict::Drop | Verdict::Blackhole) => &decision.applied[..1],
             (Scope::Response, _) => &[],
         };
@@ -478,6 +495,29 @@ mod tests {
         assert_eq!(policy.look(&book).delay.base, Duration::from_millis(100));
         book.publish(&[&slow, &drop]);
         assert_eq!(policy.look(&book).fate, Fate::Drop);
+        assert_eq!(book.counted(), [1, 2]);
+    }
+
+    #[test]
+    fn a_waiting_request_takes_the_newest_fate_until_a_blackhole_holds_it() {
+        let book = book();
+        let drop = fault(1, Action::Drop);
+        let hole = fault(2, Action::Blackhole);
+        let mut policy = Policy::request(Method::GET, http::Uri::from_static("/"), 7);
+        book.publish(&[&drop]);
+        assert_eq!(policy.look(&book).fate, Fate::Drop);
+        book.publish(&[&hole]);
+        book.publish(&[]);
+        assert_eq!(
+            policy.look(&book).fate,
+            Fate::Forward,
+            "nothing was cut yet"
+        );
+        book.publish(&[&hole]);
+        assert_eq!(policy.look(&book).fate, Fate::Blackhole);
+        policy.hold();
+        book.publish(&[]);
+        assert_eq!(policy.look(&book).fate, Fate::Released);
         assert_eq!(book.counted(), [1, 2]);
     }
 
