@@ -40,6 +40,7 @@ use super::limits::{
     admit, admit_handshake, refusal_response, refuse_http, Handshake, Refusals, Slot,
 };
 use super::policy::{Fate, Policy};
+use super::tcp::accept;
 use super::{Counted, Flow, ServiceContext};
 use crate::fault::ErrorResponse;
 use crate::metrics::Outcome;
@@ -125,18 +126,9 @@ pub async fn serve(
     let spares = sticky::Spares::new(shutdown.workers.clone(), shutdown.draining.clone());
     let mut refusals = Refusals::default();
     loop {
-        let accepted = tokio::select! {
+        let Some((stream, peer)) = accept(&listener, &context, &shutdown, &stop).await else {
             // Dropping the listener refuses new clients at once.
-            () = shutdown.draining.cancelled() => return None,
-            () = stop.cancelled() => return Some(listener),
-            accepted = listener.accept() => accepted,
-        };
-        let (stream, peer) = match accepted {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                super::tcp::accept_failed(&context.service.name, e).await;
-                continue;
-            }
+            return (!shutdown.draining.is_cancelled()).then_some(listener);
         };
         let place = match &acceptor {
             None => admit(&context).map(Place::Open),

@@ -331,19 +331,38 @@ mod tests {
         (client, server, pump)
     }
 
+    /// Writes `data` into `from` and reads it back out of `to`, ending
+    /// with `end`; returns how long that took.
+    async fn carry(
+        from: &mut tokio::io::DuplexStream,
+        to: &mut tokio::io::DuplexStream,
+        data: &[u8],
+        end: bool,
+    ) -> Duration {
+        let started = Instant::now();
+        from.write_all(data).await.unwrap();
+        let mut got = vec![0u8; data.len()];
+        to.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, data);
+        if end {
+            from.shutdown().await.unwrap();
+            assert_eq!(
+                to.read(&mut [0u8; 1]).await.unwrap(),
+                0,
+                "the end passes on"
+            );
+        }
+        started.elapsed()
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_pump_without_stages_copies_at_once_and_passes_the_end_on() {
         let (retune, traffic, written) =
             (Retune::default(), Traffic::default(), AtomicUsize::new(0));
         let (mut client, mut server, pump) = pipe(&retune, &traffic, &written);
         let test = async {
-            let started = Instant::now();
-            client.write_all(b"hello").await.unwrap();
-            client.shutdown().await.unwrap();
-            let mut got = Vec::new();
-            server.read_to_end(&mut got).await.unwrap();
-            assert_eq!(got, b"hello");
-            assert_eq!(started.elapsed(), Duration::ZERO);
+            let took = carry(&mut client, &mut server, b"hello", true).await;
+            assert_eq!(took, Duration::ZERO);
         };
         let (result, ()) = tokio::join!(pump, test);
         result.unwrap();
@@ -360,21 +379,12 @@ mod tests {
             jitter: Duration::ZERO,
         };
         let test = async {
-            let started = Instant::now();
             retune.set(vec![Spec::Delay(latency)]);
-            client.write_all(b"slow").await.unwrap();
-            let mut got = [0u8; 4];
-            server.read_exact(&mut got).await.unwrap();
-            assert_eq!(&got, b"slow");
-            assert_eq!(started.elapsed(), Duration::from_millis(200));
+            let took = carry(&mut client, &mut server, b"slow", false).await;
+            assert_eq!(took, Duration::from_millis(200));
             retune.set(Vec::new());
-            let lifted = Instant::now();
-            client.write_all(b"fast").await.unwrap();
-            client.shutdown().await.unwrap();
-            let mut got = Vec::new();
-            server.read_to_end(&mut got).await.unwrap();
-            assert_eq!(got, b"fast");
-            assert_eq!(lifted.elapsed(), Duration::ZERO);
+            let took = carry(&mut client, &mut server, b"fast", true).await;
+            assert_eq!(took, Duration::ZERO, "the lift applies to the next bytes");
         };
         let (result, ()) = tokio::join!(pump, test);
         result.unwrap();

@@ -30,29 +30,43 @@ pub async fn serve(
 ) -> Option<TcpListener> {
     let mut refusals = Refusals::default();
     loop {
-        let accepted = tokio::select! {
+        let Some((stream, peer)) = accept(&listener, &context, &shutdown, &stop).await else {
             // Dropping the listener refuses new clients at once.
+            return (!shutdown.draining.is_cancelled()).then_some(listener);
+        };
+        let Some(slot) = limits::admit(&context) else {
+            refusals.record(&context);
+            reset(&stream);
+            continue;
+        };
+        let context = Arc::clone(&context);
+        let hard_stop = shutdown.hard_stop.clone();
+        let serve = move |stream| async move {
+            let _slot = slot;
+            handle(stream, peer, &context, &hard_stop).await;
+        };
+        shutdown
+            .workers
+            .run_connection(&shutdown.tracker, stream, serve);
+    }
+}
+
+/// Waits for the next client of a service's `listener`, backing off after
+/// a failed accept; `None` once shutdown starts or `stop`.
+pub(crate) async fn accept(
+    listener: &TcpListener,
+    context: &ServiceContext,
+    shutdown: &Shutdown,
+    stop: &CancellationToken,
+) -> Option<(TcpStream, SocketAddr)> {
+    loop {
+        let accepted = tokio::select! {
             () = shutdown.draining.cancelled() => return None,
-            () = stop.cancelled() => return Some(listener),
+            () = stop.cancelled() => return None,
             accepted = listener.accept() => accepted,
         };
         match accepted {
-            Ok((stream, peer)) => {
-                let Some(slot) = limits::admit(&context) else {
-                    refusals.record(&context);
-                    reset(&stream);
-                    continue;
-                };
-                let context = Arc::clone(&context);
-                let hard_stop = shutdown.hard_stop.clone();
-                let serve = move |stream| async move {
-                    let _slot = slot;
-                    handle(stream, peer, &context, &hard_stop).await;
-                };
-                shutdown
-                    .workers
-                    .run_connection(&shutdown.tracker, stream, serve);
-            }
+            Ok(accepted) => return Some(accepted),
             Err(e) => accept_failed(&context.service.name, e).await,
         }
     }
