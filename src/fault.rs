@@ -143,6 +143,12 @@ pub struct Latency {
 }
 
 impl Latency {
+    /// No latency at all.
+    pub const ZERO: Latency = Latency {
+        base: Duration::ZERO,
+        jitter: Duration::ZERO,
+    };
+
     pub fn is_zero(&self) -> bool {
         self.base.is_zero() && self.jitter.is_zero()
     }

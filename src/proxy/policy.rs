@@ -67,6 +67,14 @@ pub(crate) struct Ruling {
 }
 
 impl Ruling {
+    /// No fault hits: forward, at once.
+    const PASS: Ruling = Ruling {
+        fate: Fate::Forward,
+        delay: Latency::ZERO,
+        upstream: Latency::ZERO,
+        downstream: Latency::ZERO,
+    };
+
     fn of(fate: Fate, decision: &Decision<'_>) -> Ruling {
         Ruling {
             fate,
@@ -218,10 +226,13 @@ impl Policy {
                 break;
             }
         }
-        match ruling {
+        let ruling = match ruling {
             Some(ruling) => ruling,
             None => self.decide_on(&current, book),
-        }
+        };
+        // Settled early: what came after changes nothing.
+        self.seen = self.seen.max(Some(current.generation()));
+        ruling
     }
 
     /// The fate as of the newest snapshot, deciding only when there is one
@@ -247,6 +258,10 @@ impl Policy {
         });
         let seed = self.seed;
         let faults = rules.slot(book.slot());
+        if faults.is_empty() && matches!(self.fate, Fate::Forward) {
+            // The common case: nothing hits and nothing changes.
+            return Ruling::PASS;
+        }
         let decision = decide(faults, request, |fault| connection_roll(seed, fault));
         if !self.is_settled() {
             self.count(&decision, book);
