@@ -372,8 +372,13 @@ impl Proxy {
         }
         match ruling.fate {
             Fate::Forward => {
+                // Faults that start while the response streams still
+                // reach it. Made here: a policy is large, and a future
+                // keeps its arguments for as long as it lives.
+                let seed = policy.seed();
+                let watch = Watch::new(Arc::clone(&self.context), policy);
                 let (outcome, result) = self
-                    .forward(request, forwarded_for, delayed, policy, sticky)
+                    .forward(request, forwarded_for, delayed, (seed, watch), sticky)
                     .await;
                 tally.count(outcome, result.as_ref().ok().map(Response::status));
                 result
@@ -413,11 +418,14 @@ impl Proxy {
         mut request: Request<Incoming>,
         forwarded_for: HeaderValue,
         delayed: bool,
-        policy: Policy,
+        (seed, watch): (u64, Box<Watch>),
         sticky: &Arc<sticky::Sticky>,
     ) -> (Outcome, Result<Response<ProxyBody>, Refused>) {
         if upgrade::is_upgrade(request.headers()) {
-            let upgrade = self.upgrade(request, forwarded_for, policy.seed());
+            // The upgraded connection obeys the rules through a policy of
+            // its own, with the request's rolls.
+            drop(watch);
+            let upgrade = self.upgrade(request, forwarded_for, seed);
             let (outcome, response) = Box::pin(upgrade).await;
             let outcome = match outcome {
                 Outcome::Forwarded if delayed => Outcome::Delayed,
@@ -429,8 +437,6 @@ impl Proxy {
         // HTTP/1.1 client's requests come one at a time over its own
         // upstream connection.
         let multiplexed = request.version() == Version::HTTP_2;
-        // Faults that start while the response streams still reach it.
-        let watch = Watch::new(Arc::clone(&self.context), policy);
         self.prepare(&mut request, forwarded_for, false);
         if multiplexed {
             *request.uri_mut() = self.absolute(request.uri());

@@ -217,7 +217,9 @@ impl Policy {
         let current = live.load();
         let missed = match self.seen {
             Some(seen) if seen != current.generation() => live.since(seen),
-            _ => Vec::new(),
+            // The first look, on every request: kept short.
+            None => return self.decide_on(&current, book),
+            Some(_) => Vec::new(),
         };
         let mut ruling = None;
         for rules in &missed {
