@@ -121,7 +121,7 @@ impl Direction {
 }
 
 /// The canned answer of an `error` fault.
-#[derive(Debug)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ErrorResponse {
     pub status: StatusCode,
     pub body: Bytes,
@@ -143,6 +143,12 @@ pub struct Latency {
 }
 
 impl Latency {
+    /// No latency at all.
+    pub const ZERO: Latency = Latency {
+        base: Duration::ZERO,
+        jitter: Duration::ZERO,
+    };
+
     pub fn is_zero(&self) -> bool {
         self.base.is_zero() && self.jitter.is_zero()
     }

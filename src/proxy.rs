@@ -1,12 +1,16 @@
 //! The data plane: one listener per service. `http.rs` decides per request,
-//! `tcp.rs` per connection, and `relay.rs` moves bytes for TCP connections
-//! and upgraded HTTP connections while watching the live rules. `limits.rs`
+//! `tcp.rs` per connection, both through `policy.rs`, the one way a
+//! connection or request obeys the live rules; `relay.rs` moves bytes for
+//! TCP connections and upgraded HTTP connections through the per-direction
+//! stages of `stage.rs`. `limits.rs`
 //! caps each service's connections; `idle.rs` ends what has gone quiet;
 
 pub mod http;
 pub(crate) mod idle;
 pub mod limits;
+mod policy;
 mod relay;
+mod stage;
 pub mod tcp;
 
 use std::pin::Pin;

@@ -21,8 +21,11 @@ use std::sync::Arc;
 
 use tokio::net::TcpStream;
 use tokio::runtime::Handle;
+use tokio::sync::watch;
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tokio_util::task::TaskTracker;
+
+use crate::fault::live::{FanOut, LocalChanges};
 
 thread_local! {
     /// Which pool and which worker in it this thread is, if it is one.
@@ -168,5 +171,44 @@ impl Workers {
                 Err(e) => tracing::warn!("cannot register a connection with a worker: {e}"),
             }
         }));
+    }
+}
+
+/// A publish wakes one task per worker across threads, and each worker
+/// wakes its own connections.
+impl FanOut for Workers {
+    fn fan_out(&self, changes: watch::Receiver<u64>) -> Option<Box<dyn LocalChanges>> {
+        if !self.pooled() {
+            return None;
+        }
+        let senders: Box<[_]> = (0..self.threads()).map(|_| watch::Sender::new(0)).collect();
+        // Each ends when the sender of `changes` is dropped.
+        self.spawn_on_each(|index| follow(changes.clone(), senders[index].clone()));
+        Some(Box::new(PerWorker {
+            workers: self.clone(),
+            senders,
+        }))
+    }
+}
+
+/// One copy of the change channel per worker.
+#[derive(Debug)]
+struct PerWorker {
+    workers: Workers,
+    senders: Box<[watch::Sender<u64>]>,
+}
+
+impl LocalChanges for PerWorker {
+    fn subscribe(&self) -> Option<watch::Receiver<u64>> {
+        let index = self.workers.this_worker()?;
+        Some(self.senders[index].subscribe())
+    }
+}
+
+/// Keeps one worker's copy of the change channel up to date.
+async fn follow(mut global: watch::Receiver<u64>, local: watch::Sender<u64>) {
+    while global.changed().await.is_ok() {
+        let generation = *global.borrow_and_update();
+        local.send_replace(generation);
     }
 }

@@ -90,6 +90,21 @@ async fn drop_resets_open_connections_when_it_starts() {
     assert_closed(&mut client, REACH, "a connection open when drop started").await;
 }
 
+/// Both publishes happen before the connection's task runs again (tests
+/// run on one thread), so a look at the current rules alone would see
+/// nothing.
+#[tokio::test]
+async fn a_drop_that_comes_and_goes_between_two_looks_still_resets_an_open_connection() {
+    let drill = Drill::echo("action = 'drop'").await;
+    let mut client = drill.connect().await;
+    carry_echo(&mut client, b"before").await;
+    let engine = drill.running.engine();
+    engine.activate(&drill.scenarios[0], None, "test").unwrap();
+    engine.lift(&drill.scenarios[0], "test").unwrap();
+    assert_closed(&mut client, REACH, "a connection a drop came and went on").await;
+    drill.injected("drop").await;
+}
+
 #[tokio::test]
 async fn a_delay_holds_back_connection_setup() {
     let fault = "action = 'delay'; latency = '300ms'; direction = 'upstream'";

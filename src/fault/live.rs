@@ -14,7 +14,6 @@ use tokio::sync::watch;
 
 use super::Fault;
 use crate::topology::Slots;
-use crate::workers::Workers;
 
 /// An immutable snapshot of the active faults, indexed by service slot
 /// ([`Slots`]), which stays put for a service across plan reloads.
@@ -50,6 +49,14 @@ impl Rules {
             }
             self.slots[slot].push(Arc::clone(fault));
         }
+    }
+
+    /// A snapshot with `faults` active on `slot`, for tests.
+    #[cfg(test)]
+    pub(crate) fn with(slot: usize, faults: Vec<Arc<Fault>>) -> Rules {
+        let mut rules = Rules::empty(slot + 1);
+        rules.slots[slot] = faults;
+        rules
     }
 
     /// Which publish made this snapshot; each makes a higher one.
@@ -88,7 +95,22 @@ pub struct Live {
     /// With worker threads: a copy of `changed` per worker, which a task on
     /// that worker keeps up to date, so a publish wakes one task per worker
     /// across threads and each worker wakes its own connections.
-    local: Option<(Workers, Box<[watch::Sender<u64>]>)>,
+    local: Option<Box<dyn LocalChanges>>,
+}
+
+/// Spreads rule changes over the threads that run connections: the
+/// threads themselves are a layer above, so they come in through this.
+pub trait FanOut {
+    /// Starts keeping a copy of `changes` up to date on every thread that
+    /// runs connections; `None` where connections run on the caller's
+    /// runtime and subscribe to `changes` itself.
+    fn fan_out(&self, changes: watch::Receiver<u64>) -> Option<Box<dyn LocalChanges>>;
+}
+
+/// The copies of the change channel that [`FanOut`] keeps, one per thread.
+pub trait LocalChanges: std::fmt::Debug + Send + Sync {
+    /// A receiver of the calling thread's copy; `None` on another thread.
+    fn subscribe(&self) -> Option<watch::Receiver<u64>>;
 }
 
 impl Live {
@@ -103,21 +125,13 @@ impl Live {
         }
     }
 
-    /// Like [`Live::new`], for connections that run on `workers`. Waking
-    /// ten thousand connections on other threads one by one took the
-    /// publishing thread tens of milliseconds (a syscall per wake-up).
-    pub fn on(rules: Rules, workers: &Workers) -> Live {
+    /// Like [`Live::new`], for connections that run where `fan_out` puts
+    /// them (worker threads, say). Waking ten thousand connections on
+    /// other threads one by one took the publishing thread tens of
+    /// milliseconds (a syscall per wake-up).
+    pub fn on(rules: Rules, fan_out: &impl FanOut) -> Live {
         let mut live = Live::new(rules);
-        if !workers.pooled() {
-            return live;
-        }
-        let senders: Box<[_]> = (0..workers.threads())
-            .map(|_| watch::Sender::new(0))
-            .collect();
-        let global = live.changed.subscribe();
-        // Each ends when `changed` is dropped with this `Live`.
-        workers.spawn_on_each(|index| relay(global.clone(), senders[index].clone()));
-        live.local = Some((workers.clone(), senders));
+        live.local = fan_out.fan_out(live.changed.subscribe());
         live
     }
 
@@ -129,12 +143,8 @@ impl Live {
     /// A receiver that is marked changed whenever new rules are published:
     /// on a worker thread, that worker's copy.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
-        if let Some((workers, senders)) = &self.local {
-            if let Some(index) = workers.this_worker() {
-                return senders[index].subscribe();
-            }
-        }
-        self.changed.subscribe()
+        let local = self.local.as_ref().and_then(|local| local.subscribe());
+        local.unwrap_or_else(|| self.changed.subscribe())
     }
 
     /// The snapshots published after `generation`, oldest first, the
@@ -180,14 +190,6 @@ impl Live {
         recent.push(Arc::clone(&rules));
         self.recent.store(Arc::new(recent));
         self.current.store(rules);
-    }
-}
-
-/// Keeps one worker's copy of the change channel up to date.
-async fn relay(mut global: watch::Receiver<u64>, local: watch::Sender<u64>) {
-    while global.changed().await.is_ok() {
-        let generation = *global.borrow_and_update();
-        local.send_replace(generation);
     }
 }
 

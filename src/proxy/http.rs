@@ -39,12 +39,14 @@ use super::idle::{Activity, Stalling, Tracked};
 use super::limits::{
     admit, admit_handshake, refusal_response, refuse_http, Handshake, Refusals, Slot,
 };
+use super::policy::{Fate, Policy};
+use super::tcp::accept;
 use super::{Counted, Flow, ServiceContext};
-use crate::fault::{connection_roll, decide, Fault, RequestInfo, Verdict};
+use crate::fault::ErrorResponse;
 use crate::metrics::Outcome;
 use crate::shutdown::Shutdown;
 use crate::topology::Limits;
-use watched::{Fate, Responses, Watch, Watched};
+use watched::{Responses, Watch, Watched};
 
 /// The body of every response firedrill sends: streamed from the upstream,
 /// or a small one of its own (injected errors, 502, 504).
@@ -124,18 +126,9 @@ pub async fn serve(
     let spares = sticky::Spares::new(shutdown.workers.clone(), shutdown.draining.clone());
     let mut refusals = Refusals::default();
     loop {
-        let accepted = tokio::select! {
+        let Some((stream, peer)) = accept(&listener, &context, &shutdown, &stop).await else {
             // Dropping the listener refuses new clients at once.
-            () = shutdown.draining.cancelled() => return None,
-            () = stop.cancelled() => return Some(listener),
-            accepted = listener.accept() => accepted,
-        };
-        let (stream, peer) = match accepted {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                super::tcp::accept_failed(&context.service.name, e).await;
-                continue;
-            }
+            return (!shutdown.draining.is_cancelled()).then_some(listener);
         };
         let place = match &acceptor {
             None => admit(&context).map(Place::Open),
@@ -263,12 +256,12 @@ where
                 changed.expect("the rules outlive every connection");
                 match responses.look() {
                     // Dropping the connection closes it.
-                    Fate::Cut => {
+                    Fate::Drop | Fate::Released => {
                         tracing::debug!(%peer, "closing a connection whose response a fault cut");
                         break None;
                     }
-                    Fate::Held => held = true,
-                    Fate::Flow => held = false,
+                    Fate::Blackhole => held = true,
+                    Fate::Forward | Fate::Error(_) => held = false,
                 }
             }
             () = activity.idle_for(idle_timeout), if !closing => {
@@ -302,16 +295,6 @@ fn server_builder(limits: Limits) -> auto::Builder<TokioExecutor> {
     let list = u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX);
     builder.http2().max_header_list_size(list);
     builder
-}
-
-/// What the rules say to do with one request.
-enum Step {
-    Forward,
-    /// Boxed: injected answers are rare, and a streamed body's idle timer
-    /// makes the response large.
-    Respond(Box<Response<ProxyBody>>),
-    Drop,
-    Blackhole,
 }
 
 /// Counts one request once, when its fate is decided: when it is answered,
@@ -365,12 +348,10 @@ impl Proxy {
             }
             return Ok(response);
         }
-        let seed: u64 = rand::random();
-        // Faults already counted as injected on this request; stays empty
-        // (no allocation) while no fault hits.
-        let mut counted = Vec::new();
-        let (mut step, delay) = self.decide(&request, seed, &mut counted);
-        let delayed = !delay.is_zero();
+        let (method, uri) = (request.method().clone(), request.uri().clone());
+        let mut policy = Policy::request(method, uri, rand::random());
+        let mut ruling = policy.look(&*self.context);
+        let delayed = !ruling.delay.is_zero();
         let mut tally = Tally {
             context: &self.context,
             started,
@@ -385,146 +366,49 @@ impl Proxy {
             // Boxed, like every path a plain request does not take: hyper
             // moves each request's future into place, so its size is paid
             // on every request.
-            let wait = self.wait_out(&request, seed, &mut counted, started, step, delay);
-            step = Box::pin(wait).await?;
+            let hard_stop = &self.shutdown.hard_stop;
+            let wait = policy.wait_out(&*self.context, started, ruling, hard_stop);
+            ruling = Box::pin(wait).await.ok_or(Refused::ShuttingDown)?;
         }
-        match step {
-            Step::Forward => {
+        match ruling.fate {
+            Fate::Forward => {
+                // Faults that start while the response streams still
+                // reach it. Made here: a policy is large, and a future
+                // keeps its arguments for as long as it lives.
+                let seed = policy.seed();
+                let watch = Watch::new(Arc::clone(&self.context), policy);
                 let (outcome, result) = self
-                    .forward(request, forwarded_for, delayed, seed, sticky)
+                    .forward(request, forwarded_for, delayed, (seed, watch), sticky)
                     .await;
                 tally.count(outcome, result.as_ref().ok().map(Response::status));
                 result
             }
-            Step::Respond(response) => {
+            Fate::Error(error) => {
+                let response = injected(*error);
                 tally.count(Outcome::Error, Some(response.status()));
-                Ok(*response)
+                Ok(response)
             }
-            Step::Drop => {
+            Fate::Drop => {
                 tally.count(Outcome::Dropped, None);
                 Err(Refused::Dropped)
             }
-            Step::Blackhole => {
+            fate @ (Fate::Blackhole | Fate::Released) => {
                 tally.count(Outcome::Blackholed, None);
-                Box::pin(self.blackhole(&request, seed)).await;
+                Box::pin(self.blackhole(&mut policy, fate)).await;
                 Err(Refused::Blackholed)
-            }
-        }
-    }
-
-    /// Reads the live rules once; never blocks and never awaits. `seed`
-    /// fixes the request's rolls and jitter, so deciding again under the
-    /// same rules gives the same answer. Counts the faults that hit and are
-    /// not yet in `counted`, and adds them there.
-    fn decide(
-        &self,
-        request: &Request<Incoming>,
-        seed: u64,
-        counted: &mut Vec<u64>,
-    ) -> (Step, Duration) {
-        let rules = self.context.live.load();
-        let faults = rules.slot(self.context.slot);
-        if faults.is_empty() {
-            return (Step::Forward, Duration::ZERO);
-        }
-        let info = RequestInfo {
-            method: request.method(),
-            path: request.uri().path(),
-        };
-        let decision = decide(faults, Some(info), |fault| connection_roll(seed, fault));
-        self.count_injected(&decision.applied, counted);
-        let delay = if decision.delay.is_zero() {
-            Duration::ZERO
-        } else {
-            decision.delay.sample(jitter_unit(seed))
-        };
-        let step = match decision.verdict {
-            Verdict::Forward => Step::Forward,
-            Verdict::Drop => Step::Drop,
-            Verdict::Blackhole => Step::Blackhole,
-            Verdict::Error(error) => {
-                let mut response = Response::new(Either::Right(Full::new(error.body.clone())));
-                *response.status_mut() = error.status;
-                *response.headers_mut() = error.headers.clone();
-                if !response.headers().contains_key(header::CONTENT_TYPE) {
-                    response.headers_mut().insert(
-                        header::CONTENT_TYPE,
-                        HeaderValue::from_static("text/plain; charset=utf-8"),
-                    );
-                }
-                Step::Respond(Box::new(response))
-            }
-        };
-        (step, delay)
-    }
-
-    /// Counts the faults in `applied` that this request has not counted yet.
-    fn count_injected(&self, applied: &[&Fault], counted: &mut Vec<u64>) {
-        if counted.is_empty() {
-            self.context.metrics.faults_injected(applied);
-            counted.extend(applied.iter().map(|fault| fault.uid));
-            return;
-        }
-        let fresh: Vec<&Fault> = applied
-            .iter()
-            .copied()
-            .filter(|fault| !counted.contains(&fault.uid))
-            .collect();
-        self.context.metrics.faults_injected(&fresh);
-        counted.extend(fresh.iter().map(|fault| fault.uid));
-    }
-
-    /// Waits until `started + delay`, deciding again on every rule change:
-    /// a lift ends the wait at once, a new fault may lengthen it, and the
-    /// step that follows is the one the rules say when the wait ends.
-    async fn wait_out(
-        &self,
-        request: &Request<Incoming>,
-        seed: u64,
-        counted: &mut Vec<u64>,
-        started: Instant,
-        mut step: Step,
-        mut delay: Duration,
-    ) -> Result<Step, Refused> {
-        let mut changes = self.context.live.subscribe();
-        // The rules may have changed between the first decision and
-        // `subscribe`: decide again straight away.
-        changes.mark_changed();
-        loop {
-            tokio::select! {
-                biased;
-                () = self.shutdown.hard_stop.cancelled() => return Err(Refused::ShuttingDown),
-                // `Live` owns the sender and outlives every request.
-                _ = changes.changed() => {
-                    (step, delay) = self.decide(request, seed, counted);
-                }
-                () = tokio::time::sleep_until(started + delay) => return Ok(step),
             }
         }
     }
 
     /// Holds a blackholed request until the blackhole no longer applies to
     /// it, or shutdown starts.
-    async fn blackhole(&self, request: &Request<Incoming>, seed: u64) {
-        let mut changes = self.context.live.subscribe();
-        loop {
-            let still = {
-                let rules = self.context.live.load();
-                let info = RequestInfo {
-                    method: request.method(),
-                    path: request.uri().path(),
-                };
-                let faults = rules.slot(self.context.slot);
-                let decision = decide(faults, Some(info), |fault| connection_roll(seed, fault));
-                matches!(decision.verdict, Verdict::Blackhole) && !rules.draining()
-            };
-            if !still {
-                return;
-            }
-            tokio::select! {
-                // `Live` owns the sender and outlives every request.
-                _ = changes.changed() => {}
-                () = self.shutdown.hard_stop.cancelled() => return,
+    async fn blackhole(&self, policy: &mut Policy, mut fate: Fate) {
+        policy.hold();
+        let hard_stop = &self.shutdown.hard_stop;
+        while fate == Fate::Blackhole {
+            match policy.changed(&*self.context, hard_stop).await {
+                Some(ruling) => fate = ruling.fate,
+                None => return,
             }
         }
     }
@@ -534,10 +418,13 @@ impl Proxy {
         mut request: Request<Incoming>,
         forwarded_for: HeaderValue,
         delayed: bool,
-        seed: u64,
+        (seed, watch): (u64, Box<Watch>),
         sticky: &Arc<sticky::Sticky>,
     ) -> (Outcome, Result<Response<ProxyBody>, Refused>) {
         if upgrade::is_upgrade(request.headers()) {
+            // The upgraded connection obeys the rules through a policy of
+            // its own, with the request's rolls.
+            drop(watch);
             let upgrade = self.upgrade(request, forwarded_for, seed);
             let (outcome, response) = Box::pin(upgrade).await;
             let outcome = match outcome {
@@ -550,13 +437,6 @@ impl Proxy {
         // HTTP/1.1 client's requests come one at a time over its own
         // upstream connection.
         let multiplexed = request.version() == Version::HTTP_2;
-        // Faults that start while the response streams still reach it.
-        let watch = Watch::new(
-            Arc::clone(&self.context),
-            request.method().clone(),
-            request.uri().clone(),
-            seed,
-        );
         self.prepare(&mut request, forwarded_for, false);
         if multiplexed {
             *request.uri_mut() = self.absolute(request.uri());
@@ -765,9 +645,16 @@ impl Drop for Abandoned<'_> {
     }
 }
 
-/// A number in `0..1` that places a request's delay within its jitter;
-/// taken from the request's seed, so deciding again keeps it.
-fn jitter_unit(seed: u64) -> f64 {
-    // The top 53 bits make an evenly spread f64 in 0..1.
-    (seed >> 11) as f64 / (1u64 << 53) as f64
+/// The canned answer of an `error` fault.
+fn injected(error: ErrorResponse) -> Response<ProxyBody> {
+    let mut response = Response::new(Either::Right(Full::new(error.body)));
+    *response.status_mut() = error.status;
+    *response.headers_mut() = error.headers;
+    if !response.headers().contains_key(header::CONTENT_TYPE) {
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+    }
+    response
 }

@@ -1,20 +1,17 @@
 //! Moves bytes both ways between a client and its upstream while obeying the
-//! live rules: per-chunk delays (pipelined, order kept), and cuts (drop,
-//! blackhole) that reach an open connection as soon as rules change.
+//! live rules through the connection's [`Policy`]: each direction runs its
+//! chain of stages (a per-chunk delay today, see `stage.rs`), and cuts
+//! (drop, blackhole) reach an open connection as soon as rules change.
 
-use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::watch;
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::idle::Traffic;
+use super::policy::{Fate, Policy, Ruling};
+use super::stage::{Chain, Piece, Retune};
 use super::{Flow, ServiceContext};
-use crate::fault::{connection_roll, decide, Latency, Verdict};
 
 /// Read size per chunk on a busy stream; also the unit a per-chunk delay
 /// applies to.
@@ -22,155 +19,24 @@ const CHUNK: usize = 16 * 1024;
 /// Read size on a quiet stream, kept inside the connection's task: an idle
 /// connection holds no heap buffer.
 const SMALL: usize = 1024;
-/// Bytes a delayed direction may hold before it stops reading (backpressure).
-const MAX_DELAYED: usize = 1024 * 1024;
+/// Bytes a direction's stages may hold before it stops reading (backpressure).
+const MAX_HELD: usize = 1024 * 1024;
 
-/// The state of one connection's faults, re-evaluated on every rule change.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Cut {
-    None,
-    Drop,
-    Blackhole,
-}
-
-/// The current effect of the rules on one connection.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Effect {
-    pub cut: Cut,
-    /// Delay before connection setup (tcp).
-    pub setup: Latency,
-    pub upstream: Latency,
-    pub downstream: Latency,
-}
-
-/// What one connection remembers between rule changes.
-#[derive(Debug)]
-pub(crate) struct Connection {
-    /// Seeds this connection's probability rolls, so they stay stable.
-    seed: u64,
-    /// Faults already counted as injected on this connection.
-    counted: Vec<u64>,
-    pub changes: watch::Receiver<u64>,
-}
-
-impl Connection {
-    /// `seed` fixes this connection's probability rolls: random for a TCP
-    /// connection, the request's own for an upgraded HTTP connection.
-    pub fn new(context: &ServiceContext, seed: u64) -> Connection {
-        let mut changes = context.live.subscribe();
-        changes.borrow_and_update();
-        Connection {
-            seed,
-            counted: Vec::new(),
-            changes,
-        }
-    }
-
-    /// Decides what the current rules do to this connection, counting each
-    /// fault once per connection when it first takes effect.
-    pub fn evaluate(&mut self, context: &ServiceContext) -> Effect {
-        let rules = context.live.load();
-        let faults = rules.slot(context.slot);
-        if faults.is_empty() {
-            self.counted.clear();
-            return Effect {
-                cut: Cut::None,
-                setup: Latency::default(),
-                upstream: Latency::default(),
-                downstream: Latency::default(),
-            };
-        }
-        let decision = decide(faults, None, |fault| connection_roll(self.seed, fault));
-        let fresh: Vec<_> = decision
-            .applied
-            .iter()
-            .copied()
-            .filter(|f| !self.counted.contains(&f.uid))
-            .collect();
-        context.metrics.faults_injected(&fresh);
-        self.counted = decision.applied.iter().map(|f| f.uid).collect();
-        Effect {
-            cut: match decision.verdict {
-                Verdict::Blackhole => Cut::Blackhole,
-                Verdict::Drop => Cut::Drop,
-                Verdict::Forward | Verdict::Error(_) => Cut::None,
-            },
-            setup: decision.delay,
-            upstream: decision.upstream,
-            downstream: decision.downstream,
-        }
-    }
-
-    /// Waits for a rule change that cuts this connection, keeping `delays`
-    /// current meanwhile. Returns `None` on hard stop.
-    async fn watch(
-        &mut self,
-        context: &ServiceContext,
-        delays: &[SharedLatency; 2],
-        hard_stop: &CancellationToken,
-    ) -> Option<Cut> {
-        loop {
-            tokio::select! {
-                () = hard_stop.cancelled() => return None,
-                changed = self.changes.changed() => {
-                    changed.expect("the rules outlive every connection");
-                }
-            }
-            let effect = self.evaluate(context);
-            if effect.cut != Cut::None {
-                return Some(effect.cut);
-            }
-            delays[0].set(effect.upstream);
-            delays[1].set(effect.downstream);
-        }
-    }
-}
-
-/// A [`Latency`] that pumps read while the watcher updates it.
-#[derive(Debug, Default)]
-struct SharedLatency {
-    base: AtomicU64,
-    jitter: AtomicU64,
-}
-
-impl SharedLatency {
-    fn set(&self, latency: Latency) {
-        self.base.store(nanos(latency.base), Ordering::Relaxed);
-        self.jitter.store(nanos(latency.jitter), Ordering::Relaxed);
-    }
-
-    fn get(&self) -> Latency {
-        Latency {
-            base: Duration::from_nanos(self.base.load(Ordering::Relaxed)),
-            jitter: Duration::from_nanos(self.jitter.load(Ordering::Relaxed)),
-        }
-    }
-}
-
-fn nanos(d: Duration) -> u64 {
-    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
-}
-
-/// How a relay ended.
+/// How a relay or a hold ended.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum End {
-    /// Both sides finished, or one failed.
+    /// Both sides finished or one failed, a blackhole let go, the
+    /// connection went idle, or shutdown's deadline passed: close both.
     Closed,
-    /// A drop fault hit: the caller resets both sides.
-    Dropped,
-    /// A blackhole held the connection and has ended: close both sides.
-    Released,
-    /// Shutdown's deadline passed.
-    Stopped,
-    /// No bytes moved either way for the idle timeout: close both sides.
-    Idle,
+    /// A drop hit, or a stage reset the connection: reset both sides.
+    Reset,
 }
 
 /// Relays between the client halves and the upstream halves until both
 /// sides close, a cut arrives, no bytes move for `idle_timeout`, or
-/// shutdown's deadline passes. A blackhole's hold is exempt from the idle
-/// timeout: a dead data center leaves connections hanging, and so does the
-/// drill.
+/// shutdown's deadline passes. `ruling` is the one in force as it starts.
+/// A blackhole's hold is exempt from the idle timeout: a dead data center
+/// leaves connections hanging, and so does the drill.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn relay<CR, CW, UR, UW>(
     mut client_read: CR,
@@ -178,8 +44,8 @@ pub(crate) async fn relay<CR, CW, UR, UW>(
     mut upstream_read: UR,
     mut upstream_write: UW,
     context: &ServiceContext,
-    connection: &mut Connection,
-    effect: Effect,
+    policy: &mut Policy,
+    ruling: Ruling,
     idle_timeout: Duration,
     hard_stop: &CancellationToken,
 ) -> End
@@ -189,83 +55,98 @@ where
     UR: AsyncRead + Unpin,
     UW: AsyncWrite + Unpin,
 {
-    // A cut may already be in force (an upgraded HTTP connection is
-    // evaluated only once its upgrade completes).
-    match effect.cut {
-        Cut::Drop => return End::Dropped,
-        Cut::Blackhole => {
-            let upstream = Some(&mut upstream_read);
-            return hold(&mut client_read, upstream, context, connection, hard_stop).await;
-        }
-        Cut::None => {}
-    }
-    let delays = [SharedLatency::default(), SharedLatency::default()];
-    delays[0].set(effect.upstream);
-    delays[1].set(effect.downstream);
-    let traffic = Traffic::default();
-    let cut = {
-        let pumps = async {
-            tokio::try_join!(
-                pump(
-                    &mut client_read,
-                    &mut upstream_write,
-                    &delays[0],
-                    &traffic,
-                    context,
-                    Flow::Upstream
-                ),
-                pump(
-                    &mut upstream_read,
-                    &mut client_write,
-                    &delays[1],
-                    &traffic,
-                    context,
-                    Flow::Downstream
-                ),
-            )
-        };
-        tokio::select! {
-            // Rule changes first: bytes that arrive together with a cut must
-            // not slip through.
-            biased;
-            cut = connection.watch(context, &delays, hard_stop) => cut,
-            result = pumps => {
-                if let Err(e) = result {
-                    tracing::debug!(service = %context.service.name, "connection ended: {e}");
+    let fate = match ruling.fate {
+        Fate::Forward | Fate::Error(_) => {
+            let retunes = [Retune::default(), Retune::default()];
+            let [upstream, downstream] = ruling.stages();
+            retunes[0].set(upstream);
+            retunes[1].set(downstream);
+            let traffic = Traffic::default();
+            let pumps = async {
+                tokio::try_join!(
+                    pump(
+                        &mut client_read,
+                        &mut upstream_write,
+                        Chain::default(),
+                        &retunes[0],
+                        &traffic,
+                        |n| context.count_bytes(Flow::Upstream, n),
+                    ),
+                    pump(
+                        &mut upstream_read,
+                        &mut client_write,
+                        Chain::default(),
+                        &retunes[1],
+                        &traffic,
+                        |n| context.count_bytes(Flow::Downstream, n),
+                    ),
+                )
+            };
+            tokio::select! {
+                // Rule changes first: bytes that arrive together with a cut
+                // must not slip through.
+                biased;
+                fate = watch(policy, context, &retunes, hard_stop) => fate,
+                result = pumps => {
+                    return match result {
+                        Err(e) if e.get_ref().is_some_and(|e| e.is::<StageReset>()) => End::Reset,
+                        Err(e) => {
+                            tracing::debug!(service = %context.service.name, "connection ended: {e}");
+                            End::Closed
+                        }
+                        Ok(_) => End::Closed,
+                    };
                 }
-                return End::Closed;
-            }
-            () = traffic.silent_for(idle_timeout) => {
-                tracing::debug!(service = %context.service.name, "closing a connection idle for {}", humantime::format_duration(idle_timeout));
-                return End::Idle;
+                () = traffic.silent_for(idle_timeout) => {
+                    tracing::debug!(service = %context.service.name, "closing a connection idle for {}", humantime::format_duration(idle_timeout));
+                    return End::Closed;
+                }
             }
         }
+        // A cut may already be in force (an upgraded HTTP connection is
+        // decided on only once its upgrade completes).
+        fate => Some(fate),
     };
-    match cut {
-        None => End::Stopped,
-        Some(Cut::Drop) | Some(Cut::None) => End::Dropped,
-        Some(Cut::Blackhole) => {
-            hold(
-                &mut client_read,
-                Some(&mut upstream_read),
-                context,
-                connection,
-                hard_stop,
-            )
-            .await
+    match fate {
+        None => End::Closed,
+        Some(fate) => {
+            let upstream = Some(&mut upstream_read);
+            hold(&mut client_read, upstream, context, policy, fate, hard_stop).await
         }
     }
 }
 
-/// A blackhole: nothing passes either way. Reads and discards what either
-/// side sends until the blackhole lifts or shutdown starts (then
-/// `Released`), the client goes away (`Closed`), or a drop fault replaces
-/// it (`Dropped`).
+/// Keeps each direction's stages in step with the rules until a change
+/// cuts the connection; returns that fate, or `None` on hard stop.
+async fn watch(
+    policy: &mut Policy,
+    context: &ServiceContext,
+    retunes: &[Retune; 2],
+    hard_stop: &CancellationToken,
+) -> Option<Fate> {
+    loop {
+        let ruling = policy.changed(context, hard_stop).await?;
+        match ruling.fate {
+            Fate::Forward | Fate::Error(_) => {
+                let [upstream, downstream] = ruling.stages();
+                retunes[0].set(upstream);
+                retunes[1].set(downstream);
+            }
+            fate => return Some(fate),
+        }
+    }
+}
+
+/// Acts on `fate`: a blackhole holds the connection, so nothing passes
+/// either way, reading and discarding what either side sends until it
+/// ends or shutdown starts (then `Closed`), the client goes away
+/// (`Closed`), or a drop replaces it (`Reset`).
 pub(crate) async fn hold<C, U>(
     client: &mut C,
     mut upstream: Option<&mut U>,
     context: &ServiceContext,
-    connection: &mut Connection,
+    policy: &mut Policy,
+    mut fate: Fate,
     hard_stop: &CancellationToken,
 ) -> End
 where
@@ -276,12 +157,16 @@ where
     let mut upstream_sink = [0u8; SMALL];
     let mut upstream_open = upstream.is_some();
     loop {
-        // Such a connection can never finish: shutdown lets it go at once.
-        if context.live.load().draining() {
-            return End::Released;
+        match fate {
+            Fate::Blackhole => {}
+            Fate::Drop => return End::Reset,
+            Fate::Forward | Fate::Error(_) | Fate::Released => return End::Closed,
         }
         tokio::select! {
-            () = hard_stop.cancelled() => return End::Stopped,
+            changed = policy.changed(context, hard_stop) => match changed {
+                Some(ruling) => fate = ruling.fate,
+                None => return End::Closed,
+            },
             read = client.read(&mut sink) => {
                 if matches!(read, Ok(0) | Err(_)) {
                     return End::Closed;
@@ -295,40 +180,37 @@ where
             }, if upstream_open => {
                 upstream_open = matches!(read, Ok(n) if n > 0);
             }
-            changed = connection.changes.changed() => {
-                changed.expect("the rules outlive every connection");
-                match connection.evaluate(context).cut {
-                    Cut::Blackhole => {}
-                    Cut::Drop => return End::Dropped,
-                    Cut::None => return End::Released,
-                }
-            }
         }
     }
 }
 
-/// Copies one direction, chunk by chunk. Without a delay it is a plain
-/// read-then-write loop; with one, chunks wait in a queue until they are due
-/// while reading goes on, so a delay adds latency without cutting throughput.
+/// Why a pump ended the connection: a stage asked for a reset.
+#[derive(Debug, thiserror::Error)]
+#[error("a stage reset the connection")]
+struct StageReset;
+
+/// Copies one direction, chunk by chunk, through its chain of stages.
+/// Without stages it is a plain read-then-write loop; with them, what they
+/// hold goes out when they let it while reading goes on, up to
+/// [`MAX_HELD`]. The stages in force when bytes arrive are the ones they
+/// go through, so a change that comes while a read waits applies at once.
+/// `count` is told of the payload bytes written.
 async fn pump<R, W>(
     reader: &mut R,
     writer: &mut W,
-    delay: &SharedLatency,
+    mut chain: Chain,
+    retune: &Retune,
     traffic: &Traffic,
-    context: &ServiceContext,
-    flow: Flow,
+    count: impl Fn(usize),
 ) -> std::io::Result<()>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
     let mut buf = ReadBuffer::new();
-    let mut queue: VecDeque<(Instant, Bytes)> = VecDeque::new();
-    let mut queued = 0usize;
-    let mut last_due = Instant::now();
     let mut eof = false;
     loop {
-        let n = if queue.is_empty() {
+        let n = if chain.is_transparent() {
             if eof {
                 // Half-close: pass the end of this direction on and let the
                 // other direction keep flowing.
@@ -336,33 +218,38 @@ where
             }
             reader.read(buf.space()).await?
         } else {
-            let front_due = queue.front().map(|(due, _)| *due);
             tokio::select! {
                 biased;
-                () = sleep_until_some(front_due) => {
-                    let (_, chunk) = queue.pop_front().expect("a due chunk is queued");
-                    queued -= chunk.len();
-                    writer.write_all(&chunk).await?;
-                    context.count_bytes(flow, chunk.len());
+                piece = chain.next() => {
+                    match piece {
+                        Piece::Data(chunk) => {
+                            writer.write_all(&chunk).await?;
+                            count(chunk.len());
+                        }
+                        Piece::End => return writer.shutdown().await,
+                        Piece::Reset => return Err(std::io::Error::other(StageReset)),
+                    }
                     continue;
                 }
-                read = reader.read(buf.space()), if !eof && queued < MAX_DELAYED => read?,
+                read = reader.read(buf.space()), if !eof && chain.held() < MAX_HELD => read?,
             }
         };
+        if let Some(specs) = retune.take() {
+            chain.adopt(&specs);
+        }
         if n == 0 {
             eof = true;
+            if !chain.is_transparent() {
+                chain.push(Piece::End);
+            }
             continue;
         }
         traffic.moved();
-        // The delay in force when the bytes arrive is the one they get, so
-        // a delay that starts or ends while a read waits applies at once.
-        let latency = delay.get();
-        if latency.is_zero() && queue.is_empty() {
+        if chain.is_transparent() {
             writer.write_all(buf.data(n)).await?;
-            context.count_bytes(flow, n);
+            count(n);
         } else {
-            last_due = enqueue(&mut queue, buf.data(n), latency, last_due);
-            queued += n;
+            chain.push(Piece::Data(bytes::Bytes::copy_from_slice(buf.data(n))));
         }
         buf.adapt(n);
     }
@@ -409,29 +296,144 @@ impl ReadBuffer {
     }
 }
 
-/// Queues `chunk` to be written after `latency`, but never before the chunk
-/// ahead of it (due at `last_due`), so order is kept. Returns its due time.
-fn enqueue(
-    queue: &mut VecDeque<(Instant, Bytes)>,
-    chunk: &[u8],
-    latency: Latency,
-    last_due: Instant,
-) -> Instant {
-    let due = (Instant::now() + latency.sample(rand::random())).max(last_due);
-    queue.push_back((due, Bytes::copy_from_slice(chunk)));
-    due
-}
-
-async fn sleep_until_some(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::{Context, Poll};
+
+    use tokio::io::duplex;
+    use tokio::time::Instant;
+
     use super::*;
+    use crate::fault::Latency;
+    use crate::proxy::stage::{Spec, Stage};
+
+    /// Runs a pump from one duplex pipe to another; returns the far ends
+    /// and the pump's result.
+    fn pipe<'a>(
+        retune: &'a Retune,
+        traffic: &'a Traffic,
+        written: &'a AtomicUsize,
+    ) -> (
+        tokio::io::DuplexStream,
+        tokio::io::DuplexStream,
+        impl std::future::Future<Output = std::io::Result<()>> + 'a,
+    ) {
+        let (client, mut near_in) = duplex(64 * 1024);
+        let (mut near_out, server) = duplex(64 * 1024);
+        let pump = async move {
+            let count = |n| {
+                written.fetch_add(n, Ordering::Relaxed);
+            };
+            let chain = Chain::default();
+            pump(&mut near_in, &mut near_out, chain, retune, traffic, count).await
+        };
+        (client, server, pump)
+    }
+
+    /// Writes `data` into `from` and reads it back out of `to`, ending
+    /// with `end`; returns how long that took.
+    async fn carry(
+        from: &mut tokio::io::DuplexStream,
+        to: &mut tokio::io::DuplexStream,
+        data: &[u8],
+        end: bool,
+    ) -> Duration {
+        let started = Instant::now();
+        from.write_all(data).await.unwrap();
+        let mut got = vec![0u8; data.len()];
+        to.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, data);
+        if end {
+            from.shutdown().await.unwrap();
+            assert_eq!(
+                to.read(&mut [0u8; 1]).await.unwrap(),
+                0,
+                "the end passes on"
+            );
+        }
+        started.elapsed()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pump_without_stages_copies_at_once_and_passes_the_end_on() {
+        let (retune, traffic, written) =
+            (Retune::default(), Traffic::default(), AtomicUsize::new(0));
+        let (mut client, mut server, pump) = pipe(&retune, &traffic, &written);
+        let test = async {
+            let took = carry(&mut client, &mut server, b"hello", true).await;
+            assert_eq!(took, Duration::ZERO);
+        };
+        let (result, ()) = tokio::join!(pump, test);
+        result.unwrap();
+        assert_eq!(written.load(Ordering::Relaxed), 5);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pump_delays_bytes_by_the_stage_in_force_when_they_arrive() {
+        let (retune, traffic, written) =
+            (Retune::default(), Traffic::default(), AtomicUsize::new(0));
+        let (mut client, mut server, pump) = pipe(&retune, &traffic, &written);
+        let latency = Latency {
+            base: Duration::from_millis(200),
+            jitter: Duration::ZERO,
+        };
+        let test = async {
+            retune.set(vec![Spec::Delay(latency)]);
+            let took = carry(&mut client, &mut server, b"slow", false).await;
+            assert_eq!(took, Duration::from_millis(200));
+            retune.set(Vec::new());
+            let took = carry(&mut client, &mut server, b"fast", true).await;
+            assert_eq!(took, Duration::ZERO, "the lift applies to the next bytes");
+        };
+        let (result, ()) = tokio::join!(pump, test);
+        result.unwrap();
+        assert_eq!(written.load(Ordering::Relaxed), 8);
+    }
+
+    /// A stage that resets the connection at the first byte, as
+    /// Toxiproxy's `reset_peer` does after its timeout.
+    #[derive(Debug, Default)]
+    struct ResetAtOnce(bool);
+
+    impl Stage for ResetAtOnce {
+        fn push(&mut self, _: Piece) {
+            self.0 = true;
+        }
+        fn poll_next(&mut self, _: &mut Context<'_>) -> Poll<Option<Piece>> {
+            Poll::Ready(std::mem::take(&mut self.0).then_some(Piece::Reset))
+        }
+        fn held(&self) -> usize {
+            0
+        }
+        fn is_transparent(&self) -> bool {
+            false
+        }
+        fn retune(&mut self, _: &Spec) -> bool {
+            false
+        }
+        fn retire(&mut self) {}
+        fn is_spent(&self) -> bool {
+            false
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stage_can_reset_the_connection_without_the_pump_knowing_it() {
+        let written = AtomicUsize::new(0);
+        let (mut client, mut near_in) = duplex(1024);
+        let (mut near_out, _server) = duplex(1024);
+        client.write_all(b"x").await.unwrap();
+        let chain = Chain::of(vec![Box::new(ResetAtOnce::default())]);
+        let count = |n| {
+            written.fetch_add(n, Ordering::Relaxed);
+        };
+        let (retune, traffic) = (Retune::default(), Traffic::default());
+        let pump = pump(&mut near_in, &mut near_out, chain, &retune, &traffic, count);
+        let error = pump.await.expect_err("the stage reset it");
+        assert!(error.get_ref().is_some_and(|e| e.is::<StageReset>()));
+        assert_eq!(written.load(Ordering::Relaxed), 0);
+    }
 
     #[test]
     fn read_buffer_grows_while_busy_and_shrinks_when_quiet() {

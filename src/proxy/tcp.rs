@@ -10,10 +10,12 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
+use tokio::time::Instant;
+
 use super::limits::{self, Refusals};
-use super::relay::{self, Connection, Cut, Effect, End};
+use super::policy::{Fate, Policy};
+use super::relay::{self, End};
 use super::ServiceContext;
-use crate::fault::Latency;
 use crate::metrics::Outcome;
 use crate::shutdown::Shutdown;
 
@@ -28,29 +30,43 @@ pub async fn serve(
 ) -> Option<TcpListener> {
     let mut refusals = Refusals::default();
     loop {
-        let accepted = tokio::select! {
+        let Some((stream, peer)) = accept(&listener, &context, &shutdown, &stop).await else {
             // Dropping the listener refuses new clients at once.
+            return (!shutdown.draining.is_cancelled()).then_some(listener);
+        };
+        let Some(slot) = limits::admit(&context) else {
+            refusals.record(&context);
+            reset(&stream);
+            continue;
+        };
+        let context = Arc::clone(&context);
+        let hard_stop = shutdown.hard_stop.clone();
+        let serve = move |stream| async move {
+            let _slot = slot;
+            handle(stream, peer, &context, &hard_stop).await;
+        };
+        shutdown
+            .workers
+            .run_connection(&shutdown.tracker, stream, serve);
+    }
+}
+
+/// Waits for the next client of a service's `listener`, backing off after
+/// a failed accept; `None` once shutdown starts or `stop`.
+pub(crate) async fn accept(
+    listener: &TcpListener,
+    context: &ServiceContext,
+    shutdown: &Shutdown,
+    stop: &CancellationToken,
+) -> Option<(TcpStream, SocketAddr)> {
+    loop {
+        let accepted = tokio::select! {
             () = shutdown.draining.cancelled() => return None,
-            () = stop.cancelled() => return Some(listener),
+            () = stop.cancelled() => return None,
             accepted = listener.accept() => accepted,
         };
         match accepted {
-            Ok((stream, peer)) => {
-                let Some(slot) = limits::admit(&context) else {
-                    refusals.record(&context);
-                    reset(&stream);
-                    continue;
-                };
-                let context = Arc::clone(&context);
-                let hard_stop = shutdown.hard_stop.clone();
-                let serve = move |stream| async move {
-                    let _slot = slot;
-                    handle(stream, peer, &context, &hard_stop).await;
-                };
-                shutdown
-                    .workers
-                    .run_connection(&shutdown.tracker, stream, serve);
-            }
+            Ok(accepted) => return Some(accepted),
             Err(e) => accept_failed(&context.service.name, e).await,
         }
     }
@@ -70,38 +86,33 @@ async fn handle(
     hard_stop: &tokio_util::sync::CancellationToken,
 ) {
     let _ = client.set_nodelay(true);
-    let mut connection = Connection::new(context, rand::random());
+    let started = Instant::now();
+    let mut policy = Policy::connection(rand::random());
     let mut client = client;
-    let mut effect = connection.evaluate(context);
-    let delayed = !effect.setup.is_zero();
-    if delayed && effect.cut == Cut::None {
-        match wait_for_setup(&mut connection, context, effect.setup, hard_stop).await {
-            Some(latest) => effect = latest,
+    let mut ruling = policy.look(context);
+    let delayed = !ruling.delay.is_zero();
+    if delayed {
+        match policy.wait_out(context, started, ruling, hard_stop).await {
+            Some(latest) => ruling = latest,
             None => return,
         }
     }
-    match effect.cut {
-        Cut::Drop => {
+    match ruling.fate {
+        Fate::Drop => {
             context.metrics.connection(Outcome::Dropped);
             reset(&client);
             return;
         }
-        Cut::Blackhole => {
+        fate @ (Fate::Blackhole | Fate::Released) => {
             context.metrics.connection(Outcome::Blackholed);
-            let end = relay::hold(
-                &mut client,
-                None::<&mut TcpStream>,
-                context,
-                &mut connection,
-                hard_stop,
-            )
-            .await;
-            if end == End::Dropped {
+            let upstream = None::<&mut TcpStream>;
+            let end = relay::hold(&mut client, upstream, context, &mut policy, fate, hard_stop);
+            if end.await == End::Reset {
                 reset(&client);
             }
             return;
         }
-        Cut::None => {}
+        Fate::Forward | Fate::Error(_) => {}
     }
     let service = &context.service;
     let connect = tokio::time::timeout(
@@ -142,44 +153,16 @@ async fn handle(
         upstream_read,
         upstream_write,
         context,
-        &mut connection,
-        effect,
+        &mut policy,
+        ruling,
         service.limits.idle_timeout,
         hard_stop,
     )
     .await;
-    if end == End::Dropped {
+    if end == End::Reset {
         reset(&client);
         reset(&upstream);
     }
-}
-
-/// Waits out a setup delay, but ends the wait early when a rule change
-/// lifts the delay or cuts the connection. Returns the effect in force at
-/// the end, or `None` on hard stop.
-async fn wait_for_setup(
-    connection: &mut Connection,
-    context: &ServiceContext,
-    setup: Latency,
-    hard_stop: &tokio_util::sync::CancellationToken,
-) -> Option<Effect> {
-    let wait = tokio::time::sleep(setup.sample(rand::random()));
-    tokio::pin!(wait);
-    loop {
-        tokio::select! {
-            () = hard_stop.cancelled() => return None,
-            () = &mut wait => break,
-            changed = connection.changes.changed() => {
-                changed.expect("the rules outlive every connection");
-                let effect = connection.evaluate(context);
-                if effect.cut != Cut::None || effect.setup.is_zero() {
-                    return Some(effect);
-                }
-            }
-        }
-    }
-    // The rules may have changed while we waited.
-    Some(connection.evaluate(context))
 }
 
 /// Closes with RST instead of FIN, so the peer sees the connection cut.

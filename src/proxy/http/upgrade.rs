@@ -13,7 +13,8 @@ use super::sending::Sending;
 use super::{Proxy, ProxyBody};
 use crate::metrics::Outcome;
 use crate::proxy::limits;
-use crate::proxy::relay::{self, Connection};
+use crate::proxy::policy::Policy;
+use crate::proxy::relay;
 use crate::proxy::{Counted, Flow};
 
 /// Whether a request asks to switch protocols (`Connection: upgrade`).
@@ -85,16 +86,17 @@ impl Proxy {
                 let _slot = limits::occupy(&context);
                 let (client_read, client_write) = tokio::io::split(TokioIo::new(client));
                 let (upstream_read, upstream_write) = tokio::io::split(TokioIo::new(upstream));
-                let mut connection = Connection::new(&context, seed);
-                let effect = connection.evaluate(&context);
+                // A connection of its own now, with the request's rolls.
+                let mut policy = Policy::connection(seed);
+                let ruling = policy.look(&*context);
                 relay::relay(
                     client_read,
                     client_write,
                     upstream_read,
                     upstream_write,
                     &context,
-                    &mut connection,
-                    effect,
+                    &mut policy,
+                    ruling,
                     context.service.limits.idle_timeout,
                     &hard_stop,
                 )

@@ -17,12 +17,11 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll, Waker};
 
-use http::{Method, Uri};
 use http_body::{Body, Frame, SizeHint};
 use tokio::sync::watch;
 
-use crate::fault::live::{Live, Rules};
-use crate::fault::{connection_roll, decide, RequestInfo, Verdict};
+use crate::fault::live::Live;
+use crate::proxy::policy::{Fate, Policy};
 use crate::proxy::ServiceContext;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -30,17 +29,7 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Why a streaming response was cut.
 #[derive(Debug, thiserror::Error)]
 #[error("response cut by an injected fault while it streamed")]
-pub(crate) struct Cut;
-
-/// What the rules make of a streaming response.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Fate {
-    Flow,
-    /// A blackhole holds it: nothing more may reach the client.
-    Held,
-    /// A drop hit it, or the blackhole that held it ended: it must end.
-    Cut,
-}
+pub(crate) struct ResponseCut;
 
 /// The request a response answers, to decide again when the rules change.
 pub(crate) struct Watch(Arc<Watching>);
@@ -48,43 +37,25 @@ pub(crate) struct Watch(Arc<Watching>);
 /// What the body and the task driving its connection share.
 struct Watching {
     context: Arc<ServiceContext>,
-    method: Method,
-    uri: Uri,
-    /// The request's seed: the same rolls as its first decision.
-    seed: u64,
     // std mutex: held for one decision, never across an await.
     state: Mutex<State>,
 }
 
 struct State {
-    /// The generation of the snapshot last decided on.
-    seen: u64,
-    held: bool,
-    cut: bool,
+    /// The request's policy: its rolls, and what it counted.
+    policy: Policy,
     /// The body's task while it waits: woken when the response is cut.
     waker: Option<Waker>,
 }
 
 impl Watch {
-    pub(crate) fn new(
-        context: Arc<ServiceContext>,
-        method: Method,
-        uri: Uri,
-        seed: u64,
-    ) -> Box<Watch> {
-        let seen = context.live.load().generation();
-        Box::new(Watch(Arc::new(Watching {
-            context,
-            method,
-            uri,
-            seed,
-            state: Mutex::new(State {
-                seen,
-                held: false,
-                cut: false,
-                waker: None,
-            }),
-        })))
+    /// Watches the response to the request `policy` decided for.
+    pub(crate) fn new(context: Arc<ServiceContext>, policy: Policy) -> Box<Watch> {
+        let state = Mutex::new(State {
+            policy: policy.respond(),
+            waker: None,
+        });
+        Box::new(Watch(Arc::new(Watching { context, state })))
     }
 }
 
@@ -93,78 +64,31 @@ impl Watching {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Decides again on every snapshot published since the last look, and
-    /// wakes the body if that cut the response.
+    /// The response's fate after every snapshot published since the last
+    /// look; wakes the body if that cut the response. An error fault
+    /// passes: it applies from the next request on.
     fn look(&self) -> Fate {
         let mut state = self.lock();
-        let was_cut = state.cut;
-        let live = &self.context.live;
-        if !state.cut && live.load().generation() != state.seen {
-            for rules in live.since(state.seen) {
-                state.seen = rules.generation();
-                self.decide_on(&rules, &mut state);
-                if state.cut {
-                    break;
-                }
-            }
-        }
-        let fate = state.fate();
-        let waker = (state.cut && !was_cut).then(|| state.waker.take());
+        let fate = match state.policy.fate(&*self.context) {
+            Fate::Error(_) => Fate::Forward,
+            fate => fate.clone(),
+        };
+        let waker = fate.is_final().then(|| state.waker.take()).flatten();
         drop(state);
-        if let Some(waker) = waker.flatten() {
+        if let Some(waker) = waker {
             waker.wake();
         }
         fate
     }
 
-    /// Applies one snapshot; a fault is counted when it cuts or first holds.
-    fn decide_on(&self, rules: &Rules, state: &mut State) {
-        let info = RequestInfo {
-            method: &self.method,
-            path: self.uri.path(),
-        };
-        let faults = rules.slot(self.context.slot);
-        let decision = decide(faults, Some(info), |fault| {
-            connection_roll(self.seed, fault)
-        });
-        match decision.verdict {
-            Verdict::Drop => {
-                self.context.metrics.faults_injected(&decision.applied);
-                state.cut = true;
-            }
-            Verdict::Blackhole => {
-                if !state.held {
-                    self.context.metrics.faults_injected(&decision.applied);
-                }
-                // Shutdown lets go at once of what a blackhole holds.
-                state.held = !rules.draining();
-                state.cut = rules.draining();
-            }
-            // What the blackhole held is lost with it.
-            _ => state.cut = state.held,
-        }
-        if state.cut {
-            state.held = false;
-        }
-    }
-
-    /// Keeps `waker` to be woken on a cut; the fate as of now.
-    fn park(&self, waker: &Waker) -> Fate {
+    /// Keeps `waker` to be woken on a cut; whether it is cut as of now.
+    fn park(&self, waker: &Waker) -> bool {
         let mut state = self.lock();
+        let cut = state.policy.fate(&*self.context).is_final();
         if !state.waker.as_ref().is_some_and(|w| w.will_wake(waker)) {
             state.waker = Some(waker.clone());
         }
-        state.fate()
-    }
-}
-
-impl State {
-    fn fate(&self) -> Fate {
-        match (self.cut, self.held) {
-            (true, _) => Fate::Cut,
-            (false, true) => Fate::Held,
-            (false, false) => Fate::Flow,
-        }
+        cut
     }
 }
 
@@ -205,20 +129,20 @@ impl Responses {
     }
 
     /// Decides again for every response (each cut h2 stream is woken to
-    /// reset itself) and says what the connection must do: `Cut` closes
-    /// it, `Held` stops it until a later change.
+    /// reset itself) and says what the connection must do: a drop or a
+    /// released hold closes it, a blackhole stops it until a later change.
     pub(crate) fn look(&self) -> Fate {
-        let mut fate = Fate::Flow;
+        let mut fate = Fate::Forward;
         let mut watched = self.watched.lock().unwrap_or_else(|e| e.into_inner());
         watched.retain(|(watching, whole_connection)| {
             let Some(watching) = watching.upgrade() else {
                 return false;
             };
             let now = watching.look();
-            if *whole_connection && now != Fate::Flow && fate != Fate::Cut {
-                fate = now;
+            if *whole_connection && now != Fate::Forward && !fate.is_final() {
+                fate = now.clone();
             }
-            now != Fate::Cut
+            !now.is_final()
         });
         fate
     }
@@ -256,16 +180,16 @@ where
             return this.inner.poll_frame(cx).map_err(Into::into);
         };
         let watching = &watch.0;
-        if watching.look() == Fate::Flow {
+        if watching.look() == Fate::Forward {
             if let Poll::Ready(frame) = this.inner.poll_frame(cx) {
                 return Poll::Ready(frame.map(|result| result.map_err(Into::into)));
             }
         }
         // Waiting for the upstream, or held: a cut must still wake us.
-        match watching.park(cx.waker()) {
-            Fate::Cut => Poll::Ready(Some(Err(Box::new(Cut)))),
-            Fate::Held | Fate::Flow => Poll::Pending,
+        if watching.park(cx.waker()) {
+            return Poll::Ready(Some(Err(Box::new(ResponseCut))));
         }
+        Poll::Pending
     }
 
     fn is_end_stream(&self) -> bool {
