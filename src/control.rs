@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{self, Plan};
 use crate::engine::Engine;
+use crate::listen::Clients;
 use crate::log_limit::LogLimit;
 use crate::metrics;
 use crate::model::{diff, Change, Connections, Model, Refusal, RunningService};
@@ -388,17 +389,12 @@ impl Control {
             ..self.0.shutdown.clone()
         };
         let stop = CancellationToken::new();
+        let clients = Clients::new(listener, Arc::clone(&service.name), stop.clone())
+            .or_drain(shutdown.draining.clone());
         // Accept loops are not tracked: the tracker counts connections.
         let task = match service.protocol {
-            Protocol::Http => tokio::spawn(proxy::http::serve(
-                listener,
-                context,
-                shutdown,
-                stop.clone(),
-            )),
-            Protocol::Tcp => {
-                tokio::spawn(proxy::tcp::serve(listener, context, shutdown, stop.clone()))
-            }
+            Protocol::Http => tokio::spawn(proxy::http::serve(clients, context, shutdown)),
+            Protocol::Tcp => tokio::spawn(proxy::tcp::serve(clients, context, shutdown)),
         };
         AcceptLoop {
             name: Arc::clone(&service.name),

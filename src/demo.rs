@@ -5,7 +5,6 @@
 //! already holds its ports.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -18,6 +17,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Plan;
+use crate::listen::Clients;
 use crate::topology::{Protocol, Service};
 
 /// A stand-in upstream could not be started.
@@ -50,11 +50,10 @@ pub async fn start_upstreams(plan: &Plan, stop: CancellationToken) -> Result<(),
         if !addr.ip().is_loopback() {
             return Err(error("the demo only binds loopback addresses".to_owned()));
         }
-        let stop = stop.clone();
-        let service = service.clone();
+        let clients = Clients::new(listener, "demo upstream", stop.clone());
         match service.protocol {
-            Protocol::Http => tokio::spawn(http_responder(listener, service, stop)),
-            Protocol::Tcp => tokio::spawn(echo(listener, stop)),
+            Protocol::Http => tokio::spawn(http_responder(clients, service.clone())),
+            Protocol::Tcp => tokio::spawn(echo(clients)),
         };
     }
     Ok(())
@@ -99,19 +98,9 @@ fn port_of(authority: &str) -> Option<u16> {
     authority.rsplit_once(':')?.1.parse().ok()
 }
 
-async fn http_responder(listener: TcpListener, service: Service, stop: CancellationToken) {
+async fn http_responder(clients: Clients, service: Service) {
     let builder = auto::Builder::new(TokioExecutor::new());
-    loop {
-        let (stream, _) = tokio::select! {
-            () = stop.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    crate::proxy::tcp::accept_failed("demo upstream", e).await;
-                    continue;
-                }
-            },
-        };
+    while let Some((stream, _)) = clients.next().await {
         let answer = format!("{} ({})", service.name, service.datacenter);
         let builder = builder.clone();
         tokio::spawn(async move {
@@ -130,18 +119,8 @@ async fn http_responder(listener: TcpListener, service: Service, stop: Cancellat
     }
 }
 
-async fn echo(listener: TcpListener, stop: CancellationToken) {
-    loop {
-        let (mut stream, _): (_, SocketAddr) = tokio::select! {
-            () = stop.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    crate::proxy::tcp::accept_failed("demo upstream", e).await;
-                    continue;
-                }
-            },
-        };
+async fn echo(clients: Clients) {
+    while let Some((mut stream, _)) = clients.next().await {
         tokio::spawn(async move {
             let (mut read, mut write) = stream.split();
             let _ = tokio::io::copy(&mut read, &mut write).await;

@@ -6,29 +6,35 @@
 //!   the [`topology`] (data centers and services) and the scenarios.
 //! - [`fault`] is the fault model and the pure [`fault::decide`];
 //!   [`fault::live`] holds the active rule snapshot the data plane reads.
-//! - [`engine`] activates and lifts scenarios, runs stage timers and expiry,
-//!   and publishes a new snapshot on every change.
-//! - [`proxy`] is the data plane: [`proxy::http`] decides per request,
-//!   [`proxy::tcp`] per connection and again whenever the rules change.
-//! - [`admin`] is the HTTP API and `/metrics`; [`metrics`] names every metric.
-//! - [`stats`] keeps every service's numbers (atomics the data plane adds
-//!   to) and reads them as rates and quantiles over a window; `/metrics`
-//!   renders the same numbers.
-//! - [`shutdown`] drains connections; [`demo`] runs stand-in upstreams.
-//! - [`workers`] runs client connections on threads with a single-threaded
-//!   runtime each.
 //! - [`tls`] reads PEM files into data and builds rustls configurations.
-//! - [`probe`] checks before a game day that every upstream answers.
+//! - [`listen`] is the one accept loop every listener runs (services, admin
+//!   API, demo upstreams), and the idle timeout of HTTP connections.
+//! - [`stats`] keeps every service's numbers (atomics the data plane adds
+//!   to) and reads them as rates and quantiles over a window; [`metrics`]
+//!   names every metric and renders the same numbers for `/metrics`.
+//! - [`engine`] activates, adopts and lifts scenarios, runs stage timers
+//!   and expiry, publishes a new snapshot on every change, and broadcasts
+//!   what happens as [`engine::event`]s (`GET /events` reads them).
 //! - [`model`] is what runs: services with their listeners' addresses and
 //!   rule slots, and the scenarios in force; [`model::diff`] turns a
 //!   re-read plan into [`model::Change`]s, without sockets.
+//! - [`proxy`] is the data plane: [`proxy::http`] decides per request,
+//!   [`proxy::tcp`] per connection, both through `proxy::policy`, the one
+//!   way a connection obeys live rules; `proxy::stage` is the ordered
+//!   per-direction chain a relayed stream passes through.
 //! - [`control`] is the one path by which the running proxy changes: it
 //!   binds, starts and stops accept loops, and updates the engine.
+//! - [`admin`] is the HTTP API and `/metrics`, talking to a [`Control`].
+//! - [`shutdown`] drains connections; [`workers`] runs client connections
+//!   on threads with a single-threaded runtime each; [`demo`] runs
+//!   stand-in upstreams; [`probe`] checks before a game day that every
+//!   upstream answers.
 //!
 //! Layers, each using only those below it: `admin` → `control` →
-//! `engine`, `proxy`, `model` → `fault`, `topology`, `config`. `running`
-//! wires them: [`start`] binds every listener of a plan and returns a
-//! [`Running`] proxy, whose [`Control`] reloads the plan.
+//! `proxy`, `engine`, `model` → `stats`, `metrics` → `listen`, `tls`,
+//! `fault`, `topology`, `config`. `running` wires them: [`start`] binds
+//! every listener of a plan and returns a [`Running`] proxy, whose
+//! [`Control`] reloads the plan.
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -37,6 +43,7 @@ pub mod control;
 pub mod demo;
 pub mod engine;
 pub mod fault;
+pub mod listen;
 mod log_limit;
 pub mod metrics;
 pub mod model;

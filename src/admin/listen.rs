@@ -32,7 +32,8 @@ use tokio_util::sync::CancellationToken;
 use super::auth::{Failures, PeerCertificate};
 use super::ApiError;
 use crate::config::{self, AdminTls};
-use crate::proxy::idle::{Activity, Tracked};
+use crate::listen::activity::{Activity, Tracked};
+use crate::listen::Clients;
 use crate::tls::{self, TlsError};
 
 /// How long a client may take to complete its TLS handshake, to send a
@@ -96,31 +97,19 @@ async fn accept(
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_TIMEOUT);
     let graceful = GracefulShutdown::new();
-    loop {
-        let accepted = tokio::select! {
-            () = stop.cancelled() => break,
-            accepted = listener.accept() => accepted,
+    let clients = Clients::new(listener, "admin API", stop.clone());
+    while let Some((stream, peer)) = clients.next().await {
+        let connection = Connection {
+            acceptor: acceptor.clone(),
+            router: router.clone(),
+            builder: builder.clone(),
+            watcher: graceful.watcher(),
+            stop: stop.clone(),
+            failures: Arc::clone(&failures),
         };
-        match accepted {
-            Ok((stream, peer)) => {
-                let connection = Connection {
-                    acceptor: acceptor.clone(),
-                    router: router.clone(),
-                    builder: builder.clone(),
-                    watcher: graceful.watcher(),
-                    stop: stop.clone(),
-                    failures: Arc::clone(&failures),
-                };
-                tokio::spawn(connection.serve(stream, peer));
-            }
-            Err(e) => {
-                // Out of file descriptors, most likely: let some close.
-                tracing::warn!("admin API accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
+        tokio::spawn(connection.serve(stream, peer));
     }
-    drop(listener);
+    drop(clients);
     let _ = tokio::time::timeout(CLOSE_GRACE, graceful.shutdown()).await;
 }
 

@@ -35,14 +35,15 @@ use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-use super::idle::{Activity, Stalling, Tracked};
+use super::idle::Stalling;
 use super::limits::{
     admit, admit_handshake, refusal_response, refuse_http, Handshake, Refusals, Slot,
 };
 use super::policy::{Fate, Policy};
-use super::tcp::accept;
 use super::{Counted, Flow, ServiceContext};
 use crate::fault::ErrorResponse;
+use crate::listen::activity::{Activity, Tracked};
+use crate::listen::Clients;
 use crate::metrics::Outcome;
 use crate::shutdown::Shutdown;
 use crate::topology::Limits;
@@ -75,14 +76,13 @@ struct Proxy {
     shutdown: Shutdown,
 }
 
-/// Serves one http service until shutdown starts (open connections finish
-/// their requests, then close) or until `stop`, which hands the listener
-/// back for a reloaded plan and leaves open connections alone.
+/// Serves one http service until its accept loop ends (see [`Clients`]):
+/// when shutdown starts, open connections finish their requests, then
+/// close; on a stop, the listener is handed back and they stay.
 pub async fn serve(
-    listener: TcpListener,
+    clients: Clients,
     context: Arc<ServiceContext>,
     shutdown: Shutdown,
-    stop: CancellationToken,
 ) -> Option<TcpListener> {
     let service = &context.service;
     let authority = match Authority::try_from(service.upstream.authority.as_str()) {
@@ -125,11 +125,7 @@ pub async fn serve(
     let refusal = refusal_response(&context);
     let spares = sticky::Spares::new(shutdown.workers.clone(), shutdown.draining.clone());
     let mut refusals = Refusals::default();
-    loop {
-        let Some((stream, peer)) = accept(&listener, &context, &shutdown, &stop).await else {
-            // Dropping the listener refuses new clients at once.
-            return (!shutdown.draining.is_cancelled()).then_some(listener);
-        };
+    while let Some((stream, peer)) = clients.next().await {
         let place = match &acceptor {
             None => admit(&context).map(Place::Open),
             Some(tls) => admit_handshake(&context).map(|pending| Place::Tls(pending, tls.clone())),
@@ -202,6 +198,7 @@ pub async fn serve(
             .workers
             .run_connection(&shutdown.tracker, stream, serve);
     }
+    clients.hand_back()
 }
 
 /// A new client's place under `max_connections`: taken, or, on a TLS

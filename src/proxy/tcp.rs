@@ -5,35 +5,27 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
-use tokio_util::sync::CancellationToken;
-
 use tokio::time::Instant;
 
 use super::limits::{self, Refusals};
 use super::policy::{Fate, Policy};
 use super::relay::{self, End};
 use super::ServiceContext;
+use crate::listen::Clients;
 use crate::metrics::Outcome;
 use crate::shutdown::Shutdown;
 
-/// Accepts connections for one tcp service until shutdown starts, or until
-/// `stop`, which hands the listener back for a reloaded plan and leaves
-/// open connections alone.
+/// Serves the clients of one tcp service until its accept loop ends (see
+/// [`Clients`]), then hands the listener back; open connections stay.
 pub async fn serve(
-    listener: TcpListener,
+    clients: Clients,
     context: Arc<ServiceContext>,
     shutdown: Shutdown,
-    stop: CancellationToken,
 ) -> Option<TcpListener> {
     let mut refusals = Refusals::default();
-    loop {
-        let Some((stream, peer)) = accept(&listener, &context, &shutdown, &stop).await else {
-            // Dropping the listener refuses new clients at once.
-            return (!shutdown.draining.is_cancelled()).then_some(listener);
-        };
+    while let Some((stream, peer)) = clients.next().await {
         let Some(slot) = limits::admit(&context) else {
             refusals.record(&context);
             reset(&stream);
@@ -49,34 +41,7 @@ pub async fn serve(
             .workers
             .run_connection(&shutdown.tracker, stream, serve);
     }
-}
-
-/// Waits for the next client of a service's `listener`, backing off after
-/// a failed accept; `None` once shutdown starts or `stop`.
-pub(crate) async fn accept(
-    listener: &TcpListener,
-    context: &ServiceContext,
-    shutdown: &Shutdown,
-    stop: &CancellationToken,
-) -> Option<(TcpStream, SocketAddr)> {
-    loop {
-        let accepted = tokio::select! {
-            () = shutdown.draining.cancelled() => return None,
-            () = stop.cancelled() => return None,
-            accepted = listener.accept() => accepted,
-        };
-        match accepted {
-            Ok(accepted) => return Some(accepted),
-            Err(e) => accept_failed(&context.service.name, e).await,
-        }
-    }
-}
-
-/// Logs a failed accept and backs off briefly: running out of file
-/// descriptors must slow the proxy down, not spin it.
-pub(crate) async fn accept_failed(service: &str, e: std::io::Error) {
-    tracing::warn!(service, "accept failed: {e}");
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    clients.hand_back()
 }
 
 async fn handle(
