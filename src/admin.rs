@@ -249,17 +249,7 @@ async fn lift_all(
 async fn reload(State(state): State<AdminState>, Extension(caller): Extension<Caller>) -> Response {
     let by = caller.to_string();
     match state.control.reload(&by).await {
-        Ok(reloaded) => {
-            let reloaded = api::ReloadReport {
-                kept: reloaded.kept,
-                changed: reloaded.changed,
-                added: reloaded.added,
-                removed: reloaded.removed,
-                lifted: reloaded.lifted,
-                warnings: reloaded.warnings,
-            };
-            (StatusCode::OK, Json(api::ReloadAnswer { reloaded })).into_response()
-        }
+        Ok(reloaded) => (StatusCode::OK, Json(api::ReloadAnswer { reloaded })).into_response(),
         Err(error) => {
             tracing::warn!(by, "reload refused: {error}");
             let status = match &error {

@@ -212,25 +212,13 @@ pub struct Topology {
     pub datacenters: Vec<DataCenter>,
 }
 
-/// What `POST /reload` did, service by service.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ReloadReport {
-    /// Services that stayed as they were.
-    pub kept: Vec<String>,
-    /// Services whose listener now leads somewhere else.
-    pub changed: Vec<String>,
-    pub added: Vec<String>,
-    pub removed: Vec<String>,
-    /// Active scenarios the new plan no longer has.
-    pub lifted: Vec<String>,
-    /// The new plan's warnings, and settings that only apply on restart.
-    pub warnings: Vec<String>,
-}
+/// What `POST /reload` did, service by service: the control's own report.
+pub use crate::control::Reloaded;
 
 /// `POST /reload` when it worked.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReloadAnswer {
-    pub reloaded: ReloadReport,
+    pub reloaded: Reloaded,
 }
 
 /// One located problem of a refused plan.

@@ -70,8 +70,9 @@ impl From<Refusal<StartError>> for ReloadError {
     }
 }
 
-/// What a reload did, service by service.
-#[derive(Debug, Default, Clone, serde::Serialize)]
+/// What a reload did, service by service; also the answer to
+/// `POST /reload`.
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Reloaded {
     /// Services that stayed as they were; their connections stayed open.
     pub kept: Vec<String>,
