@@ -9,6 +9,8 @@
 //! - [`tls`] reads PEM files into data and builds rustls configurations.
 //! - [`listen`] is the one accept loop every listener runs (services, admin
 //!   API, demo upstreams), and the idle timeout of HTTP connections.
+//! - [`body`] is the one wrapper of every body firedrill wraps: byte
+//!   counts, timers and rule watches each decide only what a poll gives.
 //! - [`stats`] keeps every service's numbers (atomics the data plane adds
 //!   to) and reads them as rates and quantiles over a window; [`metrics`]
 //!   names every metric and renders the same numbers for `/metrics`.
@@ -31,13 +33,14 @@
 //!   upstream answers.
 //!
 //! Layers, each using only those below it: `admin` → `control` →
-//! `proxy`, `engine`, `model` → `stats`, `metrics` → `listen`, `tls`,
-//! `fault`, `topology`, `config`. `running` wires them: [`start`] binds
+//! `proxy`, `engine`, `model` → `stats`, `metrics` → `listen`, `body`,
+//! `tls`, `fault`, `topology`, `config`. `running` wires them: [`start`] binds
 //! every listener of a plan and returns a [`Running`] proxy, whose
 //! [`Control`] reloads the plan.
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod body;
 pub mod config;
 pub mod control;
 pub mod demo;

@@ -19,7 +19,9 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::Buf;
-use http_body::{Body, Frame, SizeHint};
+use http_body::Body;
+
+use crate::body::{Frames, Polled, Wrapped};
 
 use crate::fault::live::Live;
 use crate::log_limit::LogLimit;
@@ -103,49 +105,36 @@ impl ServiceContext {
     }
 }
 
-pin_project_lite::pin_project! {
-    /// A body that counts the payload bytes streaming through it.
-    pub struct Counted<B> {
-        #[pin]
-        inner: B,
-        context: Arc<ServiceContext>,
-        flow: Flow,
-    }
+/// A body that counts the payload bytes streaming through it.
+pub type Counted<B> = Wrapped<B, Counter>;
+
+/// Counts a body's payload bytes for its service, one way.
+#[derive(Debug)]
+pub struct Counter {
+    context: Arc<ServiceContext>,
+    flow: Flow,
 }
 
 impl<B> Counted<B> {
     pub(crate) fn new(inner: B, context: Arc<ServiceContext>, flow: Flow) -> Counted<B> {
-        Counted {
-            inner,
-            context,
-            flow,
-        }
+        Wrapped::wrap(inner, Counter { context, flow })
     }
 }
 
-impl<B: Body> Body for Counted<B> {
-    type Data = B::Data;
+impl<B: Body> Frames<B> for Counter {
     type Error = B::Error;
 
     fn poll_frame(
-        self: Pin<&mut Self>,
+        &mut self,
+        inner: Pin<&mut B>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        let this = self.project();
-        let frame = ready!(this.inner.poll_frame(cx));
+    ) -> Polled<B::Data, B::Error> {
+        let frame = ready!(inner.poll_frame(cx));
         if let Some(Ok(frame)) = &frame {
             if let Some(data) = frame.data_ref() {
-                this.context.count_bytes(*this.flow, data.remaining());
+                self.context.count_bytes(self.flow, data.remaining());
             }
         }
         Poll::Ready(frame)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
     }
 }

@@ -17,7 +17,7 @@ use axum::extract::ConnectInfo;
 use axum::response::IntoResponse;
 use axum::Router;
 use bytes::Bytes;
-use http_body::{Body, Frame, SizeHint};
+use http_body::Body;
 use hyper::body::Incoming;
 use hyper::service::{service_fn, Service};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -31,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::auth::{Failures, PeerCertificate};
 use super::ApiError;
+use crate::body::{boxed, BoxError, Frames, Polled, Wrapped};
 use crate::config::{self, AdminTls};
 use crate::listen::activity::{Activity, Tracked};
 use crate::listen::Clients;
@@ -232,52 +233,39 @@ fn declared_length<B>(request: &http::Request<B>) -> Option<u64> {
 )]
 struct LateBody;
 
-pin_project_lite::pin_project! {
-    /// A request body that must end within [`HEADER_TIMEOUT`] of its
-    /// request's headers; after that it fails, the handler answers 400, and
-    /// hyper closes the connection, as the rest of the body is unread.
-    struct Deadline {
-        #[pin]
-        inner: Incoming,
-        // Boxed: a request is moved through the router, and admin
-        // requests are few.
-        deadline: Pin<Box<Sleep>>,
-    }
-}
+/// A request body that must end within [`HEADER_TIMEOUT`] of its
+/// request's headers; after that it fails, the handler answers 400, and
+/// hyper closes the connection, as the rest of the body is unread.
+type Deadline = Wrapped<Incoming, BodyTimer>;
+
+/// The timer of a [`Deadline`] body. Boxed: a request is moved through the
+/// router, and admin requests are few.
+struct BodyTimer(Pin<Box<Sleep>>);
 
 impl Deadline {
     fn new(inner: Incoming) -> Deadline {
-        Deadline {
+        Wrapped::wrap(
             inner,
-            deadline: Box::pin(tokio::time::sleep(HEADER_TIMEOUT)),
-        }
+            BodyTimer(Box::pin(tokio::time::sleep(HEADER_TIMEOUT))),
+        )
     }
 }
 
-impl Body for Deadline {
-    type Data = Bytes;
-    type Error = Box<dyn std::error::Error + Send + Sync>;
+impl Frames<Incoming> for BodyTimer {
+    type Error = BoxError;
 
     fn poll_frame(
-        self: Pin<&mut Self>,
+        &mut self,
+        inner: Pin<&mut Incoming>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        let this = self.project();
-        if let Poll::Ready(frame) = this.inner.poll_frame(cx) {
-            return Poll::Ready(frame.map(|result| result.map_err(Into::into)));
+    ) -> Polled<Bytes, BoxError> {
+        if let Poll::Ready(frame) = inner.poll_frame(cx) {
+            return boxed(Poll::Ready(frame));
         }
-        match this.deadline.as_mut().poll(cx) {
+        match self.0.as_mut().poll(cx) {
             Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(LateBody)))),
             Poll::Pending => Poll::Pending,
         }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
     }
 }
 

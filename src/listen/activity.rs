@@ -6,11 +6,13 @@
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::Context;
 use std::time::Duration;
 
-use http_body::{Body, Frame, SizeHint};
+use http_body::Body;
 use tokio::time::Instant;
+
+use crate::body::{Frames, Polled, Wrapped};
 
 /// What one HTTP client connection is doing, for its idle timeout: how
 /// many requests are in flight (from the request head to the end of the
@@ -82,38 +84,24 @@ impl Drop for Busy {
     }
 }
 
-pin_project_lite::pin_project! {
-    /// A response body that keeps its request in flight until it is done.
-    pub(crate) struct Tracked<B> {
-        #[pin]
-        inner: B,
-        _busy: Busy,
-    }
-}
+/// A response body that keeps its request in flight until it is done.
+pub(crate) type Tracked<B> = Wrapped<B, Busy>;
 
 impl<B> Tracked<B> {
     pub(crate) fn new(inner: B, busy: Busy) -> Tracked<B> {
-        Tracked { inner, _busy: busy }
+        Wrapped::wrap(inner, busy)
     }
 }
 
-impl<B: Body> Body for Tracked<B> {
-    type Data = B::Data;
+impl<B: Body> Frames<B> for Busy {
     type Error = B::Error;
 
     fn poll_frame(
-        self: Pin<&mut Self>,
+        &mut self,
+        inner: Pin<&mut B>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        self.project().inner.poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+    ) -> Polled<B::Data, B::Error> {
+        inner.poll_frame(cx)
     }
 }
 

@@ -12,11 +12,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http_body::{Body, Frame, SizeHint};
+use http_body::Body;
 use tokio::time::{Instant, Sleep};
 
-/// The boxed error bodies that can fail with [`Stalled`] carry.
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+use crate::body::{boxed, BoxError, Frames, Polled, Wrapped};
 
 /// Checks per idle timeout on a relayed stream: it closes after between
 /// 1 and 1 + 1/CHECKS timeouts of silence.
@@ -59,71 +58,62 @@ impl Traffic {
 #[error("the upstream sent no part of its response body for {}", humantime::format_duration(*.0))]
 pub(crate) struct Stalled(pub Duration);
 
-pin_project_lite::pin_project! {
-    /// An upstream response body that fails when the upstream pauses for
-    /// longer than `timeout`. The timer is armed only when a read has to
-    /// wait, so a body that streams without pause never touches it.
-    pub struct Stalling<B> {
-        #[pin]
-        inner: B,
-        // Boxed: responses are moved several times on their way out, and a
-        // timer inline would make every move copy it.
-        deadline: Option<Pin<Box<Sleep>>>,
-        timeout: Duration,
-        waiting: bool,
-    }
+/// An upstream response body that fails when the upstream pauses for
+/// longer than its timeout. The timer is armed only when a read has to
+/// wait, so a body that streams without pause never touches it.
+pub type Stalling<B> = Wrapped<B, StallTimer>;
+
+/// The pause timer of a [`Stalling`] body.
+#[derive(Debug)]
+pub struct StallTimer {
+    // Boxed: responses are moved several times on their way out, and a
+    // timer inline would make every move copy it.
+    deadline: Option<Pin<Box<Sleep>>>,
+    timeout: Duration,
+    waiting: bool,
 }
 
 impl<B> Stalling<B> {
     pub(crate) fn new(inner: B, timeout: Duration) -> Stalling<B> {
-        Stalling {
-            inner,
+        let timer = StallTimer {
             deadline: None,
             timeout,
             waiting: false,
-        }
+        };
+        Wrapped::wrap(inner, timer)
     }
 }
 
-impl<B: Body> Body for Stalling<B>
+impl<B: Body> Frames<B> for StallTimer
 where
     B::Error: Into<BoxError>,
 {
-    type Data = B::Data;
     type Error = BoxError;
 
     fn poll_frame(
-        self: Pin<&mut Self>,
+        &mut self,
+        inner: Pin<&mut B>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        let this = self.project();
-        if let Poll::Ready(frame) = this.inner.poll_frame(cx) {
-            *this.waiting = false;
-            return Poll::Ready(frame.map(|result| result.map_err(Into::into)));
+    ) -> Polled<B::Data, BoxError> {
+        if let Poll::Ready(frame) = inner.poll_frame(cx) {
+            self.waiting = false;
+            return boxed(Poll::Ready(frame));
         }
-        if !*this.waiting {
+        if !self.waiting {
             // The pause starts now.
-            *this.waiting = true;
-            let due = Instant::now() + *this.timeout;
-            match this.deadline.as_mut() {
+            self.waiting = true;
+            let due = Instant::now() + self.timeout;
+            match self.deadline.as_mut() {
                 Some(deadline) => deadline.as_mut().reset(due),
-                None => *this.deadline = Some(Box::pin(tokio::time::sleep_until(due))),
+                None => self.deadline = Some(Box::pin(tokio::time::sleep_until(due))),
             }
         }
-        if let Some(deadline) = this.deadline.as_mut() {
+        if let Some(deadline) = self.deadline.as_mut() {
             if deadline.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(Some(Err(Box::new(Stalled(*this.timeout)))));
+                return Poll::Ready(Some(Err(Box::new(Stalled(self.timeout)))));
             }
         }
         Poll::Pending
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
     }
 }
 

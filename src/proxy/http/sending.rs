@@ -11,9 +11,11 @@ use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http_body::{Body, Frame, SizeHint};
+use http_body::Body;
 use tokio::sync::Notify;
 use tokio::time::Instant;
+
+use crate::body::{Frames, Polled, Wrapped};
 
 /// The upstream has been handed a frame and not asked for the next yet.
 const UPSTREAM: u64 = 0;
@@ -110,44 +112,37 @@ impl Progress {
     }
 }
 
-pin_project_lite::pin_project! {
-    /// `inner` reporting its progress to `progress`, when given.
-    pub struct Sending<B> {
-        #[pin]
-        inner: B,
-        progress: Option<Arc<Progress>>,
-    }
-}
+/// `inner` reporting its progress to a [`Progress`], when given.
+pub type Sending<B> = Wrapped<B, Option<Arc<Progress>>>;
 
 impl<B> Sending<B> {
     pub(super) fn new(inner: B, progress: Option<Arc<Progress>>) -> Sending<B> {
-        Sending { inner, progress }
+        Wrapped::wrap(inner, progress)
     }
 }
 
-impl<B> Body for Sending<B>
+impl<B> Frames<B> for Option<Arc<Progress>>
 where
     B: Body,
     B::Error: std::error::Error,
 {
-    type Data = B::Data;
     type Error = B::Error;
 
     fn poll_frame(
-        self: Pin<&mut Self>,
+        &mut self,
+        mut inner: Pin<&mut B>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        let mut this = self.project();
-        let Some(progress) = this.progress else {
-            return this.inner.poll_frame(cx);
+    ) -> Polled<B::Data, B::Error> {
+        let Some(progress) = self else {
+            return inner.poll_frame(cx);
         };
-        let frame = this.inner.as_mut().poll_frame(cx);
+        let frame = inner.as_mut().poll_frame(cx);
         match &frame {
             Poll::Pending => progress.set(CLIENT),
             Poll::Ready(None) => progress.set(SENT),
             // The upstream connection asks for no more once the body says
             // it has ended.
-            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => progress.set(SENT),
+            Poll::Ready(Some(Ok(_))) if inner.is_end_stream() => progress.set(SENT),
             Poll::Ready(Some(Ok(_))) => progress.set(UPSTREAM),
             Poll::Ready(Some(Err(e))) => {
                 let chain =
@@ -158,14 +153,6 @@ where
             }
         }
         frame
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
     }
 }
 

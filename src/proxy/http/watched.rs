@@ -17,14 +17,14 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll, Waker};
 
-use http_body::{Body, Frame, SizeHint};
+use http_body::Body;
 use tokio::sync::watch;
+
+use crate::body::{boxed, BoxError, Frames, Polled, Wrapped};
 
 use crate::fault::live::Live;
 use crate::proxy::policy::{Fate, Policy};
 use crate::proxy::ServiceContext;
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Why a streaming response was cut.
 #[derive(Debug, thiserror::Error)]
@@ -120,7 +120,7 @@ impl Responses {
     /// where a response is cut or held by closing or stopping the
     /// connection.
     pub(crate) fn add<B>(&self, body: &Watched<B>, whole_connection: bool) {
-        let Some(watch) = &body.watch else {
+        let Some(watch) = &body.frames().0 else {
             return;
         };
         let mut watched = self.watched.lock().unwrap_or_else(|e| e.into_inner());
@@ -148,41 +148,37 @@ impl Responses {
     }
 }
 
-pin_project_lite::pin_project! {
-    /// `inner`, under the watch of the live rules when `watch` is set.
-    pub struct Watched<B> {
-        #[pin]
-        inner: B,
-        // Boxed: responses are moved several times on their way out.
-        watch: Option<Box<Watch>>,
-    }
-}
+/// `inner`, under the watch of the live rules when its [`Watch`] is set.
+pub type Watched<B> = Wrapped<B, Watcher>;
+
+/// What watches a [`Watched`] body; boxed, as responses are moved several
+/// times on their way out.
+pub struct Watcher(Option<Box<Watch>>);
 
 impl<B> Watched<B> {
     pub(crate) fn new(inner: B, watch: Option<Box<Watch>>) -> Watched<B> {
-        Watched { inner, watch }
+        Wrapped::wrap(inner, Watcher(watch))
     }
 }
 
-impl<B: Body> Body for Watched<B>
+impl<B: Body> Frames<B> for Watcher
 where
     B::Error: Into<BoxError>,
 {
-    type Data = B::Data;
     type Error = BoxError;
 
     fn poll_frame(
-        self: Pin<&mut Self>,
+        &mut self,
+        inner: Pin<&mut B>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        let this = self.project();
-        let Some(watch) = this.watch else {
-            return this.inner.poll_frame(cx).map_err(Into::into);
+    ) -> Polled<B::Data, BoxError> {
+        let Some(watch) = &self.0 else {
+            return boxed(inner.poll_frame(cx));
         };
         let watching = &watch.0;
         if watching.look() == Fate::Forward {
-            if let Poll::Ready(frame) = this.inner.poll_frame(cx) {
-                return Poll::Ready(frame.map(|result| result.map_err(Into::into)));
+            if let Poll::Ready(frame) = inner.poll_frame(cx) {
+                return boxed(Poll::Ready(frame));
             }
         }
         // Waiting for the upstream, or held: a cut must still wake us.
@@ -190,13 +186,5 @@ where
             return Poll::Ready(Some(Err(Box::new(ResponseCut))));
         }
         Poll::Pending
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
     }
 }
