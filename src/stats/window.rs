@@ -81,15 +81,8 @@ impl Ticks {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Window {
     span: Duration,
-    requests: u64,
-    failed: u64,
-    latency: [u64; BUCKETS],
-    latency_nanos: u64,
-    connections: u64,
-    open: i64,
-    bytes_upstream: u64,
-    bytes_downstream: u64,
-    faults: u64,
+    /// What changed between the two ends; `open` is as at the end.
+    counts: Sample,
 }
 
 impl Window {
@@ -105,8 +98,7 @@ impl Window {
         for (delta, (old, new)) in latency.iter_mut().zip(from.latency.iter().zip(&to.latency)) {
             *delta = new.saturating_sub(*old);
         }
-        Window {
-            span,
+        let counts = Sample {
             requests: to.requests.saturating_sub(from.requests),
             failed: to.failed.saturating_sub(from.failed),
             latency,
@@ -116,22 +108,24 @@ impl Window {
             bytes_upstream: to.bytes_upstream.saturating_sub(from.bytes_upstream),
             bytes_downstream: to.bytes_downstream.saturating_sub(from.bytes_downstream),
             faults: to.faults.saturating_sub(from.faults),
-        }
+        };
+        Window { span, counts }
     }
 
     /// Adds another service's window of the same span.
     pub(super) fn add(&mut self, other: &Window) {
-        for (mine, theirs) in self.latency.iter_mut().zip(&other.latency) {
+        let (mine, theirs) = (&mut self.counts, &other.counts);
+        for (mine, theirs) in mine.latency.iter_mut().zip(&theirs.latency) {
             *mine += theirs;
         }
-        self.requests += other.requests;
-        self.failed += other.failed;
-        self.latency_nanos += other.latency_nanos;
-        self.connections += other.connections;
-        self.open += other.open;
-        self.bytes_upstream += other.bytes_upstream;
-        self.bytes_downstream += other.bytes_downstream;
-        self.faults += other.faults;
+        mine.requests += theirs.requests;
+        mine.failed += theirs.failed;
+        mine.latency_nanos += theirs.latency_nanos;
+        mine.connections += theirs.connections;
+        mine.open += theirs.open;
+        mine.bytes_upstream += theirs.bytes_upstream;
+        mine.bytes_downstream += theirs.bytes_downstream;
+        mine.faults += theirs.faults;
     }
 
     /// The time the window covers: the span asked for, give or take a
@@ -142,30 +136,30 @@ impl Window {
 
     /// HTTP requests whose fate was decided in the window.
     pub fn requests(&self) -> u64 {
-        self.requests
+        self.counts.requests
     }
 
     /// Of those, the failed ones: dropped, blackholed, answered with an
     /// injected error or an upstream error, or with any 5xx (a delayed
     /// request that was answered did not fail).
     pub fn failed(&self) -> u64 {
-        self.failed
+        self.counts.failed
     }
 
     pub fn requests_per_second(&self) -> f64 {
-        self.per_second(self.requests)
+        self.per_second(self.counts.requests)
     }
 
     /// Failed requests over all requests; `None` without requests.
     pub fn failed_ratio(&self) -> Option<f64> {
-        (self.requests > 0).then(|| self.failed as f64 / self.requests as f64)
+        (self.counts.requests > 0).then(|| self.counts.failed as f64 / self.counts.requests as f64)
     }
 
     /// The `q`-quantile (0 to 1) of answered requests' latency, from the
     /// histogram's buckets as `histogram_quantile` reads them; `None`
     /// without answered requests or for a `q` outside 0 to 1.
     pub fn latency_quantile(&self, q: f64) -> Option<Duration> {
-        quantile(q, &self.latency).map(Duration::from_secs_f64)
+        quantile(q, &self.counts.latency).map(Duration::from_secs_f64)
     }
 
     pub fn p50(&self) -> Option<Duration> {
@@ -178,33 +172,33 @@ impl Window {
 
     /// The mean latency of answered requests; `None` without any.
     pub fn mean_latency(&self) -> Option<Duration> {
-        let answered: u64 = self.latency.iter().sum();
-        (answered > 0).then(|| Duration::from_nanos(self.latency_nanos / answered))
+        let answered: u64 = self.counts.latency.iter().sum();
+        (answered > 0).then(|| Duration::from_nanos(self.counts.latency_nanos / answered))
     }
 
     /// Client connections open at the window's end.
     pub fn connections_open(&self) -> i64 {
-        self.open
+        self.counts.open
     }
 
     /// Client connections counted (whatever their outcome) per second.
     pub fn connections_per_second(&self) -> f64 {
-        self.per_second(self.connections)
+        self.per_second(self.counts.connections)
     }
 
     /// Payload bytes per second from clients to the services.
     pub fn bytes_upstream_per_second(&self) -> f64 {
-        self.per_second(self.bytes_upstream)
+        self.per_second(self.counts.bytes_upstream)
     }
 
     /// Payload bytes per second from the services to clients.
     pub fn bytes_downstream_per_second(&self) -> f64 {
-        self.per_second(self.bytes_downstream)
+        self.per_second(self.counts.bytes_downstream)
     }
 
     /// Faults injected in the window.
     pub fn faults(&self) -> u64 {
-        self.faults
+        self.counts.faults
     }
 
     fn per_second(&self, n: u64) -> f64 {
