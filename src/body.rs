@@ -1,7 +1,8 @@
 //! One body wrapper for every body firedrill wraps: [`Wrapped`] holds the
 //! inner body and a [`Frames`] that decides what each poll gives (count
 //! the bytes, keep a request in flight, time out a pause, cut on a rule
-//! change), and passes the rest of [`Body`] through unchanged.
+//! change), and passes the rest of [`Body`] through unchanged. [`Cut`]
+//! is the shape of those that add errors of their own.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -64,6 +65,43 @@ impl<B: Body, F: Frames<B>> Body for Wrapped<B, F> {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// A [`Frames`] that passes the inner body's frames on, errors boxed, and
+/// may end the body with an error of its own while it waits: a timer, or
+/// a watch of the live rules.
+pub trait Cut {
+    /// Whether the inner body may be polled now; a held body is not.
+    fn open(&mut self) -> bool {
+        true
+    }
+
+    /// The inner body gave a frame (or its end).
+    fn passed(&mut self) {}
+
+    /// While the inner body waits, or is held: an error to end it with.
+    fn poll_cut(&mut self, cx: &mut Context<'_>) -> Poll<BoxError>;
+}
+
+impl<B: Body, C: Cut> Frames<B> for C
+where
+    B::Error: Into<BoxError>,
+{
+    type Error = BoxError;
+
+    fn poll_frame(
+        &mut self,
+        inner: Pin<&mut B>,
+        cx: &mut Context<'_>,
+    ) -> Polled<B::Data, BoxError> {
+        if self.open() {
+            if let Poll::Ready(frame) = inner.poll_frame(cx) {
+                self.passed();
+                return boxed(Poll::Ready(frame));
+            }
+        }
+        self.poll_cut(cx).map(|e| Some(Err(e)))
     }
 }
 

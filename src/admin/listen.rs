@@ -16,8 +16,6 @@ use std::time::Duration;
 use axum::extract::ConnectInfo;
 use axum::response::IntoResponse;
 use axum::Router;
-use bytes::Bytes;
-use http_body::Body;
 use hyper::body::Incoming;
 use hyper::service::{service_fn, Service};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -31,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::auth::{Failures, PeerCertificate};
 use super::ApiError;
-use crate::body::{boxed, BoxError, Frames, Polled, Wrapped};
+use crate::body::{BoxError, Cut, Wrapped};
 use crate::config::{self, AdminTls};
 use crate::listen::activity::{Activity, Tracked};
 use crate::listen::Clients;
@@ -251,21 +249,12 @@ impl Deadline {
     }
 }
 
-impl Frames<Incoming> for BodyTimer {
-    type Error = BoxError;
-
-    fn poll_frame(
-        &mut self,
-        inner: Pin<&mut Incoming>,
-        cx: &mut Context<'_>,
-    ) -> Polled<Bytes, BoxError> {
-        if let Poll::Ready(frame) = inner.poll_frame(cx) {
-            return boxed(Poll::Ready(frame));
-        }
-        match self.0.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(LateBody)))),
-            Poll::Pending => Poll::Pending,
-        }
+impl Cut for BodyTimer {
+    fn poll_cut(&mut self, cx: &mut Context<'_>) -> Poll<BoxError> {
+        self.0
+            .as_mut()
+            .poll(cx)
+            .map(|()| Box::new(LateBody) as BoxError)
     }
 }
 

@@ -12,10 +12,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http_body::Body;
 use tokio::time::{Instant, Sleep};
 
-use crate::body::{boxed, BoxError, Frames, Polled, Wrapped};
+use crate::body::{BoxError, Cut, Wrapped};
 
 /// Checks per idle timeout on a relayed stream: it closes after between
 /// 1 and 1 + 1/CHECKS timeouts of silence.
@@ -84,21 +83,12 @@ impl<B> Stalling<B> {
     }
 }
 
-impl<B: Body> Frames<B> for StallTimer
-where
-    B::Error: Into<BoxError>,
-{
-    type Error = BoxError;
+impl Cut for StallTimer {
+    fn passed(&mut self) {
+        self.waiting = false;
+    }
 
-    fn poll_frame(
-        &mut self,
-        inner: Pin<&mut B>,
-        cx: &mut Context<'_>,
-    ) -> Polled<B::Data, BoxError> {
-        if let Poll::Ready(frame) = inner.poll_frame(cx) {
-            self.waiting = false;
-            return boxed(Poll::Ready(frame));
-        }
+    fn poll_cut(&mut self, cx: &mut Context<'_>) -> Poll<BoxError> {
         if !self.waiting {
             // The pause starts now.
             self.waiting = true;
@@ -108,12 +98,10 @@ where
                 None => self.deadline = Some(Box::pin(tokio::time::sleep_until(due))),
             }
         }
-        if let Some(deadline) = self.deadline.as_mut() {
-            if deadline.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(Some(Err(Box::new(Stalled(self.timeout)))));
-            }
+        match self.deadline.as_mut().map(|d| d.as_mut().poll(cx)) {
+            Some(Poll::Ready(())) => Poll::Ready(Box::new(Stalled(self.timeout))),
+            _ => Poll::Pending,
         }
-        Poll::Pending
     }
 }
 

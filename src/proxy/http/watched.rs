@@ -13,14 +13,12 @@
 //! or stopped there; an h2 stream, which only its own body can reset, is
 //! cut when hyper next polls it.
 
-use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll, Waker};
 
-use http_body::Body;
 use tokio::sync::watch;
 
-use crate::body::{boxed, BoxError, Frames, Polled, Wrapped};
+use crate::body::{BoxError, Cut, Wrapped};
 
 use crate::fault::live::Live;
 use crate::proxy::policy::{Fate, Policy};
@@ -161,30 +159,18 @@ impl<B> Watched<B> {
     }
 }
 
-impl<B: Body> Frames<B> for Watcher
-where
-    B::Error: Into<BoxError>,
-{
-    type Error = BoxError;
+impl Cut for Watcher {
+    fn open(&mut self) -> bool {
+        self.0
+            .as_ref()
+            .is_none_or(|watch| watch.0.look() == Fate::Forward)
+    }
 
-    fn poll_frame(
-        &mut self,
-        inner: Pin<&mut B>,
-        cx: &mut Context<'_>,
-    ) -> Polled<B::Data, BoxError> {
-        let Some(watch) = &self.0 else {
-            return boxed(inner.poll_frame(cx));
-        };
-        let watching = &watch.0;
-        if watching.look() == Fate::Forward {
-            if let Poll::Ready(frame) = inner.poll_frame(cx) {
-                return boxed(Poll::Ready(frame));
-            }
-        }
+    fn poll_cut(&mut self, cx: &mut Context<'_>) -> Poll<BoxError> {
         // Waiting for the upstream, or held: a cut must still wake us.
-        if watching.park(cx.waker()) {
-            return Poll::Ready(Some(Err(Box::new(ResponseCut))));
+        match &self.0 {
+            Some(watch) if watch.0.park(cx.waker()) => Poll::Ready(Box::new(ResponseCut)),
+            _ => Poll::Pending,
         }
-        Poll::Pending
     }
 }
