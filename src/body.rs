@@ -12,8 +12,8 @@ use http_body::{Body, Frame, SizeHint};
 /// The error a body that adds failures of its own gives.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// What one poll of a body gives.
-pub type Polled<D, E> = Poll<Option<Result<Frame<D>, E>>>;
+/// What one poll of a body `B` gives, with errors `E`.
+pub type Polled<B, E> = Poll<Option<Result<Frame<<B as Body>::Data>, E>>>;
 
 /// What a [`Wrapped`] body does on each poll of the body `B` it wraps.
 pub trait Frames<B: Body> {
@@ -21,11 +21,7 @@ pub trait Frames<B: Body> {
 
     /// Polls `inner` (or not, when holding it) and gives its frame, seen
     /// or changed, or an error of its own.
-    fn poll_frame(
-        &mut self,
-        inner: Pin<&mut B>,
-        cx: &mut Context<'_>,
-    ) -> Polled<B::Data, Self::Error>;
+    fn poll_frame(&mut self, inner: Pin<&mut B>, cx: &mut Context<'_>) -> Polled<B, Self::Error>;
 }
 
 pin_project_lite::pin_project! {
@@ -54,7 +50,7 @@ impl<B: Body, F: Frames<B>> Body for Wrapped<B, F> {
     type Data = B::Data;
     type Error = F::Error;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Polled<Self::Data, Self::Error> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Polled<B, Self::Error> {
         let this = self.project();
         this.frames.poll_frame(this.inner, cx)
     }
@@ -90,26 +86,15 @@ where
 {
     type Error = BoxError;
 
-    fn poll_frame(
-        &mut self,
-        inner: Pin<&mut B>,
-        cx: &mut Context<'_>,
-    ) -> Polled<B::Data, BoxError> {
+    fn poll_frame(&mut self, inner: Pin<&mut B>, cx: &mut Context<'_>) -> Polled<B, BoxError> {
         if self.open() {
             if let Poll::Ready(frame) = inner.poll_frame(cx) {
                 self.passed();
-                return boxed(Poll::Ready(frame));
+                return Poll::Ready(frame.map(|result| result.map_err(Into::into)));
             }
         }
         self.poll_cut(cx).map(|e| Some(Err(e)))
     }
-}
-
-/// `polled` with its error boxed, for a body that adds errors of its own.
-pub fn boxed<D, E: Into<BoxError>>(
-    polled: Poll<Option<Result<Frame<D>, E>>>,
-) -> Polled<D, BoxError> {
-    polled.map(|frame| frame.map(|result| result.map_err(Into::into)))
 }
 
 #[cfg(test)]
@@ -124,11 +109,7 @@ mod tests {
     impl<B: Body> Frames<B> for Passed {
         type Error = B::Error;
 
-        fn poll_frame(
-            &mut self,
-            inner: Pin<&mut B>,
-            cx: &mut Context<'_>,
-        ) -> Polled<B::Data, B::Error> {
+        fn poll_frame(&mut self, inner: Pin<&mut B>, cx: &mut Context<'_>) -> Polled<B, B::Error> {
             let polled = inner.poll_frame(cx);
             if let Poll::Ready(Some(Ok(_))) = &polled {
                 self.0 += 1;

@@ -124,11 +124,7 @@ impl<B> Counted<B> {
 impl<B: Body> Frames<B> for Counter {
     type Error = B::Error;
 
-    fn poll_frame(
-        &mut self,
-        inner: Pin<&mut B>,
-        cx: &mut Context<'_>,
-    ) -> Polled<B::Data, B::Error> {
+    fn poll_frame(&mut self, inner: Pin<&mut B>, cx: &mut Context<'_>) -> Polled<B, B::Error> {
         let frame = ready!(inner.poll_frame(cx));
         if let Some(Ok(frame)) = &frame {
             if let Some(data) = frame.data_ref() {

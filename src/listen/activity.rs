@@ -96,11 +96,7 @@ impl<B> Tracked<B> {
 impl<B: Body> Frames<B> for Busy {
     type Error = B::Error;
 
-    fn poll_frame(
-        &mut self,
-        inner: Pin<&mut B>,
-        cx: &mut Context<'_>,
-    ) -> Polled<B::Data, B::Error> {
+    fn poll_frame(&mut self, inner: Pin<&mut B>, cx: &mut Context<'_>) -> Polled<B, B::Error> {
         inner.poll_frame(cx)
     }
 }

@@ -128,11 +128,7 @@ where
 {
     type Error = B::Error;
 
-    fn poll_frame(
-        &mut self,
-        mut inner: Pin<&mut B>,
-        cx: &mut Context<'_>,
-    ) -> Polled<B::Data, B::Error> {
+    fn poll_frame(&mut self, mut inner: Pin<&mut B>, cx: &mut Context<'_>) -> Polled<B, B::Error> {
         let Some(progress) = self else {
             return inner.poll_frame(cx);
         };
