@@ -292,6 +292,16 @@ async fn a_reloaded_plan_keeps_its_scenarios_active_and_lifts_the_missing() {
 }
 
 /// How the newest activation of `scenario` ended, from the history.
+/// Asserts that `fire` still blackholes talk `hold` from now, and that
+/// its timer has expired it a little later, without a request.
+async fn fire_holds_then_expires(engine: &Engine, hold: Duration) {
+    tokio::time::sleep(hold).await;
+    assert_eq!(actions(engine, TALK), ["blackhole"]);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(actions(engine, TALK).is_empty());
+    assert_eq!(ending_of(engine, "fire"), Some((Ending::Expired, None)));
+}
+
 fn ending_of(engine: &Engine, scenario: &str) -> Option<(Ending, Option<String>)> {
     let events = engine.history();
     let event = events.iter().find(|e| &*e.scenario == scenario).unwrap();
@@ -333,11 +343,7 @@ async fn a_scenario_with_a_fault_without_duration_runs_until_its_deadline() {
     let shutdown = CancellationToken::new();
     tokio::spawn(engine.clone().run(shutdown.clone()));
     engine.activate("fire", None, "t").unwrap();
-    tokio::time::sleep(Duration::from_secs(599)).await;
-    assert_eq!(actions(&engine, TALK), ["blackhole"]);
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert!(actions(&engine, TALK).is_empty());
-    assert_eq!(ending_of(&engine, "fire"), Some((Ending::Expired, None)));
+    fire_holds_then_expires(&engine, Duration::from_secs(599)).await;
     shutdown.cancel();
 }
 
@@ -376,11 +382,7 @@ async fn a_new_duration_moves_the_end_of_an_active_scenario_and_the_timer_follow
         panic!("a duration on an active scenario changes it");
     };
     assert_eq!(activation.expires, first.started + minutes(4));
-    tokio::time::sleep(Duration::from_secs(59)).await;
-    assert_eq!(actions(&engine, TALK), ["blackhole"]);
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert!(actions(&engine, TALK).is_empty());
-    assert_eq!(ending_of(&engine, "fire"), Some((Ending::Expired, None)));
+    fire_holds_then_expires(&engine, Duration::from_secs(59)).await;
     shutdown.cancel();
 }
 
