@@ -33,10 +33,10 @@
 //!   upstream answers.
 //!
 //! Layers, each using only those below it: `admin` → `control` →
-//! `proxy`, `engine`, `model` → `stats`, `metrics` → `listen`, `body`,
-//! `tls`, `fault`, `topology`, `config`. `running` wires them: [`start`] binds
-//! every listener of a plan and returns a [`Running`] proxy, whose
-//! [`Control`] reloads the plan.
+//! `proxy`, `engine`, `model` → `stats`, `metrics`, `shutdown`, `workers`
+//! → `listen`, `body`, `tls`, `fault`, `topology`, `config`. `running`
+//! wires them: [`start`] binds every listener of a plan and returns a
+//! [`Running`] proxy, whose [`Control`] reloads the plan.
 #![forbid(unsafe_code)]
 
 pub mod admin;
