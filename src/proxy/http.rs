@@ -7,6 +7,7 @@
 //! a short 503.
 
 mod abort;
+mod failure;
 mod headers;
 mod origin;
 mod sending;
@@ -46,6 +47,7 @@ use crate::fault::ErrorResponse;
 use crate::metrics::Outcome;
 use crate::shutdown::Shutdown;
 use crate::topology::Limits;
+use failure::Failure;
 use watched::{Responses, Watch, Watched};
 
 /// The body of every response firedrill sends: streamed from the upstream,
@@ -336,16 +338,17 @@ impl Proxy {
     ) -> Result<Response<ProxyBody>, Refused> {
         let started = Instant::now();
         if let Some((status, what)) = headers::malformed(&request) {
-            let mut response = self.client_error(status, what);
+            let close = request.version() != Version::HTTP_2;
+            let malformed = Failure::Malformed {
+                status,
+                what,
+                close,
+            };
+            let outcome = malformed.outcome();
+            let response = failure::response(malformed, &self.context);
             let elapsed = started.elapsed();
             let metrics = &self.context.metrics;
-            metrics.request(Outcome::ClientError, Some(response.status()), elapsed);
-            if request.version() != Version::HTTP_2 {
-                // What follows such a request (a tunnel's bytes, say) is
-                // not to be read as the next request.
-                let close = HeaderValue::from_static("close");
-                response.headers_mut().insert(header::CONNECTION, close);
-            }
+            metrics.request(outcome, Some(response.status()), elapsed);
             return Ok(response);
         }
         let (method, uri) = (request.method().clone(), request.uri().clone());
@@ -470,11 +473,11 @@ impl Proxy {
                 self.client
                     .request(request)
                     .await
-                    .map_err(|e| upstreams().then(|| self.upstream_failed(&e)))
+                    .map_err(|e| upstreams().then(|| Failure::from(&e)))
             } else {
                 self.send_sticky(sticky, request)
                     .await
-                    .map_err(|failure| upstreams().then(|| self.refuse(failure)))
+                    .map_err(|failure| upstreams().then_some(failure))
             }
         });
         let overdue = async {
@@ -493,16 +496,19 @@ impl Proxy {
         let answered = tokio::select! {
             biased;
             answered = sent => answered,
-            overdue = overdue => return (Outcome::UpstreamError, Ok(self.overdue(overdue))),
+            overdue = overdue => {
+                let overdue = match overdue {
+                    sending::Overdue::Headers => Failure::NoHeaders,
+                    sending::Overdue::Body => Failure::BodyStalled,
+                };
+                return self.fail(overdue);
+            }
         };
         match answered {
             Ok(response) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
                 // hyper closes that upstream connection: it may speak
                 // another protocol now.
-                let what =
-                    "answered 101 Switching Protocols to a request that asked for no upgrade";
-                let failure = self.failure(StatusCode::BAD_GATEWAY, what.to_owned());
-                (Outcome::UpstreamError, Ok(failure))
+                self.fail(Failure::UnaskedUpgrade)
             }
             Ok(response) => {
                 abandoned.disarm();
@@ -513,115 +519,18 @@ impl Proxy {
                 };
                 (outcome, Ok(self.downstream(response, Some(watch))))
             }
-            Err(Some(failure)) => (Outcome::UpstreamError, Ok(failure)),
+            Err(Some(failure)) => self.fail(failure),
             Err(None) => {
                 let why = progress.as_ref().and_then(|p| p.client_failure());
-                let what = format!(
-                    "the request body could not be read: {}",
-                    why.unwrap_or_default()
-                );
-                let response = self.client_error(StatusCode::BAD_REQUEST, &what);
-                (Outcome::ClientError, Ok(response))
+                self.fail(Failure::ClientBody(why.unwrap_or_default().to_owned()))
             }
         }
     }
 
-    /// 504 for an upstream that held a request up too long.
-    fn overdue(&self, overdue: sending::Overdue) -> Response<ProxyBody> {
-        let limits = &self.context.service;
-        let what = match overdue {
-            sending::Overdue::Headers => format!(
-                "did not send response headers within {} of receiving the request",
-                humantime::format_duration(limits.timeout)
-            ),
-            sending::Overdue::Body => format!(
-                "took none of the request body for {} (upstream_idle_timeout)",
-                humantime::format_duration(limits.limits.upstream_idle_timeout)
-            ),
-        };
-        self.failure(StatusCode::GATEWAY_TIMEOUT, what)
-    }
-
-    /// A response of firedrill's own to a request it will not forward.
-    fn client_error(&self, status: StatusCode, what: &str) -> Response<ProxyBody> {
-        let service = &self.context.service;
-        tracing::debug!(service = %service.name, %status, "refused a request: {what}");
-        let body = format!("firedrill: service `{}`: {what}\n", service.name);
-        let mut response = Response::new(Either::Right(Full::new(Bytes::from(body))));
-        *response.status_mut() = status;
-        let headers = response.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; charset=utf-8"),
-        );
-        if status == StatusCode::METHOD_NOT_ALLOWED {
-            headers.insert(
-                header::ALLOW,
-                HeaderValue::from_static("GET, HEAD, POST, PUT, DELETE, OPTIONS, TRACE, PATCH"),
-            );
-        }
-        response
-    }
-
-    /// Maps an upstream client error to 502, or 504 for a connect timeout.
-    /// A timeout on a connection already made (a reused one, say) is a
-    /// plain failure.
-    fn upstream_failed(&self, error: &hyper_util::client::legacy::Error) -> Response<ProxyBody> {
-        let root: &(dyn std::error::Error + 'static) = error;
-        let chain = || std::iter::successors(Some(root), |e| e.source());
-        if let Some(tls) = chain().find(|e| origin::tls_reason(*e).is_some()) {
-            return self.tls_failed(tls);
-        }
-        if error.is_connect() {
-            if let Some(io) = chain().find_map(|e| e.downcast_ref::<std::io::Error>()) {
-                return self.connect_failed(io);
-            }
-        }
-        let what = if error.is_connect() {
-            "is unreachable"
-        } else {
-            "failed"
-        };
-        let chain: Vec<String> = chain().map(|e| e.to_string()).collect();
-        self.failure(
-            StatusCode::BAD_GATEWAY,
-            format!("{what}: {}", chain.join(": ")),
-        )
-    }
-
-    /// Maps a failed connect to the upstream: 504 when it timed out, else 502.
-    fn connect_failed(&self, error: &std::io::Error) -> Response<ProxyBody> {
-        if error.kind() == std::io::ErrorKind::TimedOut {
-            return self.connect_timed_out();
-        }
-        self.failure(StatusCode::BAD_GATEWAY, format!("is unreachable: {error}"))
-    }
-
-    fn connect_timed_out(&self) -> Response<ProxyBody> {
-        let timeout = humantime::format_duration(self.context.service.connect_timeout);
-        self.failure(
-            StatusCode::GATEWAY_TIMEOUT,
-            format!("did not accept a connection within {timeout}"),
-        )
-    }
-
-    /// A response of firedrill's own about the upstream: which service,
-    /// which upstream, what went wrong.
-    fn failure(&self, status: StatusCode, what: String) -> Response<ProxyBody> {
-        let service = &self.context.service;
-        tracing::debug!(service = %service.name, upstream = %service.upstream, %status, "{what}");
-        self.context.upstream_failed(&what);
-        let body = format!(
-            "firedrill: service `{}` ({}): upstream {} {what}\n",
-            service.name, service.datacenter, service.upstream
-        );
-        let mut response = Response::new(Either::Right(Full::new(Bytes::from(body))));
-        *response.status_mut() = status;
-        response.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; charset=utf-8"),
-        );
-        response
+    /// How a failed request counts, and its answer.
+    fn fail(&self, failure: Failure) -> (Outcome, Result<Response<ProxyBody>, Refused>) {
+        let outcome = failure.outcome();
+        (outcome, Ok(failure::response(failure, &self.context)))
     }
 }
 

@@ -9,7 +9,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::{Request, Response, StatusCode, Uri};
+use http::{Request, Uri};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper_rustls::{FixedServerNameResolver, HttpsConnector, MaybeHttpsStream};
@@ -20,8 +20,10 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use super::abort::{Abort, Outgoing, OverTcp};
+use super::failure::Failure;
 use super::sending::Sending;
-use super::{Proxy, ProxyBody};
+use super::Proxy;
+use crate::proxy::connect::{connect, connect_tls};
 use crate::proxy::Counted;
 use crate::tls::UpstreamConnector;
 use crate::topology::{Limits, Service};
@@ -47,15 +49,6 @@ impl std::ops::DerefMut for Sender {
     fn deref_mut(&mut self) -> &mut Self::Target {
         &mut self.send
     }
-}
-
-/// Why a request could not be sent upstream.
-pub(super) enum Failure {
-    Connect(std::io::Error),
-    ConnectTimedOut,
-    /// The TLS handshake with an `https://` upstream failed.
-    Tls(std::io::Error),
-    Http(hyper::Error),
 }
 
 /// The pooled upstream client of a service, for h2 clients.
@@ -175,23 +168,9 @@ impl Proxy {
     /// With `upgrades` the connection survives `101 Switching Protocols`.
     pub(super) async fn open_upstream(&self, upgrades: bool) -> Result<Sender, Failure> {
         let service = &self.context.service;
-        let limit = service.connect_timeout;
-        let address = service.upstream.authority.as_str();
         match &self.context.tls.upstream {
-            None => {
-                let stream = tokio::time::timeout(limit, TcpStream::connect(address))
-                    .await
-                    .map_err(|_| Failure::ConnectTimedOut)?
-                    .map_err(Failure::Connect)?;
-                let _ = stream.set_nodelay(true);
-                self.drive(stream, upgrades).await
-            }
-            Some(tls) => {
-                let stream = tokio::time::timeout(limit, connect_tls(address, tls))
-                    .await
-                    .map_err(|_| Failure::ConnectTimedOut)??;
-                self.drive(stream, upgrades).await
-            }
+            None => self.drive(connect(service).await?, upgrades).await,
+            Some(tls) => self.drive(connect_tls(service, tls).await?, upgrades).await,
         }
     }
 
@@ -228,7 +207,7 @@ impl Proxy {
             .upstream
             .handshake(TokioIo::new(stream))
             .await
-            .map_err(Failure::Http)?;
+            .map_err(|e| Failure::Exchange(e.to_string()))?;
         if upgrades {
             self.shutdown.tracker.spawn(async move {
                 if let Err(e) = connection.with_upgrades().await {
@@ -244,48 +223,4 @@ impl Proxy {
         }
         Ok(sender)
     }
-
-    /// The answer to a request that could not be sent upstream: 504 for a
-    /// connect timeout, else 502.
-    pub(super) fn refuse(&self, failure: Failure) -> Response<ProxyBody> {
-        match failure {
-            Failure::Connect(e) => self.connect_failed(&e),
-            Failure::ConnectTimedOut => self.connect_timed_out(),
-            Failure::Tls(e) => self.tls_failed(&e),
-            Failure::Http(e) => self.failure(StatusCode::BAD_GATEWAY, format!("failed: {e}")),
-        }
-    }
-
-    /// 502 for a failed TLS handshake, with rustls's reason when there is one
-    /// (say, a certificate not valid for the name).
-    pub(super) fn tls_failed(&self, error: &(dyn Error + 'static)) -> Response<ProxyBody> {
-        let reason = match tls_reason(error) {
-            Some(tls) => tls.to_string(),
-            None => error.to_string(),
-        };
-        self.failure(
-            StatusCode::BAD_GATEWAY,
-            format!("failed the TLS handshake: {reason}"),
-        )
-    }
-}
-
-async fn connect_tls(
-    address: &str,
-    tls: &UpstreamConnector,
-) -> Result<tokio_rustls::client::TlsStream<TcpStream>, Failure> {
-    let stream = TcpStream::connect(address)
-        .await
-        .map_err(Failure::Connect)?;
-    let _ = stream.set_nodelay(true);
-    tls.handshake(stream).await.map_err(Failure::Tls)
-}
-
-/// The rustls error inside `error`, which may be wrapped in I/O errors.
-pub(super) fn tls_reason<'e>(error: &'e (dyn Error + 'static)) -> Option<&'e rustls::Error> {
-    if let Some(tls) = error.downcast_ref::<rustls::Error>() {
-        return Some(tls);
-    }
-    let io = error.downcast_ref::<std::io::Error>()?;
-    tls_reason(io.get_ref()?)
 }

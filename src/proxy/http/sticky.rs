@@ -16,7 +16,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::abort::Armed;
-use super::origin::{Failure, Sender, UpstreamBody};
+use super::failure::Failure;
+use super::origin::{Sender, UpstreamBody};
 use super::Proxy;
 use crate::workers::Workers;
 
@@ -185,7 +186,10 @@ impl Proxy {
                             disarm(armed);
                             request = unsent;
                         }
-                        None => return Err(Failure::Http(e.into_error())),
+                        None => {
+                            let e = e.into_error();
+                            return Err(Failure::Exchange(e.to_string()));
+                        }
                     },
                 }
             }
@@ -194,7 +198,8 @@ impl Proxy {
         // hyper moves each request's future, this one inside, into place.
         let mut sender = Box::pin(self.open_upstream(false)).await?;
         let armed = arm(&sender, &request);
-        let response = sender.send_request(request).await.map_err(Failure::Http)?;
+        let response =
+            (sender.send_request(request).await).map_err(|e| Failure::Exchange(e.to_string()))?;
         disarm(armed);
         sticky.put(sender);
         Ok(response)

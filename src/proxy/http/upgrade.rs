@@ -9,6 +9,7 @@ use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
+use super::failure::{self, Failure};
 use super::sending::Sending;
 use super::{Proxy, ProxyBody};
 use crate::metrics::Outcome;
@@ -39,7 +40,7 @@ impl Proxy {
     ) -> (Outcome, Response<ProxyBody>) {
         match self.try_upgrade(request, forwarded_for, seed).await {
             Ok(response) => (Outcome::Forwarded, response),
-            Err(failure) => (Outcome::UpstreamError, failure),
+            Err(failure) => (failure.outcome(), failure::response(failure, &self.context)),
         }
     }
 
@@ -48,25 +49,19 @@ impl Proxy {
         mut request: Request<Incoming>,
         forwarded_for: HeaderValue,
         seed: u64,
-    ) -> Result<Response<ProxyBody>, Response<ProxyBody>> {
+    ) -> Result<Response<ProxyBody>, Failure> {
         let service = &self.context.service;
         let client_upgrade = hyper::upgrade::on(&mut request);
         self.prepare(&mut request, forwarded_for, true);
-        let mut sender = self
-            .open_upstream(true)
-            .await
-            .map_err(|failure| self.refuse(failure))?;
+        let mut sender = self.open_upstream(true).await?;
         let request = request.map(|body| {
             let counted = Counted::new(body, Arc::clone(&self.context), Flow::Upstream);
             Sending::new(counted, None)
         });
         let mut response = tokio::time::timeout(service.timeout, sender.send_request(request))
             .await
-            .map_err(|_| {
-                let what = "did not answer the upgrade in time".to_owned();
-                self.failure(StatusCode::GATEWAY_TIMEOUT, what)
-            })?
-            .map_err(|e| self.failure(StatusCode::BAD_GATEWAY, format!("failed: {e}")))?;
+            .map_err(|_| Failure::UpgradeUnanswered)?
+            .map_err(|e| Failure::Exchange(e.to_string()))?;
         let switched = response.status() == StatusCode::SWITCHING_PROTOCOLS;
         if switched {
             let upstream_upgrade = hyper::upgrade::on(&mut response);
