@@ -41,6 +41,15 @@ impl fmt::Display for ConnectError {
     }
 }
 
+impl std::error::Error for ConnectError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ConnectError::Refused(e) | ConnectError::Tls(e) => Some(e),
+            ConnectError::TimedOut(_) | ConnectError::TlsTimedOut(_) => None,
+        }
+    }
+}
+
 /// A TCP connection to `service`'s upstream, within its `connect_timeout`.
 pub(crate) async fn connect(service: &Service) -> Result<TcpStream, ConnectError> {
     let limit = service.connect_timeout;

@@ -22,12 +22,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
-use http::uri::{Authority, Scheme};
+use http::uri::Authority;
 use http::{Request, Response, StatusCode, Version};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::client::legacy::connect::{capture_connection, CaptureConnection};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulConnection;
@@ -48,6 +47,7 @@ use crate::metrics::Outcome;
 use crate::shutdown::Shutdown;
 use crate::topology::Limits;
 use failure::Failure;
+use origin::Upstreams;
 use watched::{Responses, Watch, Watched};
 
 /// The body of every response firedrill sends: streamed from the upstream,
@@ -67,13 +67,8 @@ pub enum Refused {
 
 struct Proxy {
     context: Arc<ServiceContext>,
-    client: origin::Pooled,
-    /// Opens the upstream connections that are not pooled, with the
-    /// service's limits on response headers.
-    upstream: hyper::client::conn::http1::Builder,
+    upstreams: Upstreams,
     authority: Authority,
-    /// `https` for an `https://` upstream, else `http`.
-    scheme: Scheme,
     shutdown: Shutdown,
 }
 
@@ -95,20 +90,10 @@ pub async fn serve(
         }
     };
     let limits = service.limits;
-    let mut upstream = hyper::client::conn::http1::Builder::new();
-    upstream.max_header_size(limits.max_header_bytes);
-    if limits.max_headers != Limits::DEFAULT_MAX_HEADERS {
-        upstream.max_headers(limits.max_headers);
-    }
     let proxy = Arc::new(Proxy {
         context: Arc::clone(&context),
-        client: origin::Pooled::new(service, context.tls.upstream.as_ref()),
-        upstream,
+        upstreams: Upstreams::new(&context, authority.clone(), &shutdown),
         authority,
-        scheme: match service.upstream_tls {
-            Some(_) => Scheme::HTTPS,
-            None => Scheme::HTTP,
-        },
         shutdown: shutdown.clone(),
     });
     if service
@@ -125,7 +110,6 @@ pub async fn serve(
     let acceptor = context.tls.listener.clone().map(TlsAcceptor::from);
     let builder = Arc::new(server_builder(limits));
     let refusal = refusal_response(&context);
-    let spares = sticky::Spares::new(shutdown.workers.clone(), shutdown.draining.clone());
     let mut refusals = Refusals::default();
     loop {
         let Some((stream, peer)) = accept(&listener, &context, &shutdown, &stop).await else {
@@ -145,7 +129,7 @@ pub async fn serve(
         let forwarded_for = HeaderValue::from_str(&peer.ip().to_string())
             .expect("an IP address is a valid header value");
         let proxy = Arc::clone(&proxy);
-        let sticky = Arc::new(sticky::Sticky::new(Arc::clone(&spares)));
+        let sticky = Arc::new(proxy.upstreams.own());
         let activity = Arc::new(Activity::new());
         let responses = Arc::new(Responses::new(Arc::clone(&context.live)));
         let driving = Driving {
@@ -439,27 +423,17 @@ impl Proxy {
         // h2 clients multiplex requests, so they share the pool; an
         // HTTP/1.1 client's requests come one at a time over its own
         // upstream connection.
-        let multiplexed = request.version() == Version::HTTP_2;
+        let own = (request.version() != Version::HTTP_2).then_some(&**sticky);
         self.prepare(&mut request, forwarded_for, false);
-        if multiplexed {
-            *request.uri_mut() = self.absolute(request.uri());
-        }
         // A request with a body is watched on its way: `timeout` starts
         // once it has all been sent.
         let progress =
             (!http_body::Body::is_end_stream(request.body())).then(sending::Progress::new);
-        let mut request = request.map(|body| {
+        let request = request.map(|body| {
             let counted = Counted::new(body, Arc::clone(&self.context), Flow::Upstream);
             sending::Sending::new(counted, progress.clone())
         });
-        // Which pooled connection a request with a body goes over, to
-        // abort it if the request is given up (sticky.rs arms its own).
-        let captured =
-            (multiplexed && progress.is_some()).then(|| capture_connection(&mut request));
-        let abandoned = Abandoned(captured.as_ref());
         let service = &self.context.service;
-        // Pinned where it is: a timeout around the future itself would move
-        // it (a kilobyte and more) on every request.
         // A failed send is the client's when its body broke off or was
         // malformed (`Err(None)`); only the upstream's gets firedrill's
         // 502 or 504, and its log line.
@@ -468,17 +442,11 @@ impl Proxy {
                 .as_ref()
                 .is_none_or(|p| p.client_failure().is_none())
         };
+        // Pinned where it is: a timeout around the future itself would move
+        // it (a kilobyte and more) on every request.
         let sent = std::pin::pin!(async {
-            if multiplexed {
-                self.client
-                    .request(request)
-                    .await
-                    .map_err(|e| upstreams().then(|| Failure::from(&e)))
-            } else {
-                self.send_sticky(sticky, request)
-                    .await
-                    .map_err(|failure| upstreams().then_some(failure))
-            }
+            (self.upstreams.send(own, request).await)
+                .map_err(|failure| upstreams().then_some(failure))
         });
         let overdue = async {
             match &progress {
@@ -511,7 +479,6 @@ impl Proxy {
                 self.fail(Failure::UnaskedUpgrade)
             }
             Ok(response) => {
-                abandoned.disarm();
                 let outcome = if delayed {
                     Outcome::Delayed
                 } else {
@@ -531,26 +498,6 @@ impl Proxy {
     fn fail(&self, failure: Failure) -> (Outcome, Result<Response<ProxyBody>, Refused>) {
         let outcome = failure.outcome();
         (outcome, Ok(failure::response(failure, &self.context)))
-    }
-}
-
-/// Aborts the pooled connection a request with a body went over when
-/// dropped before [`Abandoned::disarm`]: a request given up (504, or the
-/// client gone) takes its connection with it.
-struct Abandoned<'a>(Option<&'a CaptureConnection>);
-
-impl Abandoned<'_> {
-    /// The request got its answer; its connection lives on.
-    fn disarm(mut self) {
-        self.0 = None;
-    }
-}
-
-impl Drop for Abandoned<'_> {
-    fn drop(&mut self) {
-        if let Some(abort) = self.0.and_then(abort::Abort::of) {
-            abort.abort();
-        }
     }
 }
 

@@ -81,10 +81,16 @@ impl Failure {
 
 impl From<ConnectError> for Failure {
     fn from(error: ConnectError) -> Failure {
+        Failure::from(&error)
+    }
+}
+
+impl From<&ConnectError> for Failure {
+    fn from(error: &ConnectError) -> Failure {
         match error {
-            ConnectError::Refused(e) => Failure::connect(&e),
+            ConnectError::Refused(e) => Failure::connect(e),
             ConnectError::TimedOut(_) | ConnectError::TlsTimedOut(_) => Failure::ConnectTimedOut,
-            ConnectError::Tls(e) => Failure::Tls(tls_reason(&e)),
+            ConnectError::Tls(e) => Failure::Tls(tls_reason(e)),
         }
     }
 }
@@ -193,6 +199,9 @@ impl From<&hyper_util::client::legacy::Error> for Failure {
     fn from(error: &hyper_util::client::legacy::Error) -> Failure {
         let root: &(dyn std::error::Error + 'static) = error;
         let chain = || std::iter::successors(Some(root), |e| e.source());
+        if let Some(connect) = chain().find_map(|e| e.downcast_ref::<ConnectError>()) {
+            return Failure::from(connect);
+        }
         if let Some(tls) = chain().find(|e| rustls_error(*e).is_some()) {
             return Failure::Tls(tls_reason(tls));
         }

@@ -94,16 +94,6 @@ impl Proxy {
         }
     }
 
-    /// The target of an origin-form request for the pooled client, which
-    /// connects to the URI's authority and writes origin form itself.
-    pub(super) fn absolute(&self, target: &Uri) -> Uri {
-        let mut parts = http::uri::Parts::default();
-        parts.scheme = Some(self.scheme.clone());
-        parts.authority = Some(self.authority.clone());
-        parts.path_and_query = target.path_and_query().cloned();
-        Uri::from_parts(parts).expect("scheme, authority and path make a URI")
-    }
-
     /// A forwarded response, its body watched by `watch` if given.
     pub(super) fn downstream(
         &self,

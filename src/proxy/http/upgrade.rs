@@ -53,7 +53,7 @@ impl Proxy {
         let service = &self.context.service;
         let client_upgrade = hyper::upgrade::on(&mut request);
         self.prepare(&mut request, forwarded_for, true);
-        let mut sender = self.open_upstream(true).await?;
+        let mut sender = self.upstreams.open(true).await?;
         let request = request.map(|body| {
             let counted = Counted::new(body, Arc::clone(&self.context), Flow::Upstream);
             Sending::new(counted, None)
