@@ -1,10 +1,11 @@
-//! HTTP services: HTTP/1.1 and h2c from clients, pooled keep-alive HTTP/1.1
-//! upstream, bodies streamed both ways. The rules are read once per
-//! request, so kept-alive connections see new faults on their next request.
-//! `Upgrade` requests (WebSocket) are passed on by `http/upgrade.rs`.
-//! Header limits are hyper's own; a connection with no request in flight
-//! for the idle timeout is closed, and over `max_connections` a client gets
-//! a short 503.
+//! HTTP services: HTTP/1.1 and h2c from clients, keep-alive HTTP/1.1
+//! upstream, bodies streamed both ways. [`Proxy`] is the whole request
+//! path: decide (the rules are read once per request, so kept-alive
+//! connections see new faults on their next request), wait out a delay,
+//! forward through [`Upstreams`], answer; every failure is answered by
+//! `http/failure.rs`. Header limits are hyper's own; a connection with no
+//! request in flight for the idle timeout is closed, and over
+//! `max_connections` a client gets a short 503.
 
 mod abort;
 mod failure;
@@ -68,7 +69,7 @@ pub enum Refused {
 struct Proxy {
     context: Arc<ServiceContext>,
     upstreams: Upstreams,
-    authority: Authority,
+    rewrite: headers::Rewrite,
     shutdown: Shutdown,
 }
 
@@ -93,7 +94,10 @@ pub async fn serve(
     let proxy = Arc::new(Proxy {
         context: Arc::clone(&context),
         upstreams: Upstreams::new(&context, authority.clone(), &shutdown),
-        authority,
+        rewrite: headers::Rewrite {
+            host: authority,
+            https: service.tls.is_some(),
+        },
         shutdown: shutdown.clone(),
     });
     if service
@@ -413,18 +417,17 @@ impl Proxy {
             // its own, with the request's rolls.
             drop(watch);
             let upgrade = self.upgrade(request, forwarded_for, seed);
-            let (outcome, response) = Box::pin(upgrade).await;
-            let outcome = match outcome {
-                Outcome::Forwarded if delayed => Outcome::Delayed,
-                outcome => outcome,
+            return match Box::pin(upgrade).await {
+                Ok(response) if delayed => (Outcome::Delayed, Ok(response)),
+                Ok(response) => (Outcome::Forwarded, Ok(response)),
+                Err(failure) => self.fail(failure),
             };
-            return (outcome, Ok(response));
         }
         // h2 clients multiplex requests, so they share the pool; an
         // HTTP/1.1 client's requests come one at a time over its own
         // upstream connection.
         let own = (request.version() != Version::HTTP_2).then_some(&**sticky);
-        self.prepare(&mut request, forwarded_for, false);
+        self.rewrite.request(&mut request, forwarded_for, false);
         // A request with a body is watched on its way: `timeout` starts
         // once it has all been sent.
         let progress =
@@ -484,7 +487,8 @@ impl Proxy {
                 } else {
                     Outcome::Forwarded
                 };
-                (outcome, Ok(self.downstream(response, Some(watch))))
+                let response = headers::downstream(response, &self.context, Some(watch));
+                (outcome, Ok(response))
             }
             Err(Some(failure)) => self.fail(failure),
             Err(None) => {
@@ -492,6 +496,44 @@ impl Proxy {
                 self.fail(Failure::ClientBody(why.unwrap_or_default().to_owned()))
             }
         }
+    }
+
+    /// Passes an `Upgrade` request on over an upstream connection of its
+    /// own; after `101 Switching Protocols` both connections are relayed
+    /// like a tcp connection by `http/upgrade.rs`.
+    async fn upgrade(
+        &self,
+        mut request: Request<Incoming>,
+        forwarded_for: HeaderValue,
+        seed: u64,
+    ) -> Result<Response<ProxyBody>, Failure> {
+        let client = hyper::upgrade::on(&mut request);
+        self.rewrite.request(&mut request, forwarded_for, true);
+        let mut sender = self.upstreams.open(true).await?;
+        let request = request.map(|body| {
+            let counted = Counted::new(body, Arc::clone(&self.context), Flow::Upstream);
+            sending::Sending::new(counted, None)
+        });
+        let timeout = self.context.service.timeout;
+        let mut response = tokio::time::timeout(timeout, sender.send_request(request))
+            .await
+            .map_err(|_| Failure::UpgradeUnanswered)?
+            .map_err(|e| Failure::Exchange(e.to_string()))?;
+        let switched = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+        if switched {
+            let upstream = hyper::upgrade::on(&mut response);
+            let context = Arc::clone(&self.context);
+            let hard_stop = self.shutdown.hard_stop.clone();
+            let relay = upgrade::relay(client, upstream, context, seed, hard_stop);
+            self.shutdown.tracker.spawn(relay);
+        }
+        // An upstream that declines the upgrade answers an ordinary
+        // response, whose hop-by-hop fields go like any other's.
+        Ok(headers::downstream_upgrade(
+            response,
+            &self.context,
+            switched,
+        ))
     }
 
     /// How a failed request counts, and its answer.
