@@ -11,8 +11,8 @@ use http::{header, Method, Request};
 use http_body_util::Empty;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
 
+use crate::proxy::connect::{connect, connect_tls, ConnectError};
 use crate::tls::UpstreamConnector;
 use crate::topology::{Protocol, Service, Topology};
 
@@ -53,24 +53,24 @@ pub async fn probe_all(topology: &Topology) -> Vec<Probe> {
 
 /// Probes one service's upstream.
 async fn probe(service: &Service) -> Result<String, String> {
-    let limit = service.connect_timeout;
-    let within = humantime::format_duration(limit);
-    let connect = TcpStream::connect(service.upstream.authority.as_str());
-    let stream = tokio::time::timeout(limit, connect)
-        .await
-        .map_err(|_| format!("no connection within {within} (connect_timeout)"))?
-        .map_err(|e| e.to_string())?;
-    if service.protocol == Protocol::Tcp {
-        return Ok("reachable".to_owned());
-    }
+    let within = humantime::format_duration(service.connect_timeout);
+    let failed = |e| match e {
+        ConnectError::Refused(e) => e.to_string(),
+        ConnectError::TimedOut(_) => format!("no connection within {within} (connect_timeout)"),
+        ConnectError::Tls(e) => format!("TLS handshake failed: {e}"),
+        ConnectError::TlsTimedOut(_) => {
+            format!("no TLS handshake within {within} (connect_timeout)")
+        }
+    };
     match &service.upstream_tls {
-        None => head(service, stream).await,
+        _ if service.protocol == Protocol::Tcp => {
+            connect(service).await.map_err(failed)?;
+            Ok("reachable".to_owned())
+        }
+        None => head(service, connect(service).await.map_err(failed)?).await,
         Some(tls) => {
             let tls = UpstreamConnector::new(tls).map_err(|e| format!("TLS setup failed: {e}"))?;
-            let stream = tokio::time::timeout(limit, tls.handshake(stream))
-                .await
-                .map_err(|_| format!("no TLS handshake within {within} (connect_timeout)"))?
-                .map_err(|e| format!("TLS handshake failed: {e}"))?;
+            let stream = connect_tls(service, &tls).await.map_err(failed)?;
             head(service, stream).await
         }
     }

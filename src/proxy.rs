@@ -5,6 +5,7 @@
 //! stages of `stage.rs`. `limits.rs`
 //! caps each service's connections; `idle.rs` ends what has gone quiet;
 
+pub(crate) mod connect;
 pub mod http;
 pub(crate) mod idle;
 pub mod limits;

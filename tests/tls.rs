@@ -591,6 +591,37 @@ async fn an_upstream_certificate_for_another_name_answers_502_naming_the_reason(
 }
 
 #[tokio::test]
+async fn an_https_upstream_that_never_finishes_its_handshake_answers_504_after_connect_timeout() {
+    // Connections complete in the kernel's queue; nobody ever answers the
+    // TLS hello.
+    let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = silent.local_addr().unwrap();
+    let vault = unique("vault");
+    let running = PlanText::new(&["pangyo"])
+        .service_to(
+            &vault,
+            "pangyo",
+            "http",
+            &format!("https://{upstream}"),
+            "upstream_skip_verify = true; connect_timeout = '300ms'",
+        )
+        .start()
+        .await;
+
+    // HTTP/1.1 through the client's own connection, h2c through the pool.
+    let started = tokio::time::Instant::now();
+    for (status, body) in through_to_https(&running, &vault).await {
+        assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{body}");
+        assert!(
+            body.contains("did not accept a connection within 300ms"),
+            "{body}"
+        );
+    }
+    assert!(started.elapsed() >= Duration::from_millis(600));
+    drop(silent);
+}
+
+#[tokio::test]
 async fn upstream_skip_verify_connects_to_an_upstream_nobody_vouches_for() {
     let pki = Pki::new();
     let files = pki.self_signed("stranger", &["stranger.example"]);

@@ -1,12 +1,14 @@
-//! HTTP services: HTTP/1.1 and h2c from clients, pooled keep-alive HTTP/1.1
-//! upstream, bodies streamed both ways. The rules are read once per
-//! request, so kept-alive connections see new faults on their next request.
-//! `Upgrade` requests (WebSocket) are passed on by `http/upgrade.rs`.
-//! Header limits are hyper's own; a connection with no request in flight
-//! for the idle timeout is closed, and over `max_connections` a client gets
-//! a short 503.
+//! HTTP services: HTTP/1.1 and h2c from clients, keep-alive HTTP/1.1
+//! upstream, bodies streamed both ways. [`Proxy`] is the whole request
+//! path: decide (the rules are read once per request, so kept-alive
+//! connections see new faults on their next request), wait out a delay,
+//! forward through [`Upstreams`], answer; every failure is answered by
+//! `http/failure.rs`. Header limits are hyper's own; a connection with no
+//! request in flight for the idle timeout is closed, and over
+//! `max_connections` a client gets a short 503.
 
 mod abort;
+mod failure;
 mod headers;
 mod origin;
 mod sending;
@@ -21,12 +23,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
-use http::uri::{Authority, Scheme};
+use http::uri::Authority;
 use http::{Request, Response, StatusCode, Version};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::client::legacy::connect::{capture_connection, CaptureConnection};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulConnection;
@@ -47,6 +48,8 @@ use crate::listen::Clients;
 use crate::metrics::Outcome;
 use crate::shutdown::Shutdown;
 use crate::topology::Limits;
+use failure::Failure;
+use origin::Upstreams;
 use watched::{Responses, Watch, Watched};
 
 /// The body of every response firedrill sends: streamed from the upstream,
@@ -66,13 +69,8 @@ pub enum Refused {
 
 struct Proxy {
     context: Arc<ServiceContext>,
-    client: origin::Pooled,
-    /// Opens the upstream connections that are not pooled, with the
-    /// service's limits on response headers.
-    upstream: hyper::client::conn::http1::Builder,
-    authority: Authority,
-    /// `https` for an `https://` upstream, else `http`.
-    scheme: Scheme,
+    upstreams: Upstreams,
+    rewrite: headers::Rewrite,
     shutdown: Shutdown,
 }
 
@@ -93,19 +91,12 @@ pub async fn serve(
         }
     };
     let limits = service.limits;
-    let mut upstream = hyper::client::conn::http1::Builder::new();
-    upstream.max_header_size(limits.max_header_bytes);
-    if limits.max_headers != Limits::DEFAULT_MAX_HEADERS {
-        upstream.max_headers(limits.max_headers);
-    }
     let proxy = Arc::new(Proxy {
         context: Arc::clone(&context),
-        client: origin::Pooled::new(service, context.tls.upstream.as_ref()),
-        upstream,
-        authority,
-        scheme: match service.upstream_tls {
-            Some(_) => Scheme::HTTPS,
-            None => Scheme::HTTP,
+        upstreams: Upstreams::new(&context, authority.clone(), &shutdown),
+        rewrite: headers::Rewrite {
+            host: authority,
+            https: service.tls.is_some(),
         },
         shutdown: shutdown.clone(),
     });
@@ -123,7 +114,6 @@ pub async fn serve(
     let acceptor = context.tls.listener.clone().map(TlsAcceptor::from);
     let builder = Arc::new(server_builder(limits));
     let refusal = refusal_response(&context);
-    let spares = sticky::Spares::new(shutdown.workers.clone(), shutdown.draining.clone());
     let mut refusals = Refusals::default();
     while let Some((stream, peer)) = clients.next().await {
         let place = match &acceptor {
@@ -139,7 +129,7 @@ pub async fn serve(
         let forwarded_for = HeaderValue::from_str(&peer.ip().to_string())
             .expect("an IP address is a valid header value");
         let proxy = Arc::clone(&proxy);
-        let sticky = Arc::new(sticky::Sticky::new(Arc::clone(&spares)));
+        let sticky = Arc::new(proxy.upstreams.own());
         let activity = Arc::new(Activity::new());
         let responses = Arc::new(Responses::new(Arc::clone(&context.live)));
         let driving = Driving {
@@ -333,16 +323,17 @@ impl Proxy {
     ) -> Result<Response<ProxyBody>, Refused> {
         let started = Instant::now();
         if let Some((status, what)) = headers::malformed(&request) {
-            let mut response = self.client_error(status, what);
+            let close = request.version() != Version::HTTP_2;
+            let malformed = Failure::Malformed {
+                status,
+                what,
+                close,
+            };
+            let outcome = malformed.outcome();
+            let response = failure::response(malformed, &self.context);
             let elapsed = started.elapsed();
             let metrics = &self.context.metrics;
-            metrics.request(Outcome::ClientError, Some(response.status()), elapsed);
-            if request.version() != Version::HTTP_2 {
-                // What follows such a request (a tunnel's bytes, say) is
-                // not to be read as the next request.
-                let close = HeaderValue::from_static("close");
-                response.headers_mut().insert(header::CONNECTION, close);
-            }
+            metrics.request(outcome, Some(response.status()), elapsed);
             return Ok(response);
         }
         let (method, uri) = (request.method().clone(), request.uri().clone());
@@ -423,37 +414,26 @@ impl Proxy {
             // its own, with the request's rolls.
             drop(watch);
             let upgrade = self.upgrade(request, forwarded_for, seed);
-            let (outcome, response) = Box::pin(upgrade).await;
-            let outcome = match outcome {
-                Outcome::Forwarded if delayed => Outcome::Delayed,
-                outcome => outcome,
+            return match Box::pin(upgrade).await {
+                Ok(response) if delayed => (Outcome::Delayed, Ok(response)),
+                Ok(response) => (Outcome::Forwarded, Ok(response)),
+                Err(failure) => self.fail(failure),
             };
-            return (outcome, Ok(response));
         }
         // h2 clients multiplex requests, so they share the pool; an
         // HTTP/1.1 client's requests come one at a time over its own
         // upstream connection.
-        let multiplexed = request.version() == Version::HTTP_2;
-        self.prepare(&mut request, forwarded_for, false);
-        if multiplexed {
-            *request.uri_mut() = self.absolute(request.uri());
-        }
+        let own = (request.version() != Version::HTTP_2).then_some(&**sticky);
+        self.rewrite.request(&mut request, forwarded_for, false);
         // A request with a body is watched on its way: `timeout` starts
         // once it has all been sent.
         let progress =
             (!http_body::Body::is_end_stream(request.body())).then(sending::Progress::new);
-        let mut request = request.map(|body| {
+        let request = request.map(|body| {
             let counted = Counted::new(body, Arc::clone(&self.context), Flow::Upstream);
             sending::Sending::new(counted, progress.clone())
         });
-        // Which pooled connection a request with a body goes over, to
-        // abort it if the request is given up (sticky.rs arms its own).
-        let captured =
-            (multiplexed && progress.is_some()).then(|| capture_connection(&mut request));
-        let abandoned = Abandoned(captured.as_ref());
         let service = &self.context.service;
-        // Pinned where it is: a timeout around the future itself would move
-        // it (a kilobyte and more) on every request.
         // A failed send is the client's when its body broke off or was
         // malformed (`Err(None)`); only the upstream's gets firedrill's
         // 502 or 504, and its log line.
@@ -462,17 +442,11 @@ impl Proxy {
                 .as_ref()
                 .is_none_or(|p| p.client_failure().is_none())
         };
+        // Pinned where it is: a timeout around the future itself would move
+        // it (a kilobyte and more) on every request.
         let sent = std::pin::pin!(async {
-            if multiplexed {
-                self.client
-                    .request(request)
-                    .await
-                    .map_err(|e| upstreams().then(|| self.upstream_failed(&e)))
-            } else {
-                self.send_sticky(sticky, request)
-                    .await
-                    .map_err(|failure| upstreams().then(|| self.refuse(failure)))
-            }
+            (self.upstreams.send(own, request).await)
+                .map_err(|failure| upstreams().then_some(failure))
         });
         let overdue = async {
             match &progress {
@@ -490,155 +464,79 @@ impl Proxy {
         let answered = tokio::select! {
             biased;
             answered = sent => answered,
-            overdue = overdue => return (Outcome::UpstreamError, Ok(self.overdue(overdue))),
+            overdue = overdue => {
+                let overdue = match overdue {
+                    sending::Overdue::Headers => Failure::NoHeaders,
+                    sending::Overdue::Body => Failure::BodyStalled,
+                };
+                return self.fail(overdue);
+            }
         };
         match answered {
             Ok(response) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
                 // hyper closes that upstream connection: it may speak
                 // another protocol now.
-                let what =
-                    "answered 101 Switching Protocols to a request that asked for no upgrade";
-                let failure = self.failure(StatusCode::BAD_GATEWAY, what.to_owned());
-                (Outcome::UpstreamError, Ok(failure))
+                self.fail(Failure::UnaskedUpgrade)
             }
             Ok(response) => {
-                abandoned.disarm();
                 let outcome = if delayed {
                     Outcome::Delayed
                 } else {
                     Outcome::Forwarded
                 };
-                (outcome, Ok(self.downstream(response, Some(watch))))
+                let response = headers::downstream(response, &self.context, Some(watch));
+                (outcome, Ok(response))
             }
-            Err(Some(failure)) => (Outcome::UpstreamError, Ok(failure)),
+            Err(Some(failure)) => self.fail(failure),
             Err(None) => {
                 let why = progress.as_ref().and_then(|p| p.client_failure());
-                let what = format!(
-                    "the request body could not be read: {}",
-                    why.unwrap_or_default()
-                );
-                let response = self.client_error(StatusCode::BAD_REQUEST, &what);
-                (Outcome::ClientError, Ok(response))
+                self.fail(Failure::ClientBody(why.unwrap_or_default().to_owned()))
             }
         }
     }
 
-    /// 504 for an upstream that held a request up too long.
-    fn overdue(&self, overdue: sending::Overdue) -> Response<ProxyBody> {
-        let limits = &self.context.service;
-        let what = match overdue {
-            sending::Overdue::Headers => format!(
-                "did not send response headers within {} of receiving the request",
-                humantime::format_duration(limits.timeout)
-            ),
-            sending::Overdue::Body => format!(
-                "took none of the request body for {} (upstream_idle_timeout)",
-                humantime::format_duration(limits.limits.upstream_idle_timeout)
-            ),
-        };
-        self.failure(StatusCode::GATEWAY_TIMEOUT, what)
-    }
-
-    /// A response of firedrill's own to a request it will not forward.
-    fn client_error(&self, status: StatusCode, what: &str) -> Response<ProxyBody> {
-        let service = &self.context.service;
-        tracing::debug!(service = %service.name, %status, "refused a request: {what}");
-        let body = format!("firedrill: service `{}`: {what}\n", service.name);
-        let mut response = Response::new(Either::Right(Full::new(Bytes::from(body))));
-        *response.status_mut() = status;
-        let headers = response.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; charset=utf-8"),
-        );
-        if status == StatusCode::METHOD_NOT_ALLOWED {
-            headers.insert(
-                header::ALLOW,
-                HeaderValue::from_static("GET, HEAD, POST, PUT, DELETE, OPTIONS, TRACE, PATCH"),
-            );
+    /// Passes an `Upgrade` request on over an upstream connection of its
+    /// own; after `101 Switching Protocols` both connections are relayed
+    /// like a tcp connection by `http/upgrade.rs`.
+    async fn upgrade(
+        &self,
+        mut request: Request<Incoming>,
+        forwarded_for: HeaderValue,
+        seed: u64,
+    ) -> Result<Response<ProxyBody>, Failure> {
+        let client = hyper::upgrade::on(&mut request);
+        self.rewrite.request(&mut request, forwarded_for, true);
+        let mut sender = self.upstreams.open(true).await?;
+        let request = request.map(|body| {
+            let counted = Counted::new(body, Arc::clone(&self.context), Flow::Upstream);
+            sending::Sending::new(counted, None)
+        });
+        let timeout = self.context.service.timeout;
+        let mut response = tokio::time::timeout(timeout, sender.send_request(request))
+            .await
+            .map_err(|_| Failure::UpgradeUnanswered)?
+            .map_err(|e| Failure::Exchange(e.to_string()))?;
+        let switched = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+        if switched {
+            let upstream = hyper::upgrade::on(&mut response);
+            let context = Arc::clone(&self.context);
+            let hard_stop = self.shutdown.hard_stop.clone();
+            let relay = upgrade::relay(client, upstream, context, seed, hard_stop);
+            self.shutdown.tracker.spawn(relay);
         }
-        response
+        // An upstream that declines the upgrade answers an ordinary
+        // response, whose hop-by-hop fields go like any other's.
+        Ok(headers::downstream_upgrade(
+            response,
+            &self.context,
+            switched,
+        ))
     }
 
-    /// Maps an upstream client error to 502, or 504 for a connect timeout.
-    /// A timeout on a connection already made (a reused one, say) is a
-    /// plain failure.
-    fn upstream_failed(&self, error: &hyper_util::client::legacy::Error) -> Response<ProxyBody> {
-        let root: &(dyn std::error::Error + 'static) = error;
-        let chain = || std::iter::successors(Some(root), |e| e.source());
-        if let Some(tls) = chain().find(|e| origin::tls_reason(*e).is_some()) {
-            return self.tls_failed(tls);
-        }
-        if error.is_connect() {
-            if let Some(io) = chain().find_map(|e| e.downcast_ref::<std::io::Error>()) {
-                return self.connect_failed(io);
-            }
-        }
-        let what = if error.is_connect() {
-            "is unreachable"
-        } else {
-            "failed"
-        };
-        let chain: Vec<String> = chain().map(|e| e.to_string()).collect();
-        self.failure(
-            StatusCode::BAD_GATEWAY,
-            format!("{what}: {}", chain.join(": ")),
-        )
-    }
-
-    /// Maps a failed connect to the upstream: 504 when it timed out, else 502.
-    fn connect_failed(&self, error: &std::io::Error) -> Response<ProxyBody> {
-        if error.kind() == std::io::ErrorKind::TimedOut {
-            return self.connect_timed_out();
-        }
-        self.failure(StatusCode::BAD_GATEWAY, format!("is unreachable: {error}"))
-    }
-
-    fn connect_timed_out(&self) -> Response<ProxyBody> {
-        let timeout = humantime::format_duration(self.context.service.connect_timeout);
-        self.failure(
-            StatusCode::GATEWAY_TIMEOUT,
-            format!("did not accept a connection within {timeout}"),
-        )
-    }
-
-    /// A response of firedrill's own about the upstream: which service,
-    /// which upstream, what went wrong.
-    fn failure(&self, status: StatusCode, what: String) -> Response<ProxyBody> {
-        let service = &self.context.service;
-        tracing::debug!(service = %service.name, upstream = %service.upstream, %status, "{what}");
-        self.context.upstream_failed(&what);
-        let body = format!(
-            "firedrill: service `{}` ({}): upstream {} {what}\n",
-            service.name, service.datacenter, service.upstream
-        );
-        let mut response = Response::new(Either::Right(Full::new(Bytes::from(body))));
-        *response.status_mut() = status;
-        response.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; charset=utf-8"),
-        );
-        response
-    }
-}
-
-/// Aborts the pooled connection a request with a body went over when
-/// dropped before [`Abandoned::disarm`]: a request given up (504, or the
-/// client gone) takes its connection with it.
-struct Abandoned<'a>(Option<&'a CaptureConnection>);
-
-impl Abandoned<'_> {
-    /// The request got its answer; its connection lives on.
-    fn disarm(mut self) {
-        self.0 = None;
-    }
-}
-
-impl Drop for Abandoned<'_> {
-    fn drop(&mut self) {
-        if let Some(abort) = self.0.and_then(abort::Abort::of) {
-            abort.abort();
-        }
+    /// How a failed request counts, and its answer.
+    fn fail(&self, failure: Failure) -> (Outcome, Result<Response<ProxyBody>, Refused>) {
+        let outcome = failure.outcome();
+        (outcome, Ok(failure::response(failure, &self.context)))
     }
 }
 

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 
+use super::connect::{connect, ConnectError};
 use super::limits::{self, Refusals};
 use super::policy::{Fate, Policy};
 use super::relay::{self, End};
@@ -80,31 +81,20 @@ async fn handle(
         Fate::Forward | Fate::Error(_) => {}
     }
     let service = &context.service;
-    let connect = tokio::time::timeout(
-        service.connect_timeout,
-        TcpStream::connect(service.upstream.authority.as_str()),
-    );
-    let mut upstream = match connect.await {
-        Ok(Ok(upstream)) => upstream,
-        Ok(Err(e)) => {
-            tracing::debug!(service = %service.name, %peer, upstream = %service.upstream, "upstream connect failed: {e}");
-            context.upstream_failed(&format_args!("is unreachable: {e}"));
-            context.metrics.connection(Outcome::UpstreamError);
-            reset(&client);
-            return;
-        }
-        Err(_) => {
-            tracing::debug!(service = %service.name, %peer, upstream = %service.upstream, "upstream connect timed out");
-            let timeout = humantime::format_duration(service.connect_timeout);
-            context.upstream_failed(&format_args!(
-                "did not accept a connection within {timeout}"
-            ));
+    let mut upstream = match connect(service).await {
+        Ok(upstream) => upstream,
+        Err(e) => {
+            if let ConnectError::Refused(e) = &e {
+                tracing::debug!(service = %service.name, %peer, upstream = %service.upstream, "upstream connect failed: {e}");
+            } else {
+                tracing::debug!(service = %service.name, %peer, upstream = %service.upstream, "upstream connect timed out");
+            }
+            context.upstream_failed(&e);
             context.metrics.connection(Outcome::UpstreamError);
             reset(&client);
             return;
         }
     };
-    let _ = upstream.set_nodelay(true);
     context.metrics.connection(if delayed {
         Outcome::Delayed
     } else {

@@ -5,16 +5,16 @@
 use std::sync::Arc;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::uri::PathAndQuery;
+use http::uri::{Authority, PathAndQuery};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::Either;
 use hyper::body::Incoming;
 use smallvec::SmallVec;
 
 use super::watched::{Watch, Watched};
-use super::{Proxy, ProxyBody};
+use super::ProxyBody;
 use crate::proxy::idle::Stalling;
-use crate::proxy::{Counted, Flow};
+use crate::proxy::{Counted, Flow, ServiceContext};
 
 /// RFC 9110 section 7.6.1: connection-specific fields a proxy must not forward.
 static HOP_BY_HOP: [HeaderName; 6] = [
@@ -29,13 +29,21 @@ static HOP_BY_HOP: [HeaderName; 6] = [
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
-impl Proxy {
+/// How a service's requests are rewritten for its upstream.
+pub(super) struct Rewrite {
+    /// The `Host` of a request that names none (HTTP/1.0).
+    pub(super) host: Authority,
+    /// Every client came over TLS: the service has a TLS listener.
+    pub(super) https: bool,
+}
+
+impl Rewrite {
     /// Rewrites a client request for the upstream: origin-form target
     /// (`*` for `OPTIONS *`), the client's `Host`, HTTP/1.1, hop-by-hop
     /// fields removed (kept for an upgrade), `TE: trailers` when the client
     /// takes trailers, X-Forwarded-For, and X-Forwarded-Proto for clients
     /// that came over TLS.
-    pub(super) fn prepare<B>(
+    pub(super) fn request<B>(
         &self,
         request: &mut Request<B>,
         forwarded_for: HeaderValue,
@@ -59,7 +67,7 @@ impl Proxy {
             }
             // An HTTP/1.0 client may send no Host at all.
             None if !headers.contains_key(header::HOST) => {
-                if let Ok(host) = HeaderValue::from_str(self.authority.as_str()) {
+                if let Ok(host) = HeaderValue::from_str(self.host.as_str()) {
                     headers.insert(header::HOST, host);
                 }
             }
@@ -88,55 +96,49 @@ impl Proxy {
             headers.insert(header::TE, HeaderValue::from_static("trailers"));
         }
         forward_for(headers, forwarded_for);
-        if self.context.service.tls.is_some() {
+        if self.https {
             // The client came over TLS (every client of a TLS listener does).
             headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("https"));
         }
     }
+}
 
-    /// The target of an origin-form request for the pooled client, which
-    /// connects to the URI's authority and writes origin form itself.
-    pub(super) fn absolute(&self, target: &Uri) -> Uri {
-        let mut parts = http::uri::Parts::default();
-        parts.scheme = Some(self.scheme.clone());
-        parts.authority = Some(self.authority.clone());
-        parts.path_and_query = target.path_and_query().cloned();
-        Uri::from_parts(parts).expect("scheme, authority and path make a URI")
-    }
+/// A forwarded response, its body watched by `watch` if given.
+pub(super) fn downstream(
+    response: Response<Incoming>,
+    context: &Arc<ServiceContext>,
+    watch: Option<Box<Watch>>,
+) -> Response<ProxyBody> {
+    let mut response = wrap(response, context, watch);
+    strip_hop_by_hop(response.headers_mut());
+    response
+}
 
-    /// A forwarded response, its body watched by `watch` if given.
-    pub(super) fn downstream(
-        &self,
-        response: Response<Incoming>,
-        watch: Option<Box<Watch>>,
-    ) -> Response<ProxyBody> {
-        let mut response = self.wrap(response, watch);
+/// The upstream's answer to an `Upgrade` request; a switch keeps the
+/// headers that negotiate the new protocol, and the relay that follows
+/// obeys the rules itself.
+pub(super) fn downstream_upgrade(
+    response: Response<Incoming>,
+    context: &Arc<ServiceContext>,
+    switched: bool,
+) -> Response<ProxyBody> {
+    let mut response = wrap(response, context, None);
+    if !switched {
         strip_hop_by_hop(response.headers_mut());
-        response
     }
+    response
+}
 
-    /// The upstream's answer to an `Upgrade` request; a switch keeps the
-    /// headers that negotiate the new protocol, and the relay that follows
-    /// obeys the rules itself.
-    pub(super) fn downstream_upgrade(
-        &self,
-        response: Response<Incoming>,
-        switched: bool,
-    ) -> Response<ProxyBody> {
-        let mut response = self.wrap(response, None);
-        if !switched {
-            strip_hop_by_hop(response.headers_mut());
-        }
-        response
-    }
-
-    fn wrap(&self, response: Response<Incoming>, watch: Option<Box<Watch>>) -> Response<ProxyBody> {
-        let stall = self.context.service.limits.upstream_idle_timeout;
-        response.map(|body| {
-            let counted = Counted::new(body, Arc::clone(&self.context), Flow::Downstream);
-            Either::Left(Watched::new(Stalling::new(counted, stall), watch))
-        })
-    }
+fn wrap(
+    response: Response<Incoming>,
+    context: &Arc<ServiceContext>,
+    watch: Option<Box<Watch>>,
+) -> Response<ProxyBody> {
+    let stall = context.service.limits.upstream_idle_timeout;
+    response.map(|body| {
+        let counted = Counted::new(body, Arc::clone(context), Flow::Downstream);
+        Either::Left(Watched::new(Stalling::new(counted, stall), watch))
+    })
 }
 
 /// Removes the hop-by-hop fields, including any that `Connection` names.

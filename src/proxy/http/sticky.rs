@@ -16,8 +16,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::abort::Armed;
-use super::origin::{Failure, Sender, UpstreamBody};
-use super::Proxy;
+use super::failure::Failure;
+use super::origin::{Sender, UpstreamBody, Upstreams};
 use crate::workers::Workers;
 
 /// Idle upstream connections kept per service and worker for new clients.
@@ -159,46 +159,47 @@ async fn sweep(spares: Weak<Spares>, draining: CancellationToken) {
     }
 }
 
-impl Proxy {
-    /// Sends `request` over the client connection's own upstream
-    /// connection, taking a spare or opening one when there is none or it
-    /// has closed. A request a closed connection never took is sent again
-    /// on a new one.
-    pub(super) async fn send_sticky(
-        &self,
-        sticky: &Arc<Sticky>,
-        request: Request<UpstreamBody>,
-    ) -> Result<Response<Incoming>, Failure> {
-        let mut request = request;
-        if let Some(mut sender) = sticky.take().or_else(|| sticky.spares.take()) {
-            if sender.ready().await.is_ok() {
-                let armed = arm(&sender, &request);
-                match sender.try_send_request(request).await {
-                    Ok(response) => {
-                        disarm(armed);
-                        sticky.put(sender);
-                        return Ok(response);
-                    }
-                    Err(mut e) => match e.take_message() {
-                        // Not sent: the upstream closed the idle connection.
-                        Some(unsent) => {
-                            disarm(armed);
-                            request = unsent;
-                        }
-                        None => return Err(Failure::Http(e.into_error())),
-                    },
+/// Sends `request` over the client connection's own upstream connection,
+/// taking a spare or opening one when there is none or it has closed. A
+/// request a closed connection never took is sent again on a new one.
+pub(super) async fn send(
+    upstreams: &Upstreams,
+    sticky: &Sticky,
+    request: Request<UpstreamBody>,
+) -> Result<Response<Incoming>, Failure> {
+    let mut request = request;
+    if let Some(mut sender) = sticky.take().or_else(|| sticky.spares.take()) {
+        if sender.ready().await.is_ok() {
+            let armed = arm(&sender, &request);
+            match sender.try_send_request(request).await {
+                Ok(response) => {
+                    disarm(armed);
+                    sticky.put(sender);
+                    return Ok(response);
                 }
+                Err(mut e) => match e.take_message() {
+                    // Not sent: the upstream closed the idle connection.
+                    Some(unsent) => {
+                        disarm(armed);
+                        request = unsent;
+                    }
+                    None => {
+                        let e = e.into_error();
+                        return Err(Failure::Exchange(e.to_string()));
+                    }
+                },
             }
         }
-        // Boxed: connecting (and a TLS handshake) is the rare path, and
-        // hyper moves each request's future, this one inside, into place.
-        let mut sender = Box::pin(self.open_upstream(false)).await?;
-        let armed = arm(&sender, &request);
-        let response = sender.send_request(request).await.map_err(Failure::Http)?;
-        disarm(armed);
-        sticky.put(sender);
-        Ok(response)
     }
+    // Boxed: connecting (and a TLS handshake) is the rare path, and
+    // hyper moves each request's future, this one inside, into place.
+    let mut sender = Box::pin(upstreams.open(false)).await?;
+    let armed = arm(&sender, &request);
+    let response =
+        (sender.send_request(request).await).map_err(|e| Failure::Exchange(e.to_string()))?;
+    disarm(armed);
+    sticky.put(sender);
+    Ok(response)
 }
 
 /// Arms the abort of `sender`'s connection while a request with a body is
