@@ -22,7 +22,7 @@ pub use activation::{Activated, Activation, Adopted, Origin, Remote};
 pub use event::{Event, Happened, Subject};
 
 use crate::config::Plan;
-use crate::fault::live::{Live, Rules};
+use crate::live::{Live, Rules};
 use crate::topology::Slots;
 use history::{History, Record};
 

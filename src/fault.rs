@@ -2,8 +2,6 @@
 //! function that turns the faults active on a service into one [`Decision`]
 //! for a request or connection. No I/O and no clock reads happen here.
 
-pub mod live;
-
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -4,8 +4,10 @@
 //! # Layout
 //! - [`config`] loads and validates a TOML plan into a [`config::Plan`]:
 //!   the [`topology`] (data centers and services) and the scenarios.
-//! - [`fault`] is the fault model and the pure [`fault::decide`];
-//!   [`fault::live`] holds the active rule snapshot the data plane reads.
+//! - [`fault`] is the fault model and the pure [`fault::decide`]: no
+//!   tokio, no sockets, no threads.
+//! - [`live`] holds the active rule snapshot the data plane reads, and
+//!   wakes open connections when it changes.
 //! - [`tls`] reads PEM files into data and builds rustls configurations.
 //! - [`listen`] is the one accept loop every listener runs (services, admin
 //!   API, demo upstreams), and the idle timeout of HTTP connections.
@@ -34,7 +36,7 @@
 //!
 //! Layers, each using only those below it: `admin` → `control` →
 //! `proxy`, `engine`, `model` → `stats`, `metrics`, `shutdown`, `workers`
-//! → `listen`, `body`, `tls`, `fault`, `topology`, `config`. `running`
+//! → `live`, `listen`, `body`, `tls` → `fault`, `topology`, `config`. `running`
 //! wires them: [`start`] binds every listener of a plan and returns a
 //! [`Running`] proxy, whose [`Control`] reloads the plan.
 #![forbid(unsafe_code)]
@@ -47,6 +49,7 @@ pub mod demo;
 pub mod engine;
 pub mod fault;
 pub mod listen;
+pub mod live;
 mod log_limit;
 pub mod metrics;
 pub mod model;

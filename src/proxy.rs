@@ -24,7 +24,7 @@ use http_body::Body;
 
 use crate::body::{Frames, Polled, Wrapped};
 
-use crate::fault::live::Live;
+use crate::live::Live;
 use crate::log_limit::LogLimit;
 use crate::metrics::ServiceMetrics;
 use crate::tls::{self, TlsError, UpstreamConnector};

@@ -9,7 +9,7 @@ use std::time::Duration;
 use crate::config::Plan;
 use crate::control::{self, Control, StartError};
 use crate::engine::Engine;
-use crate::fault::live::{Live, Rules};
+use crate::live::{Live, Rules};
 use crate::shutdown::Shutdown;
 use crate::stats::Stats;
 use crate::workers::Workers;

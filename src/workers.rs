@@ -25,7 +25,7 @@ use tokio::sync::watch;
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tokio_util::task::TaskTracker;
 
-use crate::fault::live::{FanOut, LocalChanges};
+use crate::live::{FanOut, LocalChanges};
 
 thread_local! {
     /// Which pool and which worker in it this thread is, if it is one.

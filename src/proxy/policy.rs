@@ -10,10 +10,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::stage::Spec;
 use super::ServiceContext;
-use crate::fault::live::{Live, Rules};
 use crate::fault::{
     connection_roll, decide, Decision, ErrorResponse, Fault, Latency, RequestInfo, Verdict,
 };
+use crate::live::{Live, Rules};
 
 /// What the rules make of a connection or request now.
 #[derive(Debug, Clone, PartialEq)]

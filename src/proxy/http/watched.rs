@@ -20,7 +20,7 @@ use tokio::sync::watch;
 
 use crate::body::{BoxError, Cut, Wrapped};
 
-use crate::fault::live::Live;
+use crate::live::Live;
 use crate::proxy::policy::{Fate, Policy};
 use crate::proxy::ServiceContext;
 

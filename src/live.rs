@@ -12,7 +12,7 @@ use std::sync::Arc;
 use arc_swap::{ArcSwap, Guard};
 use tokio::sync::watch;
 
-use super::Fault;
+use crate::fault::Fault;
 use crate::topology::Slots;
 
 /// An immutable snapshot of the active faults, indexed by service slot
