@@ -293,6 +293,7 @@ async fn events(State(state): State<AdminState>) -> Json<api::EventList> {
         .history()
         .into_iter()
         .map(|record| {
+            let stopped_by = record.stopped_by;
             let (ended_at, ending, ended_by) = match record.ended {
                 Some((at, how, by)) => (Some(at), Some(how.name().to_owned()), by),
                 None => (None, None, None),
@@ -307,6 +308,7 @@ async fn events(State(state): State<AdminState>) -> Json<api::EventList> {
                 ended_by,
                 time: millis(record.started_at),
                 time_end: ended_at.map(millis),
+                stopped_by,
             }
         })
         .collect();
@@ -487,5 +489,6 @@ fn activation_view(activation: &Activation) -> api::Activation {
         activated_by: activation.by.clone(),
         origin: activation.origin.clone(),
         faults,
+        guards: Vec::new(),
     }
 }

@@ -19,7 +19,7 @@ pub mod event;
 pub mod history;
 
 pub use activation::{Activated, Activation, Adopted, Origin, Remote};
-pub use event::{Event, Happened, Subject};
+pub use event::{Event, Happened, Stop, Subject};
 
 use crate::config::Plan;
 use crate::live::{Live, Rules};
@@ -303,6 +303,36 @@ impl Engine {
             self.inner.wake.notify_one();
         }
         Ok(lifted)
+    }
+
+    /// Lifts the activation `id` because a guard tripped; `None` when it
+    /// is no longer active (lifted, expired, or replaced by a newer one).
+    pub fn stop(&self, id: u64, stop: Stop) -> Option<Activation> {
+        let mut state = self.change();
+        let now = Instant::now();
+        self.expire(&mut state, now);
+        let index = (state.active.iter())
+            .find(|(_, a)| a.id == id)
+            .map(|(&index, _)| index)?;
+        let activation = state.active.remove(&index)?;
+        let name = &*activation.scenario.name;
+        tracing::warn!(
+            scenario = name,
+            guard = stop.guard,
+            value = stop.value,
+            above = stop.above,
+            "scenario stopped by its guard: {}",
+            stop.detail
+        );
+        crate::metrics::scenario_active(name, false);
+        let happened = Happened::Stopped {
+            subject: activation.subject(),
+            stop,
+        };
+        self.emit(&mut state, SystemTime::now(), happened);
+        self.publish(&mut state, now);
+        self.inner.wake.notify_one();
+        Some(activation)
     }
 
     /// Lifts every active scenario at once and returns what was lifted.

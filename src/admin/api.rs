@@ -8,7 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
-pub use crate::engine::Origin;
+pub use crate::engine::{Origin, Stop};
 
 /// `GET /healthz`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -78,6 +78,34 @@ pub struct Activation {
     /// `"local"`, or `{"peer": "NAME"}` for one adopted from a peer.
     pub origin: Origin,
     pub faults: Vec<ActivationFault>,
+    /// The scenario's `stop_when` guards and what each reads now.
+    #[serde(default)]
+    pub guards: Vec<Guard>,
+}
+
+/// One guard of an active scenario, as last evaluated (about once a
+/// second).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Guard {
+    pub name: String,
+    /// `error_ratio`, `p99_latency` or `prometheus`.
+    pub kind: String,
+    /// `ok`, `pending` (the condition holds, not yet for `for`),
+    /// `tripped`, or `error` (it could not be read: `detail` says why).
+    pub state: String,
+    /// The value last read (latencies in seconds); `null` before the first
+    /// evaluation, without traffic, or on an error.
+    pub value: Option<f64>,
+    /// The threshold (latencies in seconds).
+    pub above: f64,
+    /// The `for` the condition must hold, human-readable.
+    #[serde(rename = "for")]
+    pub hold: String,
+    /// While `pending`: how long the condition has held.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_for: Option<String>,
+    /// What it reads, or why it could not.
+    pub detail: String,
 }
 
 /// The answer to `POST /faults/{scenario}`: the activation and what the
@@ -127,13 +155,16 @@ pub struct EventRecord {
     pub expires_at: String,
     /// The rest is `null` while it is active.
     pub ended_at: Option<String>,
-    /// `lifted`, `expired`, `completed` or `halted`.
+    /// `lifted`, `expired`, `completed`, `halted` or `stopped`.
     pub ended: Option<String>,
     /// The caller; `null` for an expiry or a completion.
     pub ended_by: Option<String>,
     /// The start in Unix milliseconds, for annotation sources.
     pub time: u64,
     pub time_end: Option<u64>,
+    /// The guard that stopped it, when `ended` is `stopped`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped_by: Option<Stop>,
 }
 
 /// `GET /events`, newest first.
@@ -250,4 +281,73 @@ impl ErrorBody {
             errors: None,
         }
     }
+}
+
+/// `GET /status` (and each update of `GET /stream`): every data center and
+/// its services as the status page and `firedrill status` show them, over
+/// the last [`Status::window`], and the scenarios active now.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    /// When it was computed.
+    pub at: String,
+    /// The window rates, ratios and quantiles cover ("10s").
+    pub window: String,
+    pub datacenters: Vec<DataCenterStatus>,
+    pub active: Vec<Activation>,
+}
+
+/// One data center now: `dark` when every service is dark, `degraded` when
+/// any is not healthy, else `healthy`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DataCenterStatus {
+    pub name: String,
+    pub description: String,
+    /// `healthy`, `degraded` or `dark`.
+    pub state: String,
+    pub requests_per_second: f64,
+    /// Failed over all HTTP requests; `null` without requests.
+    pub error_ratio: Option<f64>,
+    /// Client-observed p99 latency in seconds; `null` without answers.
+    pub p99_seconds: Option<f64>,
+    pub services: Vec<ServiceStatus>,
+}
+
+/// One service now. `dark`: a fault in force fails all its traffic, or
+/// nearly every request in the window failed; `degraded`: a fault is in
+/// force on it, or some requests failed; else `healthy`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServiceStatus {
+    pub name: String,
+    /// `http` or `tcp`.
+    pub protocol: String,
+    /// `healthy`, `degraded` or `dark`.
+    pub state: String,
+    pub requests_per_second: f64,
+    pub connections_per_second: f64,
+    pub connections_open: i64,
+    pub error_ratio: Option<f64>,
+    pub p99_seconds: Option<f64>,
+    /// The faults in force on it now.
+    pub faults: Vec<ServiceFault>,
+}
+
+/// One kept impact report in `GET /reports`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReportSummary {
+    /// What `GET /reports/{id}` and `firedrill report ID` take.
+    pub id: String,
+    pub scenario: String,
+    pub started_at: String,
+    pub ended_at: String,
+    /// `lifted`, `expired`, `completed`, `halted` or `stopped`.
+    pub ended: String,
+    /// `false` while the minute after the activation is still being
+    /// measured.
+    pub complete: bool,
+}
+
+/// `GET /reports`, newest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReportList {
+    pub reports: Vec<ReportSummary>,
 }

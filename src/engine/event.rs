@@ -9,6 +9,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use serde::{Deserialize, Serialize};
+
 use super::Origin;
 
 /// Something that happened in the engine, at a wall-clock time.
@@ -19,6 +21,22 @@ pub struct Event {
     pub at: SystemTime,
     pub what: Happened,
 }
+
+/// Why a guard stopped an activation: the guard, the value it read and
+/// the threshold it crossed. Latencies are in seconds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Stop {
+    /// The guard's `name` in the scenario's `stop_when`.
+    pub guard: String,
+    pub value: f64,
+    pub above: f64,
+    /// What was read, for a person: "error ratio 0.31 of services outside
+    /// the scenario over 30s".
+    pub detail: String,
+}
+
+// A guard's value is never NaN (a guard that reads none does not trip).
+impl Eq for Stop {}
 
 /// Which activation an event is about.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -58,6 +76,8 @@ pub enum Happened {
     Expired { subject: Subject },
     /// Its last fault ended: every fault has a `duration`.
     Completed { subject: Subject },
+    /// A guard of the scenario tripped and lifted it.
+    Stopped { subject: Subject, stop: Stop },
     /// Every active scenario was lifted at once (`DELETE /faults`).
     Halted { by: String, lifted: Vec<Subject> },
     /// A new plan is in force; `lifted` are the active scenarios it no
@@ -76,7 +96,8 @@ impl Event {
             | Happened::StageEnded { subject, .. }
             | Happened::Lifted { subject, .. }
             | Happened::Expired { subject }
-            | Happened::Completed { subject } => Some(subject),
+            | Happened::Completed { subject }
+            | Happened::Stopped { subject, .. } => Some(subject),
             Happened::Halted { .. } | Happened::Reloaded { .. } => None,
         }
     }

@@ -7,7 +7,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use super::event::{Event, Happened, Subject};
+use super::event::{Event, Happened, Stop, Subject};
 
 /// How many activations the history keeps.
 pub const CAPACITY: usize = 200;
@@ -23,6 +23,8 @@ pub enum Ending {
     Completed,
     /// `DELETE /faults`, the big red button.
     Halted,
+    /// A guard of its `stop_when` tripped.
+    Stopped,
 }
 
 impl Ending {
@@ -32,6 +34,7 @@ impl Ending {
             Ending::Expired => "expired",
             Ending::Completed => "completed",
             Ending::Halted => "halted",
+            Ending::Stopped => "stopped",
         }
     }
 }
@@ -47,6 +50,8 @@ pub struct Record {
     pub expires_at: SystemTime,
     /// When, how and by whom it ended; `None` while it is active.
     pub ended: Option<(SystemTime, Ending, Option<String>)>,
+    /// The guard that stopped it, for [`Ending::Stopped`].
+    pub stopped_by: Option<Stop>,
 }
 
 /// The bounded list of recent activations, oldest first inside.
@@ -77,6 +82,7 @@ impl History {
                     started_at: *started_at,
                     expires_at: *expires_at,
                     ended: None,
+                    stopped_by: None,
                 });
             }
             Happened::Rescheduled {
@@ -92,6 +98,13 @@ impl History {
             Happened::Lifted { subject, by } => self.end(subject, at, Ending::Lifted, Some(by)),
             Happened::Expired { subject } => self.end(subject, at, Ending::Expired, None),
             Happened::Completed { subject } => self.end(subject, at, Ending::Completed, None),
+            Happened::Stopped { subject, stop } => {
+                let by = format!("guard {}", stop.guard);
+                self.end(subject, at, Ending::Stopped, Some(&by));
+                if let Some(record) = self.find(subject) {
+                    record.stopped_by = Some(stop.clone());
+                }
+            }
             Happened::Halted { by, lifted } => {
                 for subject in lifted {
                     self.end(subject, at, Ending::Halted, Some(by));

@@ -30,6 +30,7 @@ fn line(event: &Event) -> String {
         Happened::Lifted { by, .. } => format!("lifted {name} by {by}"),
         Happened::Expired { .. } => format!("expired {name}"),
         Happened::Completed { .. } => format!("completed {name}"),
+        Happened::Stopped { stop, .. } => format!("stopped {name} by {}", stop.guard),
         Happened::Halted { by, lifted } => {
             let names: Vec<&str> = lifted.iter().map(|s| &*s.scenario).collect();
             format!("halted {} by {by}", names.join(" "))
