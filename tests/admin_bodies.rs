@@ -217,6 +217,7 @@ async fn answers_keep_the_fields_they_had_before_they_were_typed() {
         "description",
         "expires_at",
         "faults",
+        "guards",
         "origin",
         "remaining",
         "scenario",
