@@ -11,8 +11,9 @@ pub use admin::{Admin, AdminTls, Secret, Token};
 
 use std::fmt;
 use std::ops::Range;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::fault::Scenario;
 use crate::topology::Topology;
@@ -26,6 +27,7 @@ pub struct Plan {
     pub admin: Admin,
     pub topology: Topology,
     pub scenarios: Vec<Arc<Scenario>>,
+    pub reports: Reports,
     /// What runs, but maybe not as meant (a fault cut short by its
     /// scenario's max_duration, say), located like errors.
     pub warnings: Vec<Diagnostic>,
@@ -35,6 +37,36 @@ impl Plan {
     /// Looks a scenario up by name.
     pub fn scenario(&self, name: &str) -> Option<&Arc<Scenario>> {
         self.scenarios.iter().find(|s| &*s.name == name)
+    }
+}
+
+/// `[reports]`: impact reports of ended activations.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reports {
+    /// Where each report is also written, as JSON and Markdown; `None`
+    /// keeps them in memory only.
+    pub dir: Option<PathBuf>,
+    /// How long before an activation a report measures (at most the
+    /// stats history, 5 minutes).
+    pub before: Duration,
+    /// How long after an activation ends a report measures, and waits for
+    /// each service's first successful request.
+    pub after: Duration,
+}
+
+impl Reports {
+    /// The furthest back `before` may reach: the stats history
+    /// (`stats::HISTORY`, a layer above; a test there checks they agree).
+    pub const MOST_BEFORE: Duration = Duration::from_secs(300);
+}
+
+impl Default for Reports {
+    fn default() -> Reports {
+        Reports {
+            dir: None,
+            before: Duration::from_secs(60),
+            after: Duration::from_secs(60),
+        }
     }
 }
 

@@ -25,6 +25,7 @@ pub struct Plan {
     pub datacenters: IndexMap<Spanned<String>, DataCenter>,
     pub services: IndexMap<Spanned<String>, Service>,
     pub scenarios: IndexMap<Spanned<String>, Scenario>,
+    pub reports: Reports,
     /// Names whose tables failed to parse: cross-checks treat them as
     /// defined, so one typo does not cascade into "unknown name" errors.
     pub broken: HashSet<String>,
@@ -48,6 +49,11 @@ pub fn parse(source: &str, report: &mut dyn FnMut(Range<usize>, String)) -> Opti
                     plan.admin = admin;
                 }
             }
+            "reports" => {
+                if let Some(reports) = item(value, report) {
+                    plan.reports = reports;
+                }
+            }
             "datacenters" => table(value, &mut plan.datacenters, &mut plan.broken, report),
             "services" => table(value, &mut plan.services, &mut plan.broken, report),
             "scenarios" => {
@@ -69,7 +75,7 @@ pub fn parse(source: &str, report: &mut dyn FnMut(Range<usize>, String)) -> Opti
             }
             other => report(
                 key.span(),
-                format!("unknown table `{other}`, expected one of `admin`, `datacenters`, `services`, `scenarios`"),
+                format!("unknown table `{other}`, expected one of `admin`, `datacenters`, `services`, `scenarios`, `reports`"),
             ),
         }
     }
@@ -191,6 +197,16 @@ pub struct AdminTls {
     pub cert: Spanned<String>,
     pub key: Spanned<String>,
     pub client_ca: Option<Spanned<String>>,
+}
+
+/// `[reports]`: where impact reports are written, and how long before
+/// and after an activation they measure.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Reports {
+    pub dir: Option<Spanned<String>>,
+    pub before: Option<Spanned<HumanDuration>>,
+    pub after: Option<HumanDuration>,
 }
 
 #[derive(Debug, Deserialize)]

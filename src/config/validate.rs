@@ -14,6 +14,7 @@ use toml::Spanned;
 mod admin;
 mod fault;
 mod limits;
+mod reports;
 mod tls;
 
 use super::raw;
@@ -77,6 +78,7 @@ pub(super) fn validate(raw: raw::Plan, base: &Path, report: Report<'_>) -> Plan 
         admin,
         topology,
         scenarios,
+        reports: reports::reports(&raw.reports, base, report),
         warnings: Vec::new(),
     }
 }
