@@ -4,6 +4,7 @@
 //! keeps a second-by-second history for rates and quantiles over a window
 //! ([`window`]). `/metrics` renders these same atomics ([`crate::metrics`]).
 
+mod capture;
 pub mod window;
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
@@ -13,6 +14,7 @@ use std::time::{Duration, Instant};
 use http::StatusCode;
 use tokio_util::sync::CancellationToken;
 
+pub use capture::{Capture, FaultTally};
 pub use window::Window;
 use window::{Sample, Ticks};
 

@@ -38,6 +38,11 @@ impl Sample {
             faults: counts.faults.iter().map(|(_, _, n)| n).sum(),
         }
     }
+
+    /// Requests counted that did not fail.
+    pub(super) fn succeeded(&self) -> u64 {
+        self.requests.saturating_sub(self.failed)
+    }
 }
 
 /// Every service's samples, about once a second, as far back as
