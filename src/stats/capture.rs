@@ -69,6 +69,14 @@ impl FaultTally {
 }
 
 impl Capture {
+    /// A capture at `at` of no service: windows from it count everything.
+    pub fn empty(at: Instant) -> Capture {
+        Capture {
+            at,
+            services: Vec::new(),
+        }
+    }
+
     /// When it was taken (for one from the history, the sampler's tick).
     pub fn at(&self) -> Instant {
         self.at

@@ -186,6 +186,11 @@ impl Window {
         self.counts.open
     }
 
+    /// Client connections counted in the window, whatever their outcome.
+    pub fn connections(&self) -> u64 {
+        self.counts.connections
+    }
+
     /// Client connections counted (whatever their outcome) per second.
     pub fn connections_per_second(&self) -> f64 {
         self.per_second(self.counts.connections)
