@@ -55,6 +55,7 @@ pub mod metrics;
 pub mod model;
 pub mod probe;
 pub mod proxy;
+pub mod report;
 pub mod shutdown;
 pub mod stats;
 pub mod tls;
