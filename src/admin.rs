@@ -8,6 +8,7 @@
 pub mod api;
 mod auth;
 mod listen;
+mod reports;
 
 pub use auth::Caller;
 pub use listen::{serve, HEADER_TIMEOUT};
@@ -37,6 +38,8 @@ pub struct AdminState {
     pub engine: Engine,
     pub metrics: crate::metrics::Exporter,
     pub control: Control,
+    /// The impact reports of ended activations.
+    pub reports: crate::report::Reports,
 }
 
 /// An admin API failure, answered as `{"error": "..."}`.
@@ -50,6 +53,8 @@ pub enum ApiError {
     TooLarge,
     #[error("no endpoint {0}; see GET /scenarios, GET /faults, POST /faults/NAME, DELETE /faults[/NAME], GET /events, GET /topology, POST /reload, GET /metrics")]
     NotFound(String),
+    #[error("no report `{0}`; GET /reports lists the ones kept (the last 50)")]
+    UnknownReport(String),
     #[error("{0}")]
     Unauthorized(String),
     #[error("the bearer token is not one of [admin] tokens")]
@@ -82,7 +87,9 @@ impl From<BytesRejection> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = match &self {
-            ApiError::UnknownScenario(_) | ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::UnknownScenario(_) | ApiError::NotFound(_) | ApiError::UnknownReport(_) => {
+                StatusCode::NOT_FOUND
+            }
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
@@ -121,6 +128,8 @@ pub fn router(state: AdminState) -> Router {
         .route("/faults", get(list).delete(lift_all))
         .route("/events", get(events))
         .route("/reload", axum::routing::post(reload))
+        .route("/reports", get(reports::list))
+        .route("/reports/{id}", get(reports::show))
         .route(
             "/faults/{scenario}",
             axum::routing::post(activate).delete(lift),

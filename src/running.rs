@@ -13,7 +13,7 @@ use crate::live::{Live, Rules};
 use crate::shutdown::Shutdown;
 use crate::stats::Stats;
 use crate::workers::Workers;
-use crate::{admin, metrics};
+use crate::{admin, metrics, report};
 
 /// A started firedrill: its bound addresses and a handle to stop it.
 /// Dropping it stops everything at once, as [`Running::shutdown`] does at
@@ -127,11 +127,14 @@ pub async fn start_with(
         stats.clone(),
         shutdown.clone(),
     )?;
+    let reports = report::Reports::default();
+    report::spawn(&reports, &engine, &stats, shutdown.hard_stop.clone());
     tokio::spawn(stats.run(shutdown.hard_stop.clone()));
     let router = admin::router(admin::AdminState {
         engine: engine.clone(),
         metrics: exporter,
         control: control.clone(),
+        reports,
     });
     // The admin API and the engine outlive the drain, so faults can still
     // be lifted (and still expire) while connections finish.
