@@ -120,12 +120,12 @@ pub struct FaultCount {
 }
 
 /// How long a service took, from the activation's end, to count a request
-/// that did not fail.
+/// that did not fail (for tcp, a connection forwarded to its upstream).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Recovery {
     /// `recovered`; `pending` while still measured; `not_recovered` when
-    /// requests came within `after` but every one failed; `no_requests`
-    /// when none came.
+    /// requests (or connections) came within `after` but every one
+    /// failed; `no_requests` when none came.
     pub state: String,
     /// For `recovered`: seconds from the end to the first successful
     /// request, late by at most `recovery_precision`.

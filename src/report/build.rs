@@ -200,7 +200,7 @@ fn recovery(
     let state = match (found, after) {
         (Some(_), _) => "recovered",
         (None, _) if complete.is_none() => "pending",
-        (None, Some(after)) if after.requests > 0 => "not_recovered",
+        (None, Some(after)) if after.requests + after.connections > 0 => "not_recovered",
         (None, _) => "no_requests",
     };
     Recovery {

@@ -116,8 +116,8 @@ impl Capture {
         tally
     }
 
-    /// Requests that did not fail so far, summed over the services
-    /// `select` picks.
+    /// Requests that did not fail so far, and tcp connections forwarded,
+    /// summed over the services `select` picks.
     pub fn succeeded(&self, select: impl Fn(&ServiceStats) -> bool) -> u64 {
         (self.services.iter())
             .filter(|c| select(&c.service))
@@ -204,6 +204,12 @@ mod tests {
         let all = start.window(&end, |_| true);
         assert_eq!((all.requests(), all.failed()), (4, 2));
         assert_eq!(end.succeeded(|s| s.name() == "talk"), 2);
+        // A tcp connection succeeds when it is forwarded.
+        let cache = stats.register("cache", "pangyo");
+        cache.connection(Outcome::Dropped);
+        cache.connection(Outcome::Delayed);
+        cache.connection(Outcome::Forwarded);
+        assert_eq!(stats.capture().succeeded(|s| s.name() == "cache"), 2);
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{Counts, BUCKETS, HISTORY, LATENCY_BUCKETS, SAMPLE_EVERY};
+use super::{Counts, Outcome, BUCKETS, HISTORY, LATENCY_BUCKETS, SAMPLE_EVERY};
 
 /// The numbers of one service a window needs, at one moment.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -17,6 +17,8 @@ pub(super) struct Sample {
     latency: [u64; BUCKETS],
     latency_nanos: u64,
     connections: u64,
+    /// Tcp connections forwarded to the upstream (delayed or not).
+    forwarded: u64,
     open: i64,
     bytes_upstream: u64,
     bytes_downstream: u64,
@@ -32,6 +34,8 @@ impl Sample {
             latency: counts.latency,
             latency_nanos: counts.latency_nanos,
             connections: counts.connections.iter().sum(),
+            forwarded: counts.connections[Outcome::Forwarded as usize]
+                + counts.connections[Outcome::Delayed as usize],
             open: counts.open,
             bytes_upstream: counts.bytes_upstream,
             bytes_downstream: counts.bytes_downstream,
@@ -39,9 +43,9 @@ impl Sample {
         }
     }
 
-    /// Requests counted that did not fail.
+    /// Requests counted that did not fail, and tcp connections forwarded.
     pub(super) fn succeeded(&self) -> u64 {
-        self.requests.saturating_sub(self.failed)
+        self.requests.saturating_sub(self.failed) + self.forwarded
     }
 }
 
@@ -109,6 +113,7 @@ impl Window {
             latency,
             latency_nanos: to.latency_nanos.saturating_sub(from.latency_nanos),
             connections: to.connections.saturating_sub(from.connections),
+            forwarded: to.forwarded.saturating_sub(from.forwarded),
             open: to.open,
             bytes_upstream: to.bytes_upstream.saturating_sub(from.bytes_upstream),
             bytes_downstream: to.bytes_downstream.saturating_sub(from.bytes_downstream),
@@ -127,6 +132,7 @@ impl Window {
         mine.failed += theirs.failed;
         mine.latency_nanos += theirs.latency_nanos;
         mine.connections += theirs.connections;
+        mine.forwarded += theirs.forwarded;
         mine.open += theirs.open;
         mine.bytes_upstream += theirs.bytes_upstream;
         mine.bytes_downstream += theirs.bytes_downstream;
