@@ -16,13 +16,15 @@ use firedrill::engine::{Happened, Stop};
 use firedrill::Running;
 use support::*;
 
-/// pangyo (talk) and ansan (maps) in front of real upstreams; `pangyo-fire`
-/// drops every request to talk, `ansan-slow` delays maps; reports measure
+/// pangyo (talk, and cache over tcp) and ansan (maps) in front of real
+/// upstreams; `pangyo-fire` drops everything to pangyo, `ansan-slow`
+/// delays maps; reports measure
 /// `after` after the end and are written to `dir` when given.
 async fn drill(after: &str, dir: Option<&std::path::Path>) -> Running {
     let plan = PlanText::new(&["pangyo", "ansan"])
         .http("talk", "pangyo", http_upstream("talk").await)
         .http("maps", "ansan", http_upstream("maps").await)
+        .tcp("cache", "pangyo", echo_upstream().await)
         .scenario_with(
             "pangyo-fire",
             "description = 'pangyo goes dark'",
@@ -142,6 +144,11 @@ async fn a_lifted_activation_reports_every_phase_its_faults_and_recovery() {
     // During: every request to talk dropped, maps untouched.
     assert_eq!(requests(&running, "talk", 10).await, 0);
     assert_eq!(requests(&running, "maps", 6).await, 6);
+    // Three tcp connections to cache, each cut at once.
+    for _ in 0..3 {
+        let mut cut = connect(addr(&running, "cache")).await;
+        assert!(closed_within(&mut cut, STEP).await.is_some());
+    }
     lift(&running, "pangyo-fire").await;
     let (id, summary) = listed(&running, "pangyo-fire").await;
     assert_eq!(summary["ended"], "lifted");
@@ -152,6 +159,8 @@ async fn a_lifted_activation_reports_every_phase_its_faults_and_recovery() {
     // After: both answer again.
     assert_eq!(requests(&running, "talk", 5).await, 5);
     assert_eq!(requests(&running, "maps", 4).await, 4);
+    let mut cache = connect(addr(&running, "cache")).await;
+    carry_echo(&mut cache, b"back").await;
     let report = complete(&running, &id).await;
 
     assert_eq!(report["scenario"], "pangyo-fire");
@@ -196,9 +205,22 @@ async fn a_lifted_activation_reports_every_phase_its_faults_and_recovery() {
     assert_eq!(counts(&maps["after"]), (4, 0, Some(0.0)));
     assert_eq!(maps["faults"], serde_json::json!([]));
     assert_eq!(maps["recovery"]["state"], "recovered");
+    let cache = service(&report, "pangyo", "cache");
+    assert_eq!(cache["protocol"], "tcp");
+    assert_eq!(cache["during"]["connections"], 3, "{cache}");
+    assert_eq!(
+        cache["faults"],
+        serde_json::json!([{"action": "drop", "count": 3}])
+    );
+    assert_eq!(cache["connections_cut"], 3);
+    assert_eq!(cache["recovery"]["state"], "recovered", "{cache}");
     let pangyo = datacenter(&report, "pangyo");
     assert_eq!(counts(&pangyo["during"]), (10, 10, Some(1.0)));
-    assert_eq!(pangyo["connections_cut"], 10);
+    assert_eq!(
+        pangyo["faults"],
+        serde_json::json!([{"action": "drop", "count": 13}])
+    );
+    assert_eq!(pangyo["connections_cut"], 13);
     let chart = &report["chart"]["datacenters"];
     assert_eq!(chart[0]["name"], "pangyo");
     let points = chart[0]["error_ratio"].as_array().unwrap();
@@ -217,6 +239,7 @@ async fn a_lifted_activation_reports_every_phase_its_faults_and_recovery() {
     assert!(md.contains("|  | during | "), "{md}");
     assert!(md.contains(" | 10 | 10 | 100.0 % | - | - | 10 |"), "{md}");
     assert!(md.contains("| pangyo / talk | drop 10 | 10 |"), "{md}");
+    assert!(md.contains("| pangyo / cache | drop 3 | 3 |"), "{md}");
     assert!(
         md.contains("## Error ratio over the activation\n\n```text\npangyo  "),
         "{md}"
