@@ -77,7 +77,10 @@ impl Collector {
     /// The next time there is something to measure, if any.
     fn next_wake(&self) -> Option<Instant> {
         let chart = (!self.running.is_empty()).then_some(self.next_tick);
-        let poll = (!self.ended.is_empty()).then(|| Instant::now() + RECOVERY_POLL);
+        // Recovery is looked for only while some service has yet to
+        // recover; the rest waits for `after` to run out.
+        let waiting = (self.ended.iter()).any(|(e, _)| e.recovered.iter().any(Option::is_none));
+        let poll = waiting.then(|| Instant::now() + RECOVERY_POLL);
         let due = self.ended.iter().map(|(_, due)| *due).min();
         [chart, poll, due].into_iter().flatten().min()
     }
