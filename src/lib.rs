@@ -26,6 +26,9 @@
 //!   [`proxy::tcp`] per connection, both through `proxy::policy`, the one
 //!   way a connection obeys live rules; `proxy::stage` is the ordered
 //!   per-direction chain a relayed stream passes through.
+//! - [`report`] collects, for every activation that ends, the numbers of
+//!   each data center and service before, during and after it, from the
+//!   engine's events and [`stats`] captures (`GET /reports`).
 //! - [`control`] is the one path by which the running proxy changes: it
 //!   binds, starts and stops accept loops, and updates the engine.
 //! - [`admin`] is the HTTP API and `/metrics`, talking to a [`Control`].
@@ -34,7 +37,7 @@
 //!   stand-in upstreams; [`probe`] checks before a game day that every
 //!   upstream answers.
 //!
-//! Layers, each using only those below it: `admin` → `control` →
+//! Layers, each using only those below it: `admin` → `control`, `report` →
 //! `proxy`, `engine`, `model` → `stats`, `metrics`, `shutdown`, `workers`
 //! → `live`, `listen`, `body`, `tls` → `fault`, `topology`, `config`. `running`
 //! wires them: [`start`] binds every listener of a plan and returns a
