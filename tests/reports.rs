@@ -131,7 +131,7 @@ fn counts(phase: &Value) -> (u64, u64, Option<f64>) {
 #[tokio::test]
 async fn a_lifted_activation_reports_every_phase_its_faults_and_recovery() {
     let dir = TempDir::new("reports");
-    let running = drill("2s", Some(dir.path())).await;
+    let running = drill("3s", Some(dir.path())).await;
     // The minute before: 12 to talk, 8 to maps, all answered.
     assert_eq!(requests(&running, "talk", 12).await, 12);
     assert_eq!(requests(&running, "maps", 8).await, 8);
@@ -177,7 +177,7 @@ async fn a_lifted_activation_reports_every_phase_its_faults_and_recovery() {
         report["ended_by"].as_str().unwrap().contains("127.0.0.1"),
         "{report}"
     );
-    assert_eq!(report["after"], "2s");
+    assert_eq!(report["after"], "3s");
     assert_eq!(report["recovery_precision"], "100ms");
     let talk = service(&report, "pangyo", "talk");
     assert_eq!(counts(&talk["before"]), (12, 0, Some(0.0)));
@@ -190,7 +190,7 @@ async fn a_lifted_activation_reports_every_phase_its_faults_and_recovery() {
     assert_eq!(talk["connections_cut"], 10);
     assert_eq!(talk["recovery"]["state"], "recovered", "{talk}");
     let recovered = talk["recovery"]["seconds"].as_f64().unwrap();
-    assert!((0.0..2.2).contains(&recovered), "{talk}");
+    assert!((0.0..3.2).contains(&recovered), "{talk}");
     assert!(
         talk["during"]["p99_seconds"].is_null(),
         "no answer during: {talk}"
@@ -271,6 +271,7 @@ async fn a_lifted_activation_reports_every_phase_its_faults_and_recovery() {
         files[1].ends_with(&format!("-pangyo-fire-{id}.md")),
         "{files:?}"
     );
+    // Written at the end, incomplete, then again once complete.
     let written = std::fs::read_to_string(dir.path().join(&files[0])).unwrap();
     assert_eq!(serde_json::from_str::<Value>(&written).unwrap(), report);
     let written = std::fs::read_to_string(dir.path().join(&files[1])).unwrap();

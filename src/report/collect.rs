@@ -4,7 +4,8 @@
 //! runs, each data center's totals for the chart; at its end, the numbers
 //! again, and a first report (incomplete); then it looks every
 //! [`RECOVERY_POLL`] for each service's first successful request, and
-//! after `[reports] after` completes the report and writes its files.
+//! after `[reports] after` completes the report. Files are written at the
+//! end (incomplete) and again when complete.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -36,6 +37,7 @@ pub fn spawn(reports: &Reports, engine: &Engine, stats: &Stats, stop: Cancellati
         running: BTreeMap::new(),
         ended: Vec::new(),
         next_tick: Instant::now(),
+        unwritten: Vec::new(),
     };
     tokio::spawn(collector.run(engine.subscribe(), stop));
 }
@@ -50,6 +52,8 @@ struct Collector {
     ended: Vec<(Ended, Instant)>,
     /// When the running ones' next chart totals are due.
     next_tick: Instant,
+    /// Reports of activations just ended, to write to `[reports] dir`.
+    unwritten: Vec<(Report, SystemTime)>,
 }
 
 impl Collector {
@@ -70,6 +74,13 @@ impl Collector {
                     Err(RecvError::Closed) => return,
                 },
                 () = sleep => self.tick().await,
+            }
+            // Written as soon as it ends, incomplete, so a firedrill
+            // stopped within `after` still leaves it; completed later.
+            for (report, started_at) in std::mem::take(&mut self.unwritten) {
+                if let Some(dir) = &self.engine.plan().reports.dir {
+                    write(dir, &report, started_at).await;
+                }
             }
         }
     }
@@ -173,8 +184,9 @@ impl Collector {
             after_asked,
             baseline,
         };
-        self.reports
-            .keep(build::report(&ended, None, RECOVERY_POLL));
+        let report = build::report(&ended, None, RECOVERY_POLL);
+        self.reports.keep(report.clone());
+        self.unwritten.push((report, ended.started.started_at));
         self.ended.push((ended, Instant::now() + after_asked));
     }
 
@@ -229,10 +241,11 @@ impl Collector {
         self.ended = measuring;
         for (ended, _) in done {
             let report = build::report(&ended, Some(&capture), RECOVERY_POLL);
-            self.reports.keep(report.clone());
+            // Files first: once the API says complete, so do they.
             if let Some(dir) = &self.engine.plan().reports.dir {
                 write(dir, &report, ended.started.started_at).await;
             }
+            self.reports.keep(report);
         }
     }
 }
@@ -251,8 +264,8 @@ fn recover(ended: &mut Ended, capture: &Capture, now: SystemTime) {
     }
 }
 
-/// Writes `report` as JSON and Markdown into `dir`, named by its start
-/// and scenario; a failure is logged, and the report stays in memory.
+/// Writes `report` as JSON and Markdown into `dir`, named by its start,
+/// scenario and id; a failure is logged, and the report stays in memory.
 async fn write(dir: &Path, report: &Report, started_at: SystemTime) {
     let stamp = humantime::format_rfc3339_seconds(started_at)
         .to_string()
@@ -274,7 +287,14 @@ async fn write(dir: &Path, report: &Report, started_at: SystemTime) {
         return;
     }
     for (path, text) in files {
-        match tokio::fs::write(&path, text).await {
+        // Through a temporary file renamed over it, so a reader never
+        // sees half a report.
+        let partial = path.with_extension("partial");
+        let written = match tokio::fs::write(&partial, text).await {
+            Ok(()) => tokio::fs::rename(&partial, &path).await,
+            Err(e) => Err(e),
+        };
+        match written {
             Ok(()) => tracing::info!(file = %path.display(), "impact report written"),
             Err(e) => tracing::warn!(file = %path.display(), "cannot write the impact report: {e}"),
         }
