@@ -109,6 +109,12 @@ fn ending(report: &Report) -> String {
 }
 
 fn rows(md: &mut String, name: &str, before: &Phase, during: &Phase, after: Option<&Phase>) {
+    let quiet = |p: &Phase| p.requests == 0 && p.connections == 0;
+    // One line for a service nobody used, so the ones that matter stand out.
+    if quiet(before) && quiet(during) && after.is_some_and(quiet) {
+        let _ = writeln!(md, "| {name} | all | no traffic | | | | | | |");
+        return;
+    }
     row(md, name, "before", Some(before));
     row(md, "", "during", Some(during));
     row(md, "", "after", after);

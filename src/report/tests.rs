@@ -136,7 +136,8 @@ fn markdown_tables_each_phase_of_each_datacenter_and_service() {
         "|  | during | 12s | 120 | 120 | 100.0 % | - | - | 120 |",
         "|  | after | 1m | 590 | 3 | 0.5 % | 750.0 ms | 1.50 s | 590 |",
         "| pangyo / talk (http) | before | 1m | 600 | 0 | 0.0 % | 2.0 ms | 4.0 ms | 600 |",
-        "| ansan / maps (http) | before | 1m | 0 | 0 | - | - | - | 0 |",
+        "| **ansan** | all | no traffic | | | | | | |",
+        "| ansan / maps (http) | all | no traffic | | | | | | |",
         "| pangyo / talk | drop 120 | 120 | 0.3 s |",
         "| ansan / maps | none | 0 | no requests after the end |",
     ];
