@@ -344,3 +344,44 @@ async fn an_unknown_report_is_a_404_that_says_where_to_look() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(list, serde_json::json!({"reports": []}));
 }
+
+#[tokio::test]
+async fn a_scenario_a_reload_removes_is_reported_lifted_into_the_plans_own_folder() {
+    let folder = TempDir::new("reports-reload");
+    let path = folder.path().join("plan.toml");
+    let upstream = http_upstream("talk").await;
+    let base = PlanText::new(&["pangyo"]).http("talk", "pangyo", upstream);
+    let reports = "\n[reports]\ndir = 'retro'\nafter = '1s'\n";
+    let with_fire = base.fault("pangyo-fire", "talk", "action = 'drop'");
+    std::fs::write(&path, format!("{}{reports}", with_fire.toml())).unwrap();
+    let loaded = firedrill::config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    let running = firedrill::start_reloadable(loaded, path.clone())
+        .await
+        .expect("firedrill starts");
+    activate(&running, "pangyo-fire").await;
+    let without = PlanText::new(&["pangyo"]).http("talk", "pangyo", upstream);
+    std::fs::write(&path, format!("{}{reports}", without.toml())).unwrap();
+    let (status, answer) = admin(&running, Method::POST, "/reload", "").await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let (id, _) = listed(&running, "pangyo-fire").await;
+    let report = complete(&running, &id).await;
+    assert_eq!(report["ended"], "lifted");
+    assert!(
+        report["ended_by"].as_str().unwrap().contains("127.0.0.1"),
+        "{report}"
+    );
+    let retro = folder.path().join("retro");
+    let written = within(STEP, async {
+        loop {
+            let found = std::fs::read_dir(&retro)
+                .ok()
+                .map(|entries| entries.count());
+            if found == Some(2) {
+                return found;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert_eq!(written, Some(2));
+}
