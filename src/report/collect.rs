@@ -300,3 +300,71 @@ async fn write(dir: &Path, report: &Report, started_at: SystemTime) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::live::{Live, Rules};
+
+    const PLAN: &str = r#"
+[datacenters.pangyo]
+[services.talk]
+datacenter = "pangyo"
+protocol = "http"
+listen = "127.0.0.1:0"
+upstream = "127.0.0.1:9001"
+[scenarios.fire]
+[[scenarios.fire.faults]]
+datacenter = "pangyo"
+action = "drop"
+"#;
+
+    fn collector() -> Collector {
+        let plan = Arc::new(crate::config::parse(PLAN, "plan.toml").unwrap());
+        let live = Arc::new(Live::new(Rules::empty(plan.topology.services.len())));
+        let stats = Stats::default();
+        stats.register("talk", "pangyo");
+        Collector {
+            reports: Reports::default(),
+            engine: Engine::new(plan, live),
+            stats,
+            running: BTreeMap::new(),
+            ended: Vec::new(),
+            next_tick: Instant::now(),
+            unwritten: Vec::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_collector_that_lost_events_ends_reports_as_the_history_recorded() {
+        let mut collector = collector();
+        let mut events = collector.engine.subscribe();
+        collector.engine.activate("fire", None, "lead").unwrap();
+        collector.apply(events.recv().await.unwrap());
+        assert_eq!(collector.running.len(), 1);
+        collector.engine.lift("fire", "lead (127.0.0.1:1)").unwrap();
+        // The lift's event is lost: the history says what happened.
+        collector.catch_up(1);
+        assert!(collector.running.is_empty());
+        let kept =
+            (collector.reports).newest_first(|r| (r.ended.clone(), r.ended_by.clone(), r.complete));
+        let by = Some("lead (127.0.0.1:1)".to_owned());
+        assert_eq!(kept, [("lifted".to_owned(), by, false)]);
+        assert_eq!(collector.unwritten.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_end_without_its_start_is_ignored() {
+        let mut collector = collector();
+        let mut events = collector.engine.subscribe();
+        collector.engine.activate("fire", None, "lead").unwrap();
+        collector.engine.lift("fire", "lead").unwrap();
+        // Started before the collector listened: nothing to report on.
+        while let Ok(event) = events.try_recv() {
+            if !matches!(event.what, Happened::Activated { .. }) {
+                collector.apply(event);
+            }
+        }
+        assert!(collector.reports.newest_first(|r| r.id.clone()).is_empty());
+    }
+}
