@@ -136,7 +136,7 @@ pub struct Recovery {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Chart {
     /// Seconds each point covers: 1, or more for a long activation, which
-    /// is charted in at most [`chart::COLUMNS`] points.
+    /// is charted in at most 60 points.
     pub seconds_per_point: u64,
     pub datacenters: Vec<ChartSeries>,
 }

@@ -37,6 +37,7 @@ pub fn spawn(reports: &Reports, engine: &Engine, stats: &Stats, stop: Cancellati
         running: BTreeMap::new(),
         ended: Vec::new(),
         next_tick: Instant::now(),
+        next_poll: Instant::now(),
         unwritten: Vec::new(),
     };
     tokio::spawn(collector.run(engine.subscribe(), stop));
@@ -52,6 +53,8 @@ struct Collector {
     ended: Vec<(Ended, Instant)>,
     /// When the running ones' next chart totals are due.
     next_tick: Instant,
+    /// When the ended ones are next looked at for recovery.
+    next_poll: Instant,
     /// Reports of activations just ended, to write to `[reports] dir`.
     unwritten: Vec<(Report, SystemTime)>,
 }
@@ -91,7 +94,7 @@ impl Collector {
         // Recovery is looked for only while some service has yet to
         // recover; the rest waits for `after` to run out.
         let waiting = (self.ended.iter()).any(|(e, _)| e.recovered.iter().any(Option::is_none));
-        let poll = waiting.then(|| Instant::now() + RECOVERY_POLL);
+        let poll = waiting.then_some(self.next_poll);
         let due = self.ended.iter().map(|(_, due)| *due).min();
         [chart, poll, due].into_iter().flatten().min()
     }
@@ -187,6 +190,9 @@ impl Collector {
         let report = build::report(&ended, None, RECOVERY_POLL);
         self.reports.keep(report.clone());
         self.unwritten.push((report, ended.started.started_at));
+        if self.ended.is_empty() {
+            self.next_poll = Instant::now() + RECOVERY_POLL;
+        }
         self.ended.push((ended, Instant::now() + after_asked));
     }
 
@@ -230,6 +236,9 @@ impl Collector {
             if self.next_tick <= now {
                 self.next_tick = now + SAMPLE_EVERY;
             }
+        }
+        if now >= self.next_poll {
+            self.next_poll = now + RECOVERY_POLL;
         }
         let wall = SystemTime::now();
         for (ended, _) in &mut self.ended {
@@ -331,6 +340,7 @@ action = "drop"
             running: BTreeMap::new(),
             ended: Vec::new(),
             next_tick: Instant::now(),
+            next_poll: Instant::now(),
             unwritten: Vec::new(),
         }
     }
