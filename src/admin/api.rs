@@ -351,3 +351,9 @@ pub struct ReportSummary {
 pub struct ReportList {
     pub reports: Vec<ReportSummary>,
 }
+
+/// `GET /reports/{id}`: one impact report, with its data centers,
+/// services, phases, faults, recoveries and chart.
+pub use crate::report::{
+    Chart, ChartSeries, DataCenterImpact, FaultCount, Phase, Recovery, Report, ServiceImpact,
+};
