@@ -51,7 +51,7 @@ pub enum ApiError {
     BadRequest(String),
     #[error("request body too large; expected {{\"duration\": \"10m\"}} or no body")]
     TooLarge,
-    #[error("no endpoint {0}; see GET /scenarios, GET /faults, POST /faults/NAME, DELETE /faults[/NAME], GET /events, GET /topology, POST /reload, GET /metrics")]
+    #[error("no endpoint {0}; see GET /scenarios, GET /faults, POST /faults/NAME, DELETE /faults[/NAME], GET /events, GET /reports[/ID], GET /topology, POST /reload, GET /metrics")]
     NotFound(String),
     #[error("no report `{0}`; GET /reports lists the ones kept (the last 50)")]
     UnknownReport(String),
@@ -59,7 +59,7 @@ pub enum ApiError {
     Unauthorized(String),
     #[error("the bearer token is not one of [admin] tokens")]
     Forbidden,
-    #[error("{method} is not allowed on {path}; see GET /scenarios, GET /faults, POST /faults/NAME, DELETE /faults[/NAME], GET /events, GET /topology, POST /reload, GET /metrics")]
+    #[error("{method} is not allowed on {path}; see GET /scenarios, GET /faults, POST /faults/NAME, DELETE /faults[/NAME], GET /events, GET /reports[/ID], GET /topology, POST /reload, GET /metrics")]
     MethodNotAllowed { method: String, path: String },
 }
 
