@@ -33,6 +33,9 @@
 //!   on threads with a single-threaded runtime each; [`demo`] runs
 //!   stand-in upstreams; [`probe`] checks before a game day that every
 //!   upstream answers.
+//! - [`cli`] is the command line's client of a running firedrill's admin
+//!   API (`trigger`, `lift`, `status`, `watch`, `events`, `report`); it
+//!   uses only [`admin::api`]'s types and [`tls`].
 //!
 //! Layers, each using only those below it: `admin` → `control` →
 //! `proxy`, `engine`, `model` → `stats`, `metrics`, `shutdown`, `workers`
@@ -43,6 +46,7 @@
 
 pub mod admin;
 pub mod body;
+pub mod cli;
 pub mod config;
 pub mod control;
 pub mod demo;
