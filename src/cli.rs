@@ -53,12 +53,12 @@ pub enum Command {
         common: Common,
     },
     /// Lift one active scenario, or every one with --all.
+    #[command(group = clap::ArgGroup::new("what").required(true).args(["scenario", "all"]))]
     Lift {
         /// The scenario to lift.
-        #[arg(required_unless_present = "all")]
         scenario: Option<String>,
         /// Lift every active scenario (the big red button).
-        #[arg(long, conflicts_with = "scenario")]
+        #[arg(long)]
         all: bool,
         #[command(flatten)]
         common: Common,
