@@ -8,6 +8,7 @@
 pub mod api;
 mod auth;
 mod listen;
+mod status;
 
 pub use auth::Caller;
 pub use listen::{serve, HEADER_TIMEOUT};
@@ -120,6 +121,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/scenarios", get(scenarios))
         .route("/faults", get(list).delete(lift_all))
         .route("/events", get(events))
+        .route("/status", get(status::status))
         .route("/reload", axum::routing::post(reload))
         .route(
             "/faults/{scenario}",
