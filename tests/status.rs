@@ -23,16 +23,17 @@ async fn status(running: &Running) -> api::Status {
     serde_json::from_value(body.clone()).unwrap_or_else(|e| panic!("{e}: {body}"))
 }
 
-/// Each data center's state and its services', in order.
-fn states(status: &api::Status) -> Vec<(String, String, Vec<(String, String)>)> {
-    (status.datacenters.iter())
-        .map(|dc| {
-            let services = (dc.services.iter())
-                .map(|s| (s.name.clone(), s.state.clone()))
-                .collect();
-            (dc.name.clone(), dc.state.clone(), services)
-        })
-        .collect()
+/// Each data center's state and its services', in order, to read in a
+/// failure: `pangyo dark (talk dark, maps dark); ansan healthy (...)`.
+fn states(status: &api::Status) -> String {
+    let datacenter = |dc: &api::DataCenterStatus| {
+        let services: Vec<String> = (dc.services.iter())
+            .map(|s| format!("{} {}", s.name, s.state))
+            .collect();
+        format!("{} {} ({})", dc.name, dc.state, services.join(", "))
+    };
+    let all: Vec<String> = status.datacenters.iter().map(datacenter).collect();
+    all.join("; ")
 }
 
 /// Polls `GET /status` until `wanted` holds, for at most `limit`.
@@ -50,7 +51,7 @@ async fn wait_for(
         }
         assert!(
             Instant::now() < deadline,
-            "{what} not within {limit:?}: {:?}",
+            "{what} not within {limit:?}: {}",
             states(&now)
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -73,7 +74,7 @@ async fn a_blacked_out_datacenter_reads_dark_and_recovers_after_the_lift() {
     assert_eq!(busy.window, "5s");
     assert!(busy.active.is_empty());
     for dc in &busy.datacenters {
-        assert_eq!(dc.state, "healthy", "{:?}", states(&busy));
+        assert_eq!(dc.state, "healthy", "{}", states(&busy));
         assert_eq!(dc.error_ratio, Some(0.0));
         assert!(dc.p99_seconds.is_some());
     }
@@ -83,7 +84,7 @@ async fn a_blacked_out_datacenter_reads_dark_and_recovers_after_the_lift() {
         state_of(s, "pangyo") == "dark"
     })
     .await;
-    assert_eq!(state_of(&dark, "ansan"), "healthy", "{:?}", states(&dark));
+    assert_eq!(state_of(&dark, "ansan"), "healthy", "{}", states(&dark));
     let pangyo = &dark.datacenters[0];
     assert!(pangyo.services.iter().all(|s| s.state == "dark"));
     assert_eq!(pangyo.services[0].faults[0].action.action, "blackhole");
