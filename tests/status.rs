@@ -129,3 +129,129 @@ async fn status_needs_a_token_when_the_plan_has_tokens() {
     let status = status(&running).await;
     assert_eq!(status.datacenters.len(), 2);
 }
+
+/// An open `GET /stream`, read message by message.
+struct Stream {
+    body: hyper::body::Incoming,
+    buffer: String,
+}
+
+/// One server-sent message: its `event:`, `data:` and `retry:` fields.
+#[derive(Debug, Default)]
+struct Message {
+    event: String,
+    data: String,
+    retry: Option<String>,
+}
+
+impl Stream {
+    async fn open(running: &Running) -> Stream {
+        let url = format!("http://{}/stream", running.admin_addr());
+        let request = http::Request::get(url)
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap();
+        let response = within(STEP, client().request(request)).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.headers()["content-type"], "text/event-stream");
+        Stream {
+            body: response.into_body(),
+            buffer: String::new(),
+        }
+    }
+
+    /// The next message other than a keep-alive comment.
+    async fn next(&mut self) -> Message {
+        use http_body_util::BodyExt;
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let text: String = self.buffer.drain(..end + 2).collect();
+                let mut message = Message::default();
+                for line in text.lines() {
+                    let (field, value) = line.split_once(':').unwrap_or((line, ""));
+                    let value = value.strip_prefix(' ').unwrap_or(value);
+                    match field {
+                        "event" => message.event = value.to_owned(),
+                        "data" => message.data += value,
+                        "retry" => message.retry = Some(value.to_owned()),
+                        _ => {}
+                    }
+                }
+                if !message.event.is_empty() {
+                    return message;
+                }
+                continue;
+            }
+            let frame = within(STEP, self.body.frame())
+                .await
+                .expect("the stream stays open")
+                .expect("the stream reads");
+            if let Ok(data) = frame.into_data() {
+                self.buffer += &String::from_utf8_lossy(&data);
+            }
+        }
+    }
+
+    /// The next status.
+    async fn status(&mut self) -> api::Status {
+        loop {
+            let message = self.next().await;
+            if message.event == "status" {
+                return serde_json::from_str(&message.data).expect("a status");
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_stream_pushes_the_status_every_second_and_engine_events_at_once() {
+    let running = gameday::plan("").await.start().await;
+    let _traffic = Traffic::start(&running);
+    let mut stream = Stream::open(&running).await;
+    let first = stream.next().await;
+    assert_eq!(first.event, "status");
+    assert_eq!(first.retry.as_deref(), Some("1000"), "reconnect after 1 s");
+    let opened = Instant::now();
+    stream.status().await;
+    stream.status().await;
+    assert!(
+        opened.elapsed() >= Duration::from_millis(1500),
+        "about once a second"
+    );
+
+    activate(&running, "pangyo-fire").await;
+    let asked = Instant::now();
+    // Status updates already on their way may come first.
+    let engine = loop {
+        let message = stream.next().await;
+        if message.event == "engine" {
+            break message;
+        }
+    };
+    let live: api::LiveEvent = serde_json::from_str(&engine.data).unwrap();
+    assert_eq!(live.kind, "activated");
+    assert_eq!(live.scenarios, ["pangyo-fire"]);
+    assert!(
+        live.text.starts_with("pangyo-fire activated by 127.0.0.1:"),
+        "{}",
+        live.text
+    );
+    let after = stream.status().await;
+    assert_eq!(state_of(&after, "pangyo"), "dark", "{}", states(&after));
+    assert_eq!(state_of(&after, "ansan"), "healthy", "{}", states(&after));
+    assert_eq!(after.active.len(), 1);
+    eprintln!("pushed within {:?} of the activation", asked.elapsed());
+
+    lift(&running, "pangyo-fire").await;
+    let lifted = loop {
+        let message = stream.next().await;
+        if message.event == "engine" {
+            let live: api::LiveEvent = serde_json::from_str(&message.data).unwrap();
+            if live.kind == "lifted" {
+                break live;
+            }
+        }
+    };
+    assert_eq!(lifted.scenarios, ["pangyo-fire"]);
+    let after = stream.status().await;
+    assert!(after.active.is_empty());
+}
