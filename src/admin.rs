@@ -8,6 +8,8 @@
 pub mod api;
 mod auth;
 mod listen;
+mod status;
+mod stream;
 
 pub use auth::Caller;
 pub use listen::{serve, HEADER_TIMEOUT};
@@ -120,6 +122,8 @@ pub fn router(state: AdminState) -> Router {
         .route("/scenarios", get(scenarios))
         .route("/faults", get(list).delete(lift_all))
         .route("/events", get(events))
+        .route("/status", get(status::status))
+        .route("/stream", get(stream::stream))
         .route("/reload", axum::routing::post(reload))
         .route(
             "/faults/{scenario}",
