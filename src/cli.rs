@@ -338,3 +338,27 @@ fn clip(text: &str) -> String {
 fn colour() -> bool {
     std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_in_a_path_are_escaped_but_plan_names_stay_readable() {
+        assert_eq!(segment("pangyo-fire_2.x~"), "pangyo-fire_2.x~");
+        assert_eq!(segment("a/b c?"), "a%2Fb%20c%3F");
+        assert_eq!(segment("판교"), "%ED%8C%90%EA%B5%90");
+    }
+
+    #[test]
+    fn an_error_that_is_not_the_apis_json_is_shown_with_its_status() {
+        let answer = Answer {
+            status: http::StatusCode::BAD_GATEWAY,
+            body: "<html>bad gateway</html>".into(),
+        };
+        assert_eq!(
+            api_error(&answer, None),
+            "error: the admin API answered 502 Bad Gateway: <html>bad gateway</html>\n"
+        );
+    }
+}

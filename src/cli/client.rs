@@ -288,3 +288,85 @@ fn tls_config(target: &Target) -> Result<Arc<ClientConfig>, Failure> {
     config.alpn_protocols = tls::ALPN_HTTP1.iter().map(|p| p.to_vec()).collect();
     Ok(Arc::new(config))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(admin: &str) -> Target {
+        Target {
+            admin: admin.to_owned(),
+            cacert: None,
+            cert: None,
+            key: None,
+            timeout: Duration::from_secs(1),
+        }
+    }
+
+    fn client(admin: &str) -> Client {
+        Client::new(&target(admin), None).unwrap_or_else(|e| panic!("{admin}: {e}"))
+    }
+
+    fn usage(admin: &str) -> String {
+        match Client::new(&target(admin), None) {
+            Err(Failure::Usage(message)) => message,
+            Err(other) => panic!("{admin}: {other}"),
+            Ok(_) => panic!("{admin} accepted"),
+        }
+    }
+
+    #[test]
+    fn an_admin_url_gives_where_to_connect_and_the_path_prefix() {
+        let plain = client("http://127.0.0.1:9090/");
+        assert_eq!(plain.url, "http://127.0.0.1:9090");
+        assert_eq!((plain.host.as_str(), plain.port), ("127.0.0.1", 9090));
+        assert_eq!(
+            (plain.prefix.as_str(), plain.authority.as_str()),
+            ("", "127.0.0.1:9090")
+        );
+        let behind = client("https://firedrill.example/drill/");
+        assert_eq!(
+            (behind.host.as_str(), behind.port),
+            ("firedrill.example", 443)
+        );
+        assert_eq!(behind.prefix, "/drill");
+        assert!(behind.scheme_tls.is_some());
+        let six = client("http://[::1]:9090");
+        assert_eq!(
+            (six.host.as_str(), six.authority.as_str()),
+            ("::1", "[::1]:9090")
+        );
+    }
+
+    #[test]
+    fn a_bad_admin_url_is_a_usage_error_that_shows_the_right_form() {
+        let form = "; write it like http://127.0.0.1:9090 or https://firedrill.example:9090";
+        assert_eq!(
+            usage("127.0.0.1:9090"),
+            format!("--admin `127.0.0.1:9090` needs a scheme{form}")
+        );
+        assert_eq!(
+            usage("ftp://h:1"),
+            format!("--admin `ftp://h:1` must start with http:// or https://{form}")
+        );
+        assert_eq!(
+            usage("http://h:1/?x=1"),
+            format!("--admin `http://h:1/?x=1` must not have a query{form}")
+        );
+        let mut tls_on_http = target("http://127.0.0.1:9090");
+        tls_on_http.cacert = Some("ca.pem".into());
+        assert!(
+            matches!(Client::new(&tls_on_http, None), Err(Failure::Usage(m)) if m.contains("need an https:// admin URL"))
+        );
+    }
+
+    #[test]
+    fn an_empty_token_is_no_token() {
+        assert!(!Client::new(&target("http://h:1"), Some(String::new()))
+            .unwrap()
+            .has_token());
+        assert!(Client::new(&target("http://h:1"), Some("t".to_owned()))
+            .unwrap()
+            .has_token());
+    }
+}
