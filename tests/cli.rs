@@ -194,7 +194,7 @@ async fn usage_mistakes_exit_2_saying_what_to_fix() {
         (&["events", "--limit", "many"], "--limit"),
         (
             &["status", "--admin", "127.0.0.1 9090"],
-            "--admin `127.0.0.1 9090`",
+            "the admin URL `127.0.0.1 9090` (--admin or FIREDRILL_ADMIN) is not a URL",
         ),
         (
             &["status", "--admin", "ftp://127.0.0.1:9090"],

@@ -105,7 +105,7 @@ impl Client {
         let url = target.admin.trim_end_matches('/').to_owned();
         let usage = |why: &str| {
             Failure::Usage(format!(
-                "--admin `{}` {why}; write it like http://127.0.0.1:9090 or https://firedrill.example:9090",
+                "the admin URL `{}` (--admin or FIREDRILL_ADMIN) {why}; write it like http://127.0.0.1:9090 or https://firedrill.example:9090",
                 target.admin
             ))
         };
@@ -125,6 +125,11 @@ impl Client {
         let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
         if uri.query().is_some() {
             return Err(usage("must not have a query"));
+        }
+        if target.timeout.is_zero() {
+            return Err(Failure::Usage(
+                "--timeout must be longer than 0s".to_owned(),
+            ));
         }
         if !https && (target.cacert.is_some() || target.cert.is_some()) {
             return Err(Failure::Usage(format!(
@@ -343,15 +348,17 @@ mod tests {
         let form = "; write it like http://127.0.0.1:9090 or https://firedrill.example:9090";
         assert_eq!(
             usage("127.0.0.1:9090"),
-            format!("--admin `127.0.0.1:9090` needs a scheme{form}")
+            format!(
+                "the admin URL `127.0.0.1:9090` (--admin or FIREDRILL_ADMIN) needs a scheme{form}"
+            )
         );
         assert_eq!(
             usage("ftp://h:1"),
-            format!("--admin `ftp://h:1` must start with http:// or https://{form}")
+            format!("the admin URL `ftp://h:1` (--admin or FIREDRILL_ADMIN) must start with http:// or https://{form}")
         );
         assert_eq!(
             usage("http://h:1/?x=1"),
-            format!("--admin `http://h:1/?x=1` must not have a query{form}")
+            format!("the admin URL `http://h:1/?x=1` (--admin or FIREDRILL_ADMIN) must not have a query{form}")
         );
         let mut tls_on_http = target("http://127.0.0.1:9090");
         tls_on_http.cacert = Some("ca.pem".into());
