@@ -63,8 +63,10 @@ pub enum Command {
         #[command(flatten)]
         common: Common,
     },
-    /// Each data center and service now: state, rates, errors, p99, and
-    /// the active scenarios with time left and their guards.
+    /// Every data center and service now, and the active scenarios.
+    ///
+    /// Each with its state (healthy, degraded, dark), request rate, error
+    /// ratio and p99; each active scenario with its time left and guards.
     Status {
         #[command(flatten)]
         common: Common,
