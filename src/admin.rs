@@ -9,6 +9,8 @@ pub mod api;
 mod auth;
 mod listen;
 mod reports;
+mod status;
+mod stream;
 
 pub use auth::Caller;
 pub use listen::{serve, HEADER_TIMEOUT};
@@ -127,6 +129,8 @@ pub fn router(state: AdminState) -> Router {
         .route("/scenarios", get(scenarios))
         .route("/faults", get(list).delete(lift_all))
         .route("/events", get(events))
+        .route("/status", get(status::status))
+        .route("/stream", get(stream::stream))
         .route("/reload", axum::routing::post(reload))
         .route("/reports", get(reports::list))
         .route("/reports/{id}", get(reports::show))

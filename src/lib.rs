@@ -31,13 +31,19 @@
 //!   engine's events and [`stats`] captures (`GET /reports`).
 //! - [`control`] is the one path by which the running proxy changes: it
 //!   binds, starts and stops accept loops, and updates the engine.
-//! - [`admin`] is the HTTP API and `/metrics`, talking to a [`Control`].
+//! - [`admin`] is the HTTP API and `/metrics`, talking to a [`Control`];
+//!   [`status`] reads what runs, the rules in force and the stats as
+//!   each data center's and service's state for `GET /status`.
 //! - [`shutdown`] drains connections; [`workers`] runs client connections
 //!   on threads with a single-threaded runtime each; [`demo`] runs
 //!   stand-in upstreams; [`probe`] checks before a game day that every
 //!   upstream answers.
+//! - [`cli`] is the command line's client of a running firedrill's admin
+//!   API (`trigger`, `lift`, `status`, `watch`, `events`, `report`); it
+//!   uses only [`admin::api`]'s types and [`tls`].
 //!
-//! Layers, each using only those below it: `admin` → `control`, `report` →
+//! Layers, each using only those below it: `admin` → `status` (which
+//! writes `admin::api`'s shapes) → `control`, `report` →
 //! `proxy`, `engine`, `model` → `stats`, `metrics`, `shutdown`, `workers`
 //! → `live`, `listen`, `body`, `tls` → `fault`, `topology`, `config`. `running`
 //! wires them: [`start`] binds every listener of a plan and returns a
@@ -46,6 +52,7 @@
 
 pub mod admin;
 pub mod body;
+pub mod cli;
 pub mod config;
 pub mod control;
 pub mod demo;
@@ -61,6 +68,7 @@ pub mod proxy;
 pub mod report;
 pub mod shutdown;
 pub mod stats;
+pub mod status;
 pub mod tls;
 pub mod topology;
 pub mod workers;

@@ -1,5 +1,7 @@
 //! The firedrill command line: `run` a plan, `check` plans, or run the
-//! `demo` with stand-in upstreams. Exits 64 for a bad plan, 1 otherwise.
+//! `demo` with stand-in upstreams (exit 64 for a bad plan, 1 otherwise);
+//! or call a running firedrill with `trigger`, `lift`, `status`, `watch`,
+//! `events` and `report` (see `firedrill::cli` for their exit codes).
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -65,6 +67,8 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         port_offset: u16,
     },
+    #[command(flatten)]
+    Client(firedrill::cli::Command),
 }
 
 fn main() -> ExitCode {
@@ -79,6 +83,7 @@ fn main() -> ExitCode {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
     match cli.command {
+        Command::Client(command) => firedrill::cli::run(command),
         Command::Check { plans, probe } => check(&plans, probe),
         Command::Run {
             config,

@@ -357,3 +357,22 @@ pub struct ReportList {
 pub use crate::report::{
     Chart, ChartSeries, DataCenterImpact, FaultCount, Phase, Recovery, Report, ServiceImpact,
 };
+/// One thing that happened in the engine, as `GET /stream` pushes it
+/// (`event: engine`) the moment it happens.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LiveEvent {
+    pub at: String,
+    /// `activated`, `rescheduled`, `stage_started`, `stage_ended`,
+    /// `lifted`, `expired`, `completed`, `stopped`, `halted` or
+    /// `reloaded`.
+    pub kind: String,
+    /// The scenarios it concerns (none for a reload that lifted nothing).
+    pub scenarios: Vec<String>,
+    /// The caller, where one caused it.
+    pub by: Option<String>,
+    /// The guard that stopped it, for `stopped`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped_by: Option<Stop>,
+    /// A line for a person: "pangyo-fire activated by lead (127.0.0.1:5000)".
+    pub text: String,
+}
