@@ -13,6 +13,7 @@ use toml::Spanned;
 
 mod admin;
 mod fault;
+mod guard;
 mod limits;
 mod tls;
 
@@ -73,10 +74,16 @@ pub(super) fn validate(raw: raw::Plan, base: &Path, report: Report<'_>) -> Plan 
             ))
         })
         .collect();
+    let names = guard::Names {
+        topology: &topology,
+        broken: &raw.broken,
+    };
+    let safety = guard::safety(&raw.safety, &names, report);
     Plan {
         admin,
         topology,
         scenarios,
+        safety,
         warnings: Vec::new(),
     }
 }
@@ -277,10 +284,13 @@ fn scenario(
             Arc::new(check.fault(fault.get_ref(), max_duration, topology))
         })
         .collect();
+    let names = guard::Names { topology, broken };
+    let stop_when = guard::guards(&scenario_name, &raw.stop_when, &names, report);
     Scenario {
         name: scenario_name,
         description: raw.description.clone(),
         max_duration,
         faults,
+        stop_when,
     }
 }
