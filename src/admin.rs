@@ -25,7 +25,7 @@ use tokio::time::Instant;
 
 use crate::config::Plan;
 use crate::control::{Control, ReloadError};
-use crate::engine::{Activated, Activation, Engine, UnknownScenario};
+use crate::engine::{ActivateError, Activated, Activation, Engine, Refused, UnknownScenario};
 use crate::fault::{Action, Fault};
 use crate::model::RunningService;
 use crate::topology::Service;
@@ -44,6 +44,9 @@ pub struct AdminState {
 pub enum ApiError {
     #[error(transparent)]
     UnknownScenario(#[from] UnknownScenario),
+    /// The plan's `[safety]` table does not allow the activation.
+    #[error(transparent)]
+    Refused(#[from] Refused),
     #[error("{0}")]
     BadRequest(String),
     #[error("request body too large; expected {{\"duration\": \"10m\"}} or no body")]
@@ -56,6 +59,15 @@ pub enum ApiError {
     Forbidden,
     #[error("{method} is not allowed on {path}; see GET /scenarios, GET /faults, POST /faults/NAME, DELETE /faults[/NAME], GET /events, GET /topology, POST /reload, GET /metrics")]
     MethodNotAllowed { method: String, path: String },
+}
+
+impl From<ActivateError> for ApiError {
+    fn from(error: ActivateError) -> ApiError {
+        match error {
+            ActivateError::Unknown(unknown) => ApiError::UnknownScenario(unknown),
+            ActivateError::Refused(refused) => ApiError::Refused(refused),
+        }
+    }
 }
 
 impl From<PathRejection> for ApiError {
@@ -88,6 +100,8 @@ impl IntoResponse for ApiError {
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden => StatusCode::FORBIDDEN,
+            ApiError::Refused(Refused::TooMany { .. }) => StatusCode::CONFLICT,
+            ApiError::Refused(Refused::Outside { .. }) => StatusCode::FORBIDDEN,
         };
         let mut body = api::ErrorBody::new(self.to_string());
         if let ApiError::UnknownScenario(unknown) = &self {
