@@ -27,6 +27,7 @@ use crate::config::Plan;
 use crate::control::{Control, ReloadError};
 use crate::engine::{ActivateError, Activated, Activation, Engine, Refused, UnknownScenario};
 use crate::fault::{Action, Fault};
+use crate::guard::{Guards, Reading, State as GuardState};
 use crate::model::RunningService;
 use crate::topology::Service;
 
@@ -37,6 +38,8 @@ pub struct AdminState {
     pub engine: Engine,
     pub metrics: crate::metrics::Exporter,
     pub control: Control,
+    /// The last reading of each active scenario's guards.
+    pub guards: Guards,
 }
 
 /// An admin API failure, answered as `{"error": "..."}`.
@@ -203,7 +206,7 @@ async fn activate(
     };
     let body = api::ActivateAnswer {
         capped: duration.is_some_and(|d| d > activation.scenario.max_duration),
-        activation: activation_view(&activation),
+        activation: activation_view(&activation, &state.guards),
         status: status.to_owned(),
         previous_expires_at: previous.map(timestamp),
         already_active: code == StatusCode::OK,
@@ -290,7 +293,9 @@ async fn reload(State(state): State<AdminState>, Extension(caller): Extension<Ca
 }
 
 async fn list(State(state): State<AdminState>) -> Json<api::FaultList> {
-    let active = state.engine.active().iter().map(activation_view).collect();
+    let active = (state.engine.active().iter())
+        .map(|a| activation_view(a, &state.guards))
+        .collect();
     Json(api::FaultList { active })
 }
 
@@ -462,8 +467,27 @@ fn scenario_fault(fault: &Fault, plan: &Plan) -> api::ScenarioFault {
     }
 }
 
-/// An activation with each fault's window and state.
-fn activation_view(activation: &Activation) -> api::Activation {
+/// One guard's last reading, as the API shows it.
+fn guard_view(reading: Reading) -> api::Guard {
+    let pending_for = match reading.state {
+        GuardState::Pending(held) => Some(human(Duration::from_secs(held.as_secs()))),
+        _ => None,
+    };
+    api::Guard {
+        name: reading.name.to_string(),
+        kind: reading.kind.to_owned(),
+        state: reading.state.name().to_owned(),
+        value: reading.value,
+        above: reading.above,
+        hold: human(reading.hold),
+        pending_for,
+        detail: reading.detail,
+    }
+}
+
+/// An activation with each fault's window and state, and its guards' last
+/// readings.
+fn activation_view(activation: &Activation, guards: &Guards) -> api::Activation {
     let now = Instant::now();
     let faults = (activation.scenario.faults.iter())
         .map(|fault| {
@@ -503,6 +527,10 @@ fn activation_view(activation: &Activation) -> api::Activation {
         activated_by: activation.by.clone(),
         origin: activation.origin.clone(),
         faults,
-        guards: Vec::new(),
+        guards: guards
+            .readings(activation)
+            .into_iter()
+            .map(guard_view)
+            .collect(),
     }
 }

@@ -80,6 +80,7 @@ impl Engine {
     pub fn new(plan: Arc<Plan>, live: Arc<Live>) -> Engine {
         for scenario in &plan.scenarios {
             crate::metrics::scenario_active(&scenario.name, false);
+            crate::metrics::scenario_guards(scenario);
         }
         Engine {
             inner: Arc::new(Inner {
@@ -333,6 +334,7 @@ impl Engine {
             stop.detail
         );
         crate::metrics::scenario_active(name, false);
+        crate::metrics::scenario_stopped(name, &stop.guard);
         let happened = Happened::Stopped {
             subject: activation.subject(),
             stop,
@@ -413,6 +415,7 @@ impl Engine {
             }
         }
         for (index, scenario) in plan.scenarios.iter().enumerate() {
+            crate::metrics::scenario_guards(scenario);
             if !state.active.contains_key(&index) {
                 crate::metrics::scenario_active(&scenario.name, false);
             }

@@ -26,6 +26,9 @@
 //!   [`proxy::tcp`] per connection, both through `proxy::policy`, the one
 //!   way a connection obeys live rules; `proxy::stage` is the ordered
 //!   per-direction chain a relayed stream passes through.
+//! - [`guard`] evaluates each active scenario's `stop_when` guards about
+//!   once a second, from [`stats`] or a Prometheus query, and lifts the
+//!   scenario through [`engine::Engine::stop`] when one trips.
 //! - [`control`] is the one path by which the running proxy changes: it
 //!   binds, starts and stops accept loops, and updates the engine.
 //! - [`admin`] is the HTTP API and `/metrics`, talking to a [`Control`].
@@ -34,7 +37,7 @@
 //!   stand-in upstreams; [`probe`] checks before a game day that every
 //!   upstream answers.
 //!
-//! Layers, each using only those below it: `admin` → `control` →
+//! Layers, each using only those below it: `admin` → `control`, `guard` →
 //! `proxy`, `engine`, `model` → `stats`, `metrics`, `shutdown`, `workers`
 //! → `live`, `listen`, `body`, `tls` → `fault`, `topology`, `config`. `running`
 //! wires them: [`start`] binds every listener of a plan and returns a
@@ -48,6 +51,7 @@ pub mod control;
 pub mod demo;
 pub mod engine;
 pub mod fault;
+pub mod guard;
 pub mod listen;
 pub mod live;
 mod log_limit;
