@@ -13,9 +13,11 @@ use support::*;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
+
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use support::prometheus::Prometheus;
 
 use bytes::Bytes;
 use firedrill::engine::Happened;
@@ -282,74 +284,6 @@ async fn a_hanging_prometheus_shows_an_error_and_the_drill_goes_on_under_continu
     lift(&running, "fire").await;
 }
 
-// --- A real Prometheus ----------------------------------------------------------
-
-/// A real Prometheus on a loopback port scraping `target` every second,
-/// killed by PID on drop.
-struct Prometheus {
-    _process: Process,
-    addr: SocketAddr,
-    dir: TempDir,
-}
-
-impl Prometheus {
-    async fn start(target: SocketAddr) -> Prometheus {
-        let dir = TempDir::new("firedrill-guard-prometheus");
-        let config = dir.path().join("prometheus.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n\
-                 scrape_configs:\n  - job_name: firedrill\n    static_configs:\n      - targets: ['{target}']\n"
-            ),
-        )
-        .unwrap();
-        let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
-        let child = Command::new("prometheus")
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.path().join("data").display()
-            ))
-            .arg("--web.listen-address=127.0.0.1:0")
-            .current_dir(dir.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("starting prometheus");
-        let mut process = Process(child);
-        let deadline = Instant::now() + STEP;
-        let addr = loop {
-            let log =
-                std::fs::read_to_string(dir.path().join("prometheus.log")).unwrap_or_default();
-            let found = (log.lines())
-                .filter(|line| line.contains("istening"))
-                .filter_map(|line| line.split("address=").nth(1)?.split(' ').next())
-                .filter_map(|a| a.parse::<SocketAddr>().ok())
-                .find(|a| a.port() != 0);
-            if let Some(addr) = found {
-                break addr;
-            }
-            let exited = process.0.try_wait().unwrap();
-            assert!(
-                exited.is_none() && Instant::now() < deadline,
-                "prometheus did not start:\n{log}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
-        Prometheus {
-            _process: process,
-            addr,
-            dir,
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("prometheus.log")).unwrap_or_default()
-    }
-}
-
 #[tokio::test]
 async fn a_prometheus_guard_reads_a_real_prometheus_and_trips_on_its_query() {
     if !programs_present(&["prometheus"], "apt-get install prometheus") {
@@ -363,7 +297,7 @@ async fn a_prometheus_guard_reads_a_real_prometheus_and_trips_on_its_query() {
         let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         probe.local_addr().unwrap()
     };
-    let prometheus = Prometheus::start(admin_port).await;
+    let prometheus = Prometheus::start(admin_port, None).await;
     let query = "sum(rate(firedrill_requests_total{service=\"maps\",code=\"5xx\"}[5s]))";
     let guard = format!(
         "name = 'maps-5xx'; prometheus = 'http://{}'; query = '{query}'; above = 1",
