@@ -95,6 +95,7 @@ pub(super) fn warnings(raw: &raw::Plan, warn: Report<'_>) {
     let human = humantime::format_duration;
     for (name, scenario) in &raw.scenarios {
         let max_duration = scenario.max_duration.map_or(DEFAULT_MAX_DURATION, |d| d.0);
+        guard::warnings(name.get_ref(), scenario, max_duration, warn);
         let faults = scenario.faults.iter().enumerate();
         for (i, fault) in faults.filter_map(|(i, f)| Some((i, f.as_ref()?.get_ref()))) {
             let Some(duration) = &fault.duration else {

@@ -236,6 +236,21 @@ fn a_window_longer_than_the_history_is_refused() {
 }
 
 #[test]
+fn a_for_as_long_as_the_scenario_runs_is_a_warning() {
+    let source = plan(
+        "[[scenarios.fire.stop_when]]\nname = \"g\"\nerror_ratio = { outside = true }\nabove = 0.1\nfor = \"15m\"\n",
+    );
+    let plan = parse(&source, "plan.toml").unwrap_or_else(|e| panic!("{e}"));
+    let warnings: Vec<(usize, &str)> = (plan.warnings.iter())
+        .map(|w| (w.line, w.message.as_str()))
+        .collect();
+    assert_eq!(
+        warnings,
+        [(FIRST + 4, "scenario `fire` guard `g`: `for` 15m is not shorter than the scenario's max_duration of 15m, so it can never trip; shorten it")]
+    );
+}
+
+#[test]
 fn safety_names_must_exist_and_max_active_be_positive() {
     let found: Vec<(usize, String)> = errors(&plan(
         "[safety]\nmax_active = 0\nallow_datacenters = [\"ansan\", \"busan\"]\n",

@@ -350,6 +350,33 @@ impl GuardCheck<'_> {
     }
 }
 
+/// Warns of a guard whose `for` is as long as its scenario can run: the
+/// scenario always ends before the guard could trip.
+pub(super) fn warnings(
+    scenario: &str,
+    raw: &raw::Scenario,
+    max_duration: Duration,
+    warn: Report<'_>,
+) {
+    let human = humantime::format_duration;
+    for stop in raw.stop_when.iter().flatten() {
+        let Some(hold) = &stop.get_ref().hold else {
+            continue;
+        };
+        if hold.get_ref().0 >= max_duration {
+            warn(
+                hold.span(),
+                format!(
+                    "scenario `{scenario}` guard `{}`: `for` {} is not shorter than the scenario's max_duration of {}, so it can never trip; shorten it",
+                    stop.get_ref().name.get_ref(),
+                    human(hold.get_ref().0),
+                    human(max_duration)
+                ),
+            );
+        }
+    }
+}
+
 /// The `[safety]` table: `max_active` at least 1, allowed data centers
 /// that exist.
 pub(super) fn safety(raw: &raw::Safety, names: &Names<'_>, report: Report<'_>) -> Safety {
