@@ -362,3 +362,28 @@ fn check_points_at_a_guard_on_an_unknown_service() {
         ran.stderr
     );
 }
+
+#[tokio::test]
+async fn a_reload_gives_an_active_scenario_its_new_guards() {
+    let (maps, _) = switchable_upstream().await;
+    let (closed, _socket) = unreachable_upstream();
+    let calm = "name = 'calm'; error_ratio = { outside = true }; above = 0.5";
+    let running = start(&plan(maps, "action = 'drop'", &[calm])).await;
+    activate(&running, "fire").await;
+    let first = wait_for_guard(&running, STEP, |g| g["detail"] != "not evaluated yet").await;
+    assert_eq!(first["name"], "calm");
+    let mut events = engine_events(&running);
+    // The same plan with a guard that cannot read its Prometheus instead.
+    let strict =
+        format!("name = 'strict'; prometheus = 'http://{closed}'; query = 'up'; above = 1");
+    let text = plan(maps, "action = 'drop'", &[&strict]);
+    let reloaded =
+        firedrill::config::parse(&text, "reloaded.toml").unwrap_or_else(|e| panic!("{e}"));
+    running
+        .control()
+        .reload_plan(reloaded, "test")
+        .await
+        .expect("the plan reloads");
+    let stop = wait_for_stop(&mut events, STEP).await;
+    assert_eq!(stop.guard, "strict");
+}
