@@ -15,6 +15,7 @@ mod admin;
 mod fault;
 mod guard;
 mod limits;
+mod safety;
 mod tls;
 
 use super::raw;
@@ -78,7 +79,7 @@ pub(super) fn validate(raw: raw::Plan, base: &Path, report: Report<'_>) -> Plan 
         topology: &topology,
         broken: &raw.broken,
     };
-    let safety = guard::safety(&raw.safety, &names, report);
+    let safety = safety::safety(&raw.safety, &names, report);
     Plan {
         admin,
         topology,

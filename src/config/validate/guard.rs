@@ -1,6 +1,6 @@
-//! Checks of a scenario's `stop_when` guards (one measure each, selectors
+//! Checks of a scenario's `stop_when` guards: one measure each, selectors
 //! that resolve to HTTP services, a threshold of the measure's kind, a
-//! Prometheus URL firedrill can reach) and of the plan's `[safety]` table.
+//! Prometheus URL firedrill can reach.
 
 use std::collections::HashSet;
 use std::ops::Range;
@@ -11,7 +11,7 @@ use toml::Spanned;
 
 use super::super::raw::{self, Threshold};
 use super::Report;
-use crate::config::{Guard, Measure, OnError, Safety, Scope};
+use crate::config::{Guard, Measure, OnError, Scope};
 use crate::topology::{Protocol, Topology};
 
 const DEFAULT_WINDOW: Duration = Duration::from_secs(30);
@@ -374,45 +374,5 @@ pub(super) fn warnings(
                 ),
             );
         }
-    }
-}
-
-/// The `[safety]` table: `max_active` at least 1, allowed data centers
-/// that exist.
-pub(super) fn safety(raw: &raw::Safety, names: &Names<'_>, report: Report<'_>) -> Safety {
-    let max_active = raw.max_active.as_ref().and_then(|max| {
-        if *max.get_ref() == 0 {
-            report(
-                max.span(),
-                "[safety] max_active = 0 would refuse every activation; give at least 1, or remove it for no limit".to_owned(),
-            );
-            return None;
-        }
-        Some(*max.get_ref() as usize)
-    });
-    let allow_datacenters = raw.allow_datacenters.as_ref().map(|allowed| {
-        let topology = names.topology;
-        let known: Vec<&str> = topology.datacenters.iter().map(|d| &*d.name).collect();
-        for name in allowed.get_ref() {
-            if !known.contains(&name.get_ref().as_str()) && !names.broken.contains(name.get_ref()) {
-                report(
-                    name.span(),
-                    format!(
-                        "[safety] allow_datacenters names unknown datacenter `{}`; known: {}",
-                        name.get_ref(),
-                        known.join(", ")
-                    ),
-                );
-            }
-        }
-        allowed
-            .get_ref()
-            .iter()
-            .map(|n| Arc::from(n.get_ref().as_str()))
-            .collect()
-    });
-    Safety {
-        max_active,
-        allow_datacenters,
     }
 }
