@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Guard, Measure, Scope};
 use crate::engine::{Activation, Engine, Stop};
 use crate::fault::Scenario;
+use crate::log_limit::LogLimit;
 use crate::stats::{ServiceStats, Stats, Window};
 use verdict::{judge, Read};
 
@@ -30,6 +31,9 @@ pub const EVERY: Duration = Duration::from_secs(1);
 /// How long a guard waits for its Prometheus before it counts as an
 /// error: short, so an unreachable one is known within a few evaluations.
 pub const PROMETHEUS_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A guard that cannot read its Prometheus logs it at most this often.
+const WARN_EVERY: Duration = Duration::from_secs(30);
 
 /// The last reading of every guard of every active scenario, by
 /// activation id. Cheap to clone; clones share the readings.
@@ -106,6 +110,7 @@ impl Guards {
                         stats: stats.clone(),
                         activation: activation.clone(),
                         index,
+                        failures: LogLimit::new(WARN_EVERY),
                     };
                     tokio::spawn(watch.run(token.clone()));
                 }
@@ -127,6 +132,7 @@ struct Watch {
     stats: Stats,
     activation: Activation,
     index: usize,
+    failures: LogLimit,
 }
 
 impl Watch {
@@ -215,11 +221,14 @@ impl Watch {
                         crate::config::OnError::Stop => "on_error = \"stop\"",
                         crate::config::OnError::Continue => "on_error = \"continue\"",
                     };
-                    tracing::warn!(
-                        scenario = %self.activation.scenario.name,
-                        guard = %guard.name,
-                        "prometheus at {url} could not be read: {why}"
-                    );
+                    if let Some(unlogged) = self.failures.admit() {
+                        tracing::warn!(
+                            scenario = %self.activation.scenario.name,
+                            guard = %guard.name,
+                            unlogged,
+                            "prometheus at {url} could not be read: {why}"
+                        );
+                    }
                     Read::Failed(format!(
                         "prometheus at {url} could not be read: {why} ({then})"
                     ))
