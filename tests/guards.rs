@@ -166,6 +166,11 @@ async fn an_error_ratio_guard_outside_the_scenario_lifts_it_when_others_fail() {
     assert_eq!(ok["state"], "ok", "{ok}");
     assert_eq!(ok["kind"], "error_ratio");
     assert_eq!(ok["value"], 0.0, "{ok}");
+    // Listed at 0 before any stop, for dashboards.
+    let text = metrics(&running).await;
+    let listed =
+        (text.lines()).find(|l| l.starts_with(STOPS) && l.contains("guard=\"ansan-stays-up\""));
+    assert!(listed.is_some_and(|l| l.ends_with(" 0")), "{listed:?}");
     let started = Instant::now();
     status.store(503, Ordering::Relaxed);
     let stop = wait_for_stop(&mut events, STEP).await;
