@@ -28,8 +28,9 @@ use tokio::time::Instant;
 
 use crate::config::Plan;
 use crate::control::{Control, ReloadError};
-use crate::engine::{Activated, Activation, Engine, UnknownScenario};
+use crate::engine::{ActivateError, Activated, Activation, Engine, Refused, UnknownScenario};
 use crate::fault::{Action, Fault};
+use crate::guard::{Guards, Reading, State as GuardState};
 use crate::model::RunningService;
 use crate::topology::Service;
 
@@ -42,6 +43,8 @@ pub struct AdminState {
     pub control: Control,
     /// The impact reports of ended activations.
     pub reports: crate::report::Reports,
+    /// The last reading of each active scenario's guards.
+    pub guards: Guards,
 }
 
 /// An admin API failure, answered as `{"error": "..."}`.
@@ -49,6 +52,9 @@ pub struct AdminState {
 pub enum ApiError {
     #[error(transparent)]
     UnknownScenario(#[from] UnknownScenario),
+    /// The plan's `[safety]` table does not allow the activation.
+    #[error(transparent)]
+    Refused(#[from] Refused),
     #[error("{0}")]
     BadRequest(String),
     #[error("request body too large; expected {{\"duration\": \"10m\"}} or no body")]
@@ -63,6 +69,15 @@ pub enum ApiError {
     Forbidden,
     #[error("{method} is not allowed on {path}; see GET /scenarios, GET /faults, POST /faults/NAME, DELETE /faults[/NAME], GET /events, GET /reports[/ID], GET /topology, POST /reload, GET /metrics")]
     MethodNotAllowed { method: String, path: String },
+}
+
+impl From<ActivateError> for ApiError {
+    fn from(error: ActivateError) -> ApiError {
+        match error {
+            ActivateError::Unknown(unknown) => ApiError::UnknownScenario(unknown),
+            ActivateError::Refused(refused) => ApiError::Refused(refused),
+        }
+    }
 }
 
 impl From<PathRejection> for ApiError {
@@ -97,6 +112,8 @@ impl IntoResponse for ApiError {
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden => StatusCode::FORBIDDEN,
+            ApiError::Refused(Refused::TooMany { .. }) => StatusCode::CONFLICT,
+            ApiError::Refused(Refused::Outside { .. }) => StatusCode::FORBIDDEN,
         };
         let mut body = api::ErrorBody::new(self.to_string());
         if let ApiError::UnknownScenario(unknown) = &self {
@@ -202,7 +219,7 @@ async fn activate(
     };
     let body = api::ActivateAnswer {
         capped: duration.is_some_and(|d| d > activation.scenario.max_duration),
-        activation: activation_view(&activation),
+        activation: activation_view(&activation, &state.guards),
         status: status.to_owned(),
         previous_expires_at: previous.map(timestamp),
         already_active: code == StatusCode::OK,
@@ -289,7 +306,9 @@ async fn reload(State(state): State<AdminState>, Extension(caller): Extension<Ca
 }
 
 async fn list(State(state): State<AdminState>) -> Json<api::FaultList> {
-    let active = state.engine.active().iter().map(activation_view).collect();
+    let active = (state.engine.active().iter())
+        .map(|a| activation_view(a, &state.guards))
+        .collect();
     Json(api::FaultList { active })
 }
 
@@ -461,8 +480,27 @@ fn scenario_fault(fault: &Fault, plan: &Plan) -> api::ScenarioFault {
     }
 }
 
-/// An activation with each fault's window and state.
-fn activation_view(activation: &Activation) -> api::Activation {
+/// One guard's last reading, as the API shows it.
+fn guard_view(reading: Reading) -> api::Guard {
+    let pending_for = match reading.state {
+        GuardState::Pending(held) => Some(human(Duration::from_secs(held.as_secs()))),
+        _ => None,
+    };
+    api::Guard {
+        name: reading.name.to_string(),
+        kind: reading.kind.to_owned(),
+        state: reading.state.name().to_owned(),
+        value: reading.value,
+        above: reading.above,
+        hold: human(reading.hold),
+        pending_for,
+        detail: reading.detail,
+    }
+}
+
+/// An activation with each fault's window and state, and its guards' last
+/// readings.
+fn activation_view(activation: &Activation, guards: &Guards) -> api::Activation {
     let now = Instant::now();
     let faults = (activation.scenario.faults.iter())
         .map(|fault| {
@@ -502,6 +540,10 @@ fn activation_view(activation: &Activation) -> api::Activation {
         activated_by: activation.by.clone(),
         origin: activation.origin.clone(),
         faults,
-        guards: Vec::new(),
+        guards: guards
+            .readings(activation)
+            .into_iter()
+            .map(guard_view)
+            .collect(),
     }
 }

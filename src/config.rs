@@ -4,10 +4,12 @@
 //! them are reported at once.
 
 mod admin;
+mod guard;
 mod raw;
 mod validate;
 
 pub use admin::{Admin, AdminTls, Secret, Token};
+pub use guard::{Guard, Measure, OnError, Safety, Scope};
 
 use std::fmt;
 use std::ops::Range;
@@ -28,6 +30,8 @@ pub struct Plan {
     pub topology: Topology,
     pub scenarios: Vec<Arc<Scenario>>,
     pub reports: Reports,
+    /// `[safety]`: limits on what may be activated.
+    pub safety: Safety,
     /// What runs, but maybe not as meant (a fault cut short by its
     /// scenario's max_duration, say), located like errors.
     pub warnings: Vec<Diagnostic>,

@@ -17,9 +17,11 @@ mod activation;
 mod adopt;
 pub mod event;
 pub mod history;
+mod safety;
 
 pub use activation::{Activated, Activation, Adopted, Origin, Remote};
 pub use event::{Event, Happened, Stop, Subject};
+pub use safety::{ActivateError, Refused};
 
 use crate::config::Plan;
 use crate::live::{Live, Rules};
@@ -78,6 +80,7 @@ impl Engine {
     pub fn new(plan: Arc<Plan>, live: Arc<Live>) -> Engine {
         for scenario in &plan.scenarios {
             crate::metrics::scenario_active(&scenario.name, false);
+            crate::metrics::scenario_guards(scenario);
         }
         Engine {
             inner: Arc::new(Inner {
@@ -150,12 +153,14 @@ impl Engine {
     /// it ends earlier when every fault has a `duration` and the last one
     /// ends. On an active scenario, `None` changes nothing, and a duration
     /// moves its deadline to `duration` from its start (see [`Self::reschedule`]).
+    /// A new activation the plan's `[safety]` table does not allow is
+    /// [`Refused`].
     pub fn activate(
         &self,
         name: &str,
         duration: Option<Duration>,
         by: &str,
-    ) -> Result<Activated, UnknownScenario> {
+    ) -> Result<Activated, ActivateError> {
         let mut state = self.change();
         let index = Self::find(&state.plan, name)?;
         let now = Instant::now();
@@ -170,6 +175,10 @@ impl Engine {
             });
         }
         let scenario = Arc::clone(&state.plan.scenarios[index]);
+        if let Err(refused) = safety::check(&state.plan, &scenario, state.active.values()) {
+            tracing::warn!(scenario = name, by, "activation refused: {refused}");
+            return Err(refused.into());
+        }
         let length = duration.unwrap_or(scenario.max_duration);
         let activation = Activation {
             id: 0,
@@ -325,6 +334,7 @@ impl Engine {
             stop.detail
         );
         crate::metrics::scenario_active(name, false);
+        crate::metrics::scenario_stopped(name, &stop.guard);
         let happened = Happened::Stopped {
             subject: activation.subject(),
             stop,
@@ -405,6 +415,7 @@ impl Engine {
             }
         }
         for (index, scenario) in plan.scenarios.iter().enumerate() {
+            crate::metrics::scenario_guards(scenario);
             if !state.active.contains_key(&index) {
                 crate::metrics::scenario_active(&scenario.name, false);
             }

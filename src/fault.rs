@@ -19,6 +19,8 @@ pub struct Scenario {
     /// Every activation ends by itself after at most this long.
     pub max_duration: Duration,
     pub faults: Vec<Arc<Fault>>,
+    /// Its `stop_when` guards: conditions that lift it while active.
+    pub stop_when: Vec<crate::config::Guard>,
 }
 
 /// One fault of a scenario: which traffic, what happens to it, and when.

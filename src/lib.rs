@@ -29,6 +29,9 @@
 //! - [`report`] collects, for every activation that ends, the numbers of
 //!   each data center and service before, during and after it, from the
 //!   engine's events and [`stats`] captures (`GET /reports`).
+//! - [`guard`] evaluates each active scenario's `stop_when` guards about
+//!   once a second, from [`stats`] or a Prometheus query, and lifts the
+//!   scenario through [`engine::Engine::stop`] when one trips.
 //! - [`control`] is the one path by which the running proxy changes: it
 //!   binds, starts and stops accept loops, and updates the engine.
 //! - [`admin`] is the HTTP API and `/metrics`, talking to a [`Control`];
@@ -43,7 +46,7 @@
 //!   uses only [`admin::api`]'s types and [`tls`].
 //!
 //! Layers, each using only those below it: `admin` → `status` (which
-//! writes `admin::api`'s shapes) → `control`, `report` →
+//! writes `admin::api`'s shapes) → `control`, `guard`, `report` →
 //! `proxy`, `engine`, `model` → `stats`, `metrics`, `shutdown`, `workers`
 //! → `live`, `listen`, `body`, `tls` → `fault`, `topology`, `config`. `running`
 //! wires them: [`start`] binds every listener of a plan and returns a
@@ -58,6 +61,7 @@ pub mod control;
 pub mod demo;
 pub mod engine;
 pub mod fault;
+pub mod guard;
 pub mod listen;
 pub mod live;
 mod log_limit;

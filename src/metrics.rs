@@ -30,6 +30,7 @@ pub const REQUEST_DURATION_SECONDS: &str = "firedrill_request_duration_seconds";
 pub const BYTES_TOTAL: &str = "firedrill_bytes_total";
 pub const FAULTS_INJECTED_TOTAL: &str = "firedrill_faults_injected_total";
 pub const SCENARIO_ACTIVE: &str = "firedrill_scenario_active";
+pub const SCENARIO_STOPS_TOTAL: &str = "firedrill_scenario_stops_total";
 
 /// A per-service metric family: its name, `# TYPE` and `# HELP`.
 struct Family {
@@ -105,6 +106,10 @@ pub fn install() -> PrometheusHandle {
                 tracing::warn!("another metrics recorder is installed; /metrics will stay empty");
             }
             metrics::describe_gauge!(SCENARIO_ACTIVE, "1 while a scenario is active, else 0.");
+            metrics::describe_counter!(
+                SCENARIO_STOPS_TOTAL,
+                "Activations a stop_when guard lifted, by scenario and guard."
+            );
             handle
         })
         .clone()
@@ -275,6 +280,27 @@ pub fn scenario_active(scenario: &str, active: bool) {
     } else {
         0.0
     });
+}
+
+/// Counts one activation of `scenario` that its guard `guard` lifted.
+pub fn scenario_stopped(scenario: &str, guard: &str) {
+    scenario_stops(scenario, guard).increment(1);
+}
+
+/// Lists `firedrill_scenario_stops_total` at 0 for every guard of
+/// `scenario`, so a dashboard sees the series before the first stop.
+pub fn scenario_guards(scenario: &crate::fault::Scenario) {
+    for guard in &scenario.stop_when {
+        scenario_stops(&scenario.name, &guard.name).increment(0);
+    }
+}
+
+fn scenario_stops(scenario: &str, guard: &str) -> metrics::Counter {
+    metrics::counter!(
+        SCENARIO_STOPS_TOTAL,
+        "scenario" => scenario.to_owned(),
+        "guard" => guard.to_owned()
+    )
 }
 
 /// What `/metrics` shows: the process-wide recorder and one firedrill's

@@ -9,6 +9,7 @@ use std::time::Duration;
 use crate::config::Plan;
 use crate::control::{self, Control, StartError};
 use crate::engine::Engine;
+use crate::guard::Guards;
 use crate::live::{Live, Rules};
 use crate::shutdown::Shutdown;
 use crate::stats::Stats;
@@ -129,12 +130,14 @@ pub async fn start_with(
     )?;
     let reports = report::Reports::default();
     report::spawn(&reports, &engine, &stats, shutdown.hard_stop.clone());
-    tokio::spawn(stats.run(shutdown.hard_stop.clone()));
+    tokio::spawn(stats.clone().run(shutdown.hard_stop.clone()));
+    let guards = Guards::default();
     let router = admin::router(admin::AdminState {
         engine: engine.clone(),
         metrics: exporter,
         control: control.clone(),
         reports,
+        guards: guards.clone(),
     });
     // The admin API and the engine outlive the drain, so faults can still
     // be lifted (and still expire) while connections finish.
@@ -148,6 +151,8 @@ pub async fn start_with(
         what: "the admin API".to_owned(),
         source,
     })?;
+    // Guards stop with the engine: a drill still draining stays guarded.
+    tokio::spawn(guards.run(engine.clone(), stats, shutdown.hard_stop.clone()));
     tokio::spawn(engine.run(shutdown.hard_stop.clone()));
     Ok(Running {
         admin,

@@ -16,6 +16,9 @@ use toml::Spanned;
 use super::Secret;
 use crate::fault::Direction;
 use crate::topology::{Protocol, Upstream};
+pub use guard::{BuiltIn, OnError, Safety, StopWhen, Threshold};
+
+mod guard;
 
 /// The whole plan. Parsed table by table (see [`parse`]) so that one bad
 /// value does not hide the problems in every other table.
@@ -26,6 +29,7 @@ pub struct Plan {
     pub services: IndexMap<Spanned<String>, Service>,
     pub scenarios: IndexMap<Spanned<String>, Scenario>,
     pub reports: Reports,
+    pub safety: Safety,
     /// Names whose tables failed to parse: cross-checks treat them as
     /// defined, so one typo does not cascade into "unknown name" errors.
     pub broken: HashSet<String>,
@@ -54,6 +58,11 @@ pub fn parse(source: &str, report: &mut dyn FnMut(Range<usize>, String)) -> Opti
                     plan.reports = reports;
                 }
             }
+            "safety" => {
+                if let Some(safety) = item(value, report) {
+                    plan.safety = safety;
+                }
+            }
             "datacenters" => table(value, &mut plan.datacenters, &mut plan.broken, report),
             "services" => table(value, &mut plan.services, &mut plan.broken, report),
             "scenarios" => {
@@ -75,7 +84,7 @@ pub fn parse(source: &str, report: &mut dyn FnMut(Range<usize>, String)) -> Opti
             }
             other => report(
                 key.span(),
-                format!("unknown table `{other}`, expected one of `admin`, `datacenters`, `services`, `scenarios`, `reports`"),
+                format!("unknown table `{other}`, expected one of `admin`, `datacenters`, `services`, `scenarios`, `reports`, `safety`"),
             ),
         }
     }
@@ -97,8 +106,8 @@ fn item<T: for<'de> Deserialize<'de>>(
         .ok()
 }
 
-/// Deserializes a scenario, then each of its faults on its own, so one bad
-/// fault does not hide the problems of the others.
+/// Deserializes a scenario, then each of its faults and guards on its own,
+/// so one bad table does not hide the problems of the others.
 fn scenario(
     value: &Spanned<DeValue<'_>>,
     report: &mut dyn FnMut(Range<usize>, String),
@@ -112,7 +121,12 @@ fn scenario(
     };
     let mut header = DeTable::new();
     let mut faults = Vec::new();
+    let mut stop_when = Vec::new();
     for (key, entry) in entries {
+        if key.get_ref() == "stop_when" {
+            stop_when = one_by_one(entry, "stop_when", report);
+            continue;
+        }
         if key.get_ref() != "faults" {
             header.insert(key.clone(), entry.clone());
             continue;
@@ -138,7 +152,32 @@ fn scenario(
     let header = Spanned::new(value.span(), DeValue::Table(header));
     let mut scenario: Scenario = item(&header, report)?;
     scenario.faults = faults;
+    scenario.stop_when = stop_when;
     Some(scenario)
+}
+
+/// Deserializes each table of the array of tables `entry`, called `name`.
+fn one_by_one<T: for<'de> Deserialize<'de>>(
+    entry: &Spanned<DeValue<'_>>,
+    name: &str,
+    report: &mut dyn FnMut(Range<usize>, String),
+) -> Vec<Option<Spanned<T>>> {
+    match entry.get_ref() {
+        DeValue::Array(items) => items
+            .iter()
+            .map(|one| item::<T>(one, report).map(|t| Spanned::new(one.span(), t)))
+            .collect(),
+        other => {
+            report(
+                entry.span(),
+                format!(
+                    "`{name}` must be a list of tables ([[scenarios.NAME.{name}]]), found {}",
+                    other.type_str()
+                ),
+            );
+            Vec::new()
+        }
+    }
 }
 
 /// Deserializes each entry of a `[kind.NAME]` table on its own.
@@ -259,6 +298,9 @@ pub struct Scenario {
     /// that `faults` is expected.
     #[serde(default, deserialize_with = "parsed_one_by_one")]
     pub faults: Vec<Option<Spanned<Fault>>>,
+    /// The guards, parsed one by one like `faults`.
+    #[serde(default, deserialize_with = "parsed_one_by_one")]
+    pub stop_when: Vec<Option<Spanned<StopWhen>>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -300,10 +342,10 @@ impl ActionKind {
     }
 }
 
-/// Faults are parsed one by one by [`scenario`], not here.
-fn parsed_one_by_one<'de, D: Deserializer<'de>>(
+/// Faults and guards are parsed one by one by [`scenario`], not here.
+fn parsed_one_by_one<'de, D: Deserializer<'de>, T>(
     deserializer: D,
-) -> Result<Vec<Option<Spanned<Fault>>>, D::Error> {
+) -> Result<Vec<Option<Spanned<T>>>, D::Error> {
     de::IgnoredAny::deserialize(deserializer)?;
     Ok(Vec::new())
 }

@@ -521,7 +521,7 @@ fn a_misspelled_faults_table_hears_that_faults_is_expected() {
     assert_eq!((line, column), (18, 15));
     assert_eq!(
         message,
-        "unknown field `fault`, expected one of `description`, `max_duration`, `faults`"
+        "unknown field `fault`, expected one of `description`, `max_duration`, `faults`, `stop_when`"
     );
 }
 
@@ -544,3 +544,4 @@ fn a_duration_without_unit_asks_for_a_string_like_300ms() {
         "a duration is a string with a unit: write \"1.5s\", not 1.5"
     );
 }
+mod guards;

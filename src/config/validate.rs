@@ -13,8 +13,10 @@ use toml::Spanned;
 
 mod admin;
 mod fault;
+mod guard;
 mod limits;
 mod reports;
+mod safety;
 mod tls;
 
 use super::raw;
@@ -74,11 +76,17 @@ pub(super) fn validate(raw: raw::Plan, base: &Path, report: Report<'_>) -> Plan 
             ))
         })
         .collect();
+    let names = guard::Names {
+        topology: &topology,
+        broken: &raw.broken,
+    };
+    let safety = safety::safety(&raw.safety, &names, report);
     Plan {
         admin,
         topology,
         scenarios,
         reports: reports::reports(&raw.reports, base, report),
+        safety,
         warnings: Vec::new(),
     }
 }
@@ -90,6 +98,7 @@ pub(super) fn warnings(raw: &raw::Plan, warn: Report<'_>) {
     let human = humantime::format_duration;
     for (name, scenario) in &raw.scenarios {
         let max_duration = scenario.max_duration.map_or(DEFAULT_MAX_DURATION, |d| d.0);
+        guard::warnings(name.get_ref(), scenario, max_duration, warn);
         let faults = scenario.faults.iter().enumerate();
         for (i, fault) in faults.filter_map(|(i, f)| Some((i, f.as_ref()?.get_ref()))) {
             let Some(duration) = &fault.duration else {
@@ -279,10 +288,13 @@ fn scenario(
             Arc::new(check.fault(fault.get_ref(), max_duration, topology))
         })
         .collect();
+    let names = guard::Names { topology, broken };
+    let stop_when = guard::guards(&scenario_name, &raw.stop_when, &names, report);
     Scenario {
         name: scenario_name,
         description: raw.description.clone(),
         max_duration,
         faults,
+        stop_when,
     }
 }

@@ -115,7 +115,9 @@ async fn requested_duration_is_capped_at_max_duration() {
 #[tokio::test(start_paused = true)]
 async fn unknown_scenarios_name_the_known_ones() {
     let engine = engine();
-    let error = engine.activate("flood", None, "t").unwrap_err();
+    let ActivateError::Unknown(error) = engine.activate("flood", None, "t").unwrap_err() else {
+        panic!("flood is not in the plan");
+    };
     assert_eq!(error.known, ["fire", "recovery"]);
     assert_eq!(
         error.to_string(),
@@ -454,3 +456,4 @@ async fn a_reload_that_gives_every_fault_a_duration_ends_the_activation_with_its
 
 mod adopt;
 mod events;
+mod guards;

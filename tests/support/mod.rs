@@ -27,6 +27,8 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 use firedrill::Running;
 
+pub mod prometheus;
+
 /// The longest any single network step may take in a test.
 pub const STEP: Duration = Duration::from_secs(10);
 
