@@ -8,6 +8,7 @@
 pub mod api;
 mod auth;
 mod listen;
+mod page;
 mod status;
 mod stream;
 
@@ -122,6 +123,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/scenarios", get(scenarios))
         .route("/faults", get(list).delete(lift_all))
         .route("/events", get(events))
+        .route("/", get(page::page))
         .route("/status", get(status::status))
         .route("/stream", get(stream::stream))
         .route("/reload", axum::routing::post(reload))
