@@ -48,7 +48,7 @@ mod tests {
             PAGE.matches("github.com/leeoniya/uPlot (v1.6.32)").count(),
             1
         );
-        assert!(PAGE.contains("new EventSource(\"stream\")"));
+        assert!(PAGE.contains("new EventSource(url(\"stream\"))"));
         // An inline script must not close its own tag early.
         let scripts =
             include_str!("page/uPlot.iife.min.js").to_owned() + include_str!("page/page.js");

@@ -15,6 +15,11 @@
   let history = []; // timeline entries from GET /events
 
   const $ = (id) => document.getElementById(id);
+  // The API's paths sit beside the page. Resolved without the page's own
+  // URL, which may carry credentials (http://user:token@host/) that a
+  // browser refuses on the page's requests; it sends what it cached.
+  const base = location.origin + location.pathname;
+  const url = (path) => new URL(path, base).href;
 
   function el(tag, attributes, ...children) {
     const node = document.createElement(tag);
@@ -46,7 +51,7 @@
     for (;;) {
       const headers = { "content-type": "application/json" };
       if (token) headers.authorization = "Bearer " + token;
-      const response = await fetch(path, {
+      const response = await fetch(url(path), {
         method,
         headers,
         body: body === undefined ? undefined : JSON.stringify(body),
@@ -108,19 +113,22 @@
 
   // --- Tiles and charts -----------------------------------------------------
 
+  const axis = { stroke: "#8b95a3", grid: { stroke: "#262c35" }, ticks: { stroke: "#262c35" }, font: "10px system-ui" };
+  const time = (t) => new Date(t * 1000).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit" });
+
   function chart(label, range, format, color) {
     const holder = el("div", { class: "chart" }, el("div", { class: "label" }, label));
     const data = [[], []];
     const plot = new uPlot(
       {
         width: 300,
-        height: 70,
+        height: 100,
         legend: { show: false },
         cursor: { show: false },
         scales: { x: { time: true }, y: { range } },
         axes: [
-          { stroke: "#8b95a3", grid: { stroke: "#262c35" }, ticks: { stroke: "#262c35" }, size: 24, font: "10px system-ui" },
-          { stroke: "#8b95a3", grid: { stroke: "#262c35" }, ticks: { stroke: "#262c35" }, size: 46, font: "10px system-ui", values: (u, ticks) => ticks.map(format) },
+          { ...axis, size: 24, space: 70, values: (u, ticks) => ticks.map(time) },
+          { ...axis, size: 46, space: 20, values: (u, ticks) => ticks.map(format) },
         ],
         series: [{}, { stroke: color, fill: color + "33", width: 2, points: { show: false } }],
       },
@@ -176,6 +184,7 @@
         tiles.set(dc.name, parts);
       }
       parts.node.dataset.state = dc.state;
+      parts.node.dataset.errorRatio = dc.error_ratio === null ? "" : dc.error_ratio;
       parts.state.textContent = dc.state;
       parts.numbers.replaceChildren(
         number("requests", rate(dc.requests_per_second)),
@@ -281,7 +290,7 @@
   function connect() {
     if (source) source.close();
     connection("connecting", "connecting…");
-    source = new EventSource("stream");
+    source = new EventSource(url("stream"));
     let opened = false;
     source.addEventListener("status", (message) => {
       const status = JSON.parse(message.data);
