@@ -24,6 +24,9 @@ use subtle::{Choice, ConditionallySelectable, ConstantTimeEq};
 use super::{AdminState, ApiError};
 use crate::config::Token;
 use crate::log_limit::LogLimit;
+use browser::{basic, same_origin};
+
+mod browser;
 
 /// Who made an admin request, as activation and lift records name them:
 /// `gameday-lead (127.0.0.1:53412)`, or only the address when the plan
@@ -302,32 +305,6 @@ impl Presented<'_> {
     }
 }
 
-/// The password of `Basic` credentials (RFC 7617): base64 of `user:password`.
-fn basic(credentials: &[u8]) -> Option<Vec<u8>> {
-    use base64::Engine;
-    let decoded = base64::engine::general_purpose::STANDARD
-        .decode(credentials)
-        .ok()?;
-    let colon = decoded.iter().position(|&b| b == b':')?;
-    let password = decoded[colon + 1..].to_vec();
-    (!password.is_empty()).then_some(password)
-}
-
-/// Whether the request says it comes from a page of this very origin: its
-/// `Origin` names the `Host` it was sent to. Browsers send `Origin` on
-/// every `POST` and `DELETE`, and a page cannot forge it.
-fn same_origin(headers: &HeaderMap) -> bool {
-    let (Some(origin), Some(host)) = (headers.get(header::ORIGIN), headers.get(header::HOST))
-    else {
-        return false;
-    };
-    let origin = origin.as_bytes();
-    let authority = origin
-        .strip_prefix(b"http://")
-        .or_else(|| origin.strip_prefix(b"https://"));
-    authority.is_some_and(|authority| authority.eq_ignore_ascii_case(host.as_bytes()))
-}
-
 /// The token whose value is `presented`. Every token is compared, in
 /// constant time for equal lengths, so timing tells neither a value nor
 /// which token matched; only a value's length can show.
@@ -396,27 +373,6 @@ mod tests {
         assert_eq!(parse("Bearer"), None);
         assert_eq!(parse("Bearer "), None);
         assert!(matches!(bearer(&HeaderMap::new()), Presented::Nothing));
-    }
-
-    #[test]
-    fn a_request_is_same_origin_only_when_its_origin_names_its_host() {
-        let with = |origin: Option<&str>, host: &str| {
-            let mut headers = HeaderMap::new();
-            headers.insert(header::HOST, host.parse().unwrap());
-            if let Some(origin) = origin {
-                headers.insert(header::ORIGIN, origin.parse().unwrap());
-            }
-            same_origin(&headers)
-        };
-        assert!(with(Some("http://127.0.0.1:9090"), "127.0.0.1:9090"));
-        assert!(with(
-            Some("https://Firedrill.staging:9090"),
-            "firedrill.staging:9090"
-        ));
-        assert!(!with(Some("http://evil.example"), "127.0.0.1:9090"));
-        assert!(!with(Some("http://127.0.0.1:9091"), "127.0.0.1:9090"));
-        assert!(!with(Some("null"), "127.0.0.1:9090"));
-        assert!(!with(None, "127.0.0.1:9090"), "no Origin: not a page");
     }
 
     #[test]
