@@ -51,13 +51,13 @@ pub enum ApiError {
     BadRequest(String),
     #[error("request body too large; expected {{\"duration\": \"10m\"}} or no body")]
     TooLarge,
-    #[error("no endpoint {0}; see GET /scenarios, GET /faults, POST /faults/NAME, DELETE /faults[/NAME], GET /events, GET /topology, POST /reload, GET /metrics")]
+    #[error("no endpoint {0}; see GET /scenarios, GET /faults, POST /faults/NAME, DELETE /faults[/NAME], GET /events, GET /topology, GET /status, GET /stream, POST /reload, GET /metrics, GET / (the status page)")]
     NotFound(String),
     #[error("{0}")]
     Unauthorized(String),
-    #[error("the bearer token is not one of [admin] tokens")]
+    #[error("the token presented is not one of [admin] tokens")]
     Forbidden,
-    #[error("{method} is not allowed on {path}; see GET /scenarios, GET /faults, POST /faults/NAME, DELETE /faults[/NAME], GET /events, GET /topology, POST /reload, GET /metrics")]
+    #[error("{method} is not allowed on {path}; see GET /scenarios, GET /faults, POST /faults/NAME, DELETE /faults[/NAME], GET /events, GET /topology, GET /status, GET /stream, POST /reload, GET /metrics, GET / (the status page)")]
     MethodNotAllowed { method: String, path: String },
 }
 

@@ -469,3 +469,89 @@ async fn admin_events(running: &Running) -> (StatusCode, String) {
     .await;
     (code, body)
 }
+
+/// Waits for the page to open a dialog and returns its text.
+async fn dialog(browser: &Browser) -> String {
+    let deadline = Instant::now() + STEP;
+    loop {
+        if let Ok(text) = browser.get_alert_text().await {
+            return text;
+        }
+        assert!(Instant::now() < deadline, "no dialog opened");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn in_chromium_a_button_asks_for_the_token_the_api_wants_and_keeps_it() {
+    let Some(driver) = Driver::start().await else {
+        return;
+    };
+    let plan = format!("{TOKENS}; open_reads = true");
+    let running = gameday::plan(&plan).await.start().await;
+    let bearer = ("authorization", "Bearer s3cret-lead");
+    let (code, _, body) = call(&running, Method::POST, "/faults/pangyo-fire", &[bearer]).await;
+    assert_eq!(code, StatusCode::CREATED, "{body}");
+    let browser = driver.browser().await;
+    within(
+        STEP,
+        browser.goto(&format!("http://{}/", running.admin_addr())),
+    )
+    .await
+    .unwrap();
+    let dark = |tiles: &Value| state(tiles, "pangyo") == "dark";
+    wait_for_tiles(&browser, STEP, "pangyo dark", dark, |_| Ok(())).await;
+
+    let mut events = engine_events(&running);
+    let halt = within(STEP, browser.find(fantoccini::Locator::Id("halt")))
+        .await
+        .unwrap();
+    within(STEP, halt.click()).await.unwrap();
+    assert_eq!(dialog(&browser).await, "Lift every active scenario now?");
+    within(STEP, browser.accept_alert()).await.unwrap();
+    // Reads are open, the halt is not: the page asks for a token.
+    let asked = dialog(&browser).await;
+    assert!(asked.contains("needs a token"), "{asked}");
+    within(STEP, browser.send_alert_text("s3cret-lead"))
+        .await
+        .unwrap();
+    within(STEP, browser.accept_alert()).await.unwrap();
+    let halted = wait_for_event(&mut events, |e| {
+        matches!(e.what, firedrill::engine::Happened::Halted { .. })
+    })
+    .await;
+    let firedrill::engine::Happened::Halted { by, lifted } = halted.what else {
+        unreachable!("waited for a halt");
+    };
+    assert!(by.starts_with("lead ("), "{by}");
+    assert_eq!(lifted.len(), 1);
+    let message = text_of(&browser, "#message").await;
+    assert_eq!(message, "halted: pangyo-fire");
+
+    // The token stays in the page's memory: the next button asks nothing.
+    within(
+        STEP,
+        browser.find(fantoccini::Locator::Css("#trigger button")),
+    )
+    .await
+    .unwrap()
+    .click()
+    .await
+    .unwrap();
+    wait_for_event(&mut events, |e| {
+        matches!(&e.what, firedrill::engine::Happened::Activated { by, .. } if by.starts_with("lead ("))
+    })
+    .await;
+    // Stored nowhere the browser keeps.
+    let stored = within(
+        STEP,
+        browser.execute(
+            "return localStorage.length + sessionStorage.length + document.cookie.length;",
+            Vec::new(),
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(stored, json!(0));
+    within(STEP, browser.close()).await.unwrap();
+}
