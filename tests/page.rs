@@ -348,6 +348,16 @@ async fn in_chromium_pangyo_goes_dark_within_3s_of_its_fire_and_recovers() {
     );
     assert_eq!(text_of(&browser, "#connection").await, "live");
 
+    // The page notes the moment pangyo's tile turns dark, on the clock
+    // this test reads too.
+    let observe = "const tile = document.querySelector('[data-datacenter=pangyo]'); \
+        window.darkAt = null; new MutationObserver(() => { \
+        if (tile.dataset.state === 'dark' && window.darkAt === null) window.darkAt = Date.now(); \
+        }).observe(tile, { attributes: true });";
+    within(STEP, browser.execute(observe, Vec::new()))
+        .await
+        .unwrap();
+    let sent = std::time::SystemTime::now();
     activate(&running, "pangyo-fire").await;
     let dark = |tiles: &Value| {
         state(tiles, "pangyo") == "dark"
@@ -363,7 +373,15 @@ async fn in_chromium_pangyo_goes_dark_within_3s_of_its_fire_and_recovers() {
         others_healthy,
     )
     .await;
-    eprintln!("the page read pangyo dark {took:?} after the activation answered");
+    let dark_at = within(STEP, browser.execute("return window.darkAt;", Vec::new()))
+        .await
+        .unwrap();
+    let sent_ms = sent
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    let update = dark_at.as_u64().map(|at| i128::from(at) - sent_ms as i128);
+    eprintln!("the page turned pangyo dark {update:?} ms after the POST was sent (read {took:?} after it was answered)");
     let card = text_of(&browser, "[data-scenario='pangyo-fire']").await;
     assert!(
         card.contains("pangyo-fire") && card.contains("blackhole on talk, maps"),
