@@ -573,3 +573,93 @@ async fn in_chromium_a_button_asks_for_the_token_the_api_wants_and_keeps_it() {
     assert_eq!(stored, json!(0));
     within(STEP, browser.close()).await.unwrap();
 }
+
+/// A TCP relay in front of the admin API that can cut every connection
+/// through it at once, as a flaky network or a restarting load balancer
+/// would.
+struct Relay {
+    addr: SocketAddr,
+    accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    cut: tokio::sync::watch::Sender<u64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Relay {
+    async fn to(target: SocketAddr) -> Relay {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (cut, _) = tokio::sync::watch::channel(0);
+        let (counted, cuts) = (accepted.clone(), cut.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let mut cut = cuts.subscribe();
+                cut.borrow_and_update();
+                tokio::spawn(async move {
+                    let Ok(mut server) = tokio::net::TcpStream::connect(target).await else {
+                        return;
+                    };
+                    // Dropping both sockets closes them.
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = cut.changed() => {}
+                    }
+                });
+            }
+        });
+        Relay {
+            addr,
+            accepted,
+            cut,
+            task,
+        }
+    }
+
+    fn accepted(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Closes every connection open through the relay now.
+    fn cut(&self) {
+        self.cut.send_modify(|n| *n += 1);
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[tokio::test]
+async fn in_chromium_a_dropped_stream_reconnects_by_itself() {
+    let Some(driver) = Driver::start().await else {
+        return;
+    };
+    let running = gameday::plan("").await.start().await;
+    let relay = Relay::to(running.admin_addr()).await;
+    let browser = driver.browser().await;
+    within(STEP, browser.goto(&format!("http://{}/", relay.addr)))
+        .await
+        .unwrap();
+    let healthy = |tiles: &Value| state(tiles, "pangyo") == "healthy";
+    wait_for_tiles(&browser, STEP, "pangyo healthy", healthy, |_| Ok(())).await;
+    let before = relay.accepted();
+
+    relay.cut();
+    activate(&running, "pangyo-fire").await;
+    // Only a stream opened again through the relay can bring this news.
+    let dark = |tiles: &Value| state(tiles, "pangyo") == "dark";
+    wait_for_tiles(
+        &browser,
+        STEP,
+        "pangyo dark after the cut",
+        dark,
+        |_| Ok(()),
+    )
+    .await;
+    assert!(relay.accepted() > before, "the page connected again");
+    assert_eq!(text_of(&browser, "#connection").await, "live");
+    within(STEP, browser.close()).await.unwrap();
+}
