@@ -135,8 +135,9 @@ pub(super) fn live_event(event: &Event) -> api::LiveEvent {
             super::timestamp(*expires_at),
             by.map_or("", |b| b)
         ),
-        Happened::StageStarted { fault, .. } => format!("{list}: fault #{fault} in force"),
-        Happened::StageEnded { fault, .. } => format!("{list}: fault #{fault} ended"),
+        // Numbered from 1, as `firedrill check` numbers a scenario's faults.
+        Happened::StageStarted { fault, .. } => format!("{list}: fault #{} in force", fault + 1),
+        Happened::StageEnded { fault, .. } => format!("{list}: fault #{} ended", fault + 1),
         Happened::Stopped { stop, .. } => format!(
             "{list} stopped by guard {}: {} (value {}, above {})",
             stop.guard, stop.detail, stop.value, stop.above
@@ -250,5 +251,11 @@ mod tests {
             subject: subject("pangyo-fire"),
         });
         assert_eq!(expired.text, "pangyo-fire expired");
+        let stage = event(Happened::StageStarted {
+            subject: subject("pangyo-recovery"),
+            fault: 0,
+        });
+        assert_eq!(stage.kind, "stage_started");
+        assert_eq!(stage.text, "pangyo-recovery: fault #1 in force");
     }
 }
