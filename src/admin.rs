@@ -8,6 +8,7 @@
 pub mod api;
 mod auth;
 mod listen;
+mod page;
 mod reports;
 mod status;
 mod stream;
@@ -59,15 +60,15 @@ pub enum ApiError {
     BadRequest(String),
     #[error("request body too large; expected {{\"duration\": \"10m\"}} or no body")]
     TooLarge,
-    #[error("no endpoint {0}; see GET /scenarios, GET /faults, POST /faults/NAME, DELETE /faults[/NAME], GET /events, GET /reports[/ID], GET /topology, POST /reload, GET /metrics")]
+    #[error("no endpoint {0}; see GET /scenarios, GET /faults, POST /faults/NAME, DELETE /faults[/NAME], GET /events, GET /reports[/ID], GET /topology, GET /status, GET /stream, POST /reload, GET /metrics, GET / (the status page)")]
     NotFound(String),
     #[error("no report `{0}`; GET /reports lists the ones kept (the last 50)")]
     UnknownReport(String),
     #[error("{0}")]
     Unauthorized(String),
-    #[error("the bearer token is not one of [admin] tokens")]
+    #[error("the token presented is not one of [admin] tokens")]
     Forbidden,
-    #[error("{method} is not allowed on {path}; see GET /scenarios, GET /faults, POST /faults/NAME, DELETE /faults[/NAME], GET /events, GET /reports[/ID], GET /topology, POST /reload, GET /metrics")]
+    #[error("{method} is not allowed on {path}; see GET /scenarios, GET /faults, POST /faults/NAME, DELETE /faults[/NAME], GET /events, GET /reports[/ID], GET /topology, GET /status, GET /stream, POST /reload, GET /metrics, GET / (the status page)")]
     MethodNotAllowed { method: String, path: String },
 }
 
@@ -146,6 +147,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/scenarios", get(scenarios))
         .route("/faults", get(list).delete(lift_all))
         .route("/events", get(events))
+        .route("/", get(page::page))
         .route("/status", get(status::status))
         .route("/stream", get(stream::stream))
         .route("/reload", axum::routing::post(reload))

@@ -34,9 +34,10 @@
 //!   scenario through [`engine::Engine::stop`] when one trips.
 //! - [`control`] is the one path by which the running proxy changes: it
 //!   binds, starts and stops accept loops, and updates the engine.
-//! - [`admin`] is the HTTP API and `/metrics`, talking to a [`Control`];
-//!   [`status`] reads what runs, the rules in force and the stats as
-//!   each data center's and service's state for `GET /status`.
+//! - [`admin`] is the HTTP API, `/metrics`, and the live status page with
+//!   its server-sent event stream, talking to a [`Control`]; [`status`]
+//!   reads what runs, the rules in force and the stats as each data
+//!   center's and service's state for `GET /status`.
 //! - [`shutdown`] drains connections; [`workers`] runs client connections
 //!   on threads with a single-threaded runtime each; [`demo`] runs
 //!   stand-in upstreams; [`probe`] checks before a game day that every

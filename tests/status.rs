@@ -255,3 +255,18 @@ async fn the_stream_pushes_the_status_every_second_and_engine_events_at_once() {
     let after = stream.status().await;
     assert!(after.active.is_empty());
 }
+
+#[tokio::test]
+async fn the_stream_ends_when_shutdown_starts() {
+    use http_body_util::BodyExt;
+    let running = gameday::plan("").await.start().await;
+    let mut stream = Stream::open(&running).await;
+    stream.status().await;
+    // What `Running::shutdown` does first; the admin API still answers.
+    running.engine().live().drain();
+    within(STEP, async {
+        while let Some(Ok(_)) = stream.body.frame().await {}
+    })
+    .await;
+    status(&running).await;
+}

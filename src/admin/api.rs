@@ -290,7 +290,7 @@ impl ErrorBody {
 pub struct Status {
     /// When it was computed.
     pub at: String,
-    /// The window rates, ratios and quantiles cover ("10s").
+    /// The window rates, ratios and quantiles cover ("5s").
     pub window: String,
     pub datacenters: Vec<DataCenterStatus>,
     pub active: Vec<Activation>,

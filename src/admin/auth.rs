@@ -24,6 +24,9 @@ use subtle::{Choice, ConditionallySelectable, ConstantTimeEq};
 use super::{AdminState, ApiError};
 use crate::config::Token;
 use crate::log_limit::LogLimit;
+use browser::{basic, same_origin};
+
+mod browser;
 
 /// Who made an admin request, as activation and lift records name them:
 /// `gameday-lead (127.0.0.1:53412)`, or only the address when the plan
@@ -54,8 +57,33 @@ impl fmt::Display for Caller {
 pub struct PeerCertificate(pub Arc<str>);
 
 /// Middleware: lets a request through with a [`Caller`] in its extensions,
-/// or answers 401 (no usable token) or 403 (an unknown token).
+/// or answers 401 (no usable token) or 403 (an unknown token). The status
+/// page (`GET /`) answers both as 401 with a `Basic` challenge instead,
+/// so a browser asks for the token (as the password) and then sends it
+/// on the page's own requests, its event stream included.
 pub(super) async fn authorize(
+    state: State<AdminState>,
+    peer: ConnectInfo<SocketAddr>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let page = request.uri().path() == "/";
+    let mut response = check(state, peer, request, next).await;
+    let refused = matches!(
+        response.status(),
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN
+    );
+    if page && refused {
+        *response.status_mut() = StatusCode::UNAUTHORIZED;
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"firedrill\", charset=\"UTF-8\""),
+        );
+    }
+    response
+}
+
+async fn check(
     State(state): State<AdminState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     mut request: Request,
@@ -80,7 +108,7 @@ pub(super) async fn authorize(
             Presented::Malformed => {
                 tracing::debug!(%peer, path = request.uri().path(), "admin call with a malformed Authorization header refused");
                 return ApiError::Unauthorized(
-                    "the Authorization header must read `Bearer TOKEN`".to_owned(),
+                    "the Authorization header must read `Bearer TOKEN` (or, from a browser, `Basic` with the token as the password)".to_owned(),
                 )
                 .into_response();
             }
@@ -91,22 +119,35 @@ pub(super) async fn authorize(
                 ))
                 .into_response();
             }
-            Presented::Bearer(value) => match find(&admin.tokens, value) {
-                Some(token) => Some(Arc::clone(&token.name)),
-                None => {
-                    let failures = request.extensions().get::<Arc<Failures>>();
-                    let wait = failures.and_then(|failures| {
-                        failures.refused(peer, request.method(), request.uri().path())
-                    });
-                    if failures.is_none() {
-                        tracing::warn!(%peer, method = %request.method(), path = request.uri().path(), "admin call with an unknown token refused");
+            // Basic credentials are the page's: a browser sends them by
+            // itself, to any site's form too, so a write needs to come from
+            // the page's own origin.
+            Presented::Basic(_) if !read && !same_origin(request.headers()) => {
+                tracing::debug!(%peer, path = request.uri().path(), "admin write with Basic credentials from another origin refused");
+                return ApiError::Unauthorized(
+                    "Basic credentials change nothing unless the request comes from the status page's own origin; send `Authorization: Bearer TOKEN`"
+                        .to_owned(),
+                )
+                .into_response();
+            }
+            presented @ (Presented::Bearer(_) | Presented::Basic(_)) => {
+                match find(&admin.tokens, presented.token()) {
+                    Some(token) => Some(Arc::clone(&token.name)),
+                    None => {
+                        let failures = request.extensions().get::<Arc<Failures>>();
+                        let wait = failures.and_then(|failures| {
+                            failures.refused(peer, request.method(), request.uri().path())
+                        });
+                        if failures.is_none() {
+                            tracing::warn!(%peer, method = %request.method(), path = request.uri().path(), "admin call with an unknown token refused");
+                        }
+                        return match wait {
+                            Some(wait) => too_many(wait),
+                            None => ApiError::Forbidden.into_response(),
+                        };
                     }
-                    return match wait {
-                        Some(wait) => too_many(wait),
-                        None => ApiError::Forbidden.into_response(),
-                    };
                 }
-            },
+            }
         }
     };
     let certificate = request
@@ -223,6 +264,9 @@ enum Presented<'r> {
     /// guess, so the request is refused whatever they hold.
     Several(usize),
     Bearer(&'r [u8]),
+    /// `Basic` with the token as the password (any user name): what a
+    /// browser sends for the status page once asked for it.
+    Basic(Vec<u8>),
 }
 
 fn bearer(headers: &HeaderMap) -> Presented<'_> {
@@ -241,10 +285,24 @@ fn bearer(headers: &HeaderMap) -> Presented<'_> {
     let (scheme, rest) = value.split_at(space);
     let token = rest.trim_ascii();
     // The scheme is case-insensitive (RFC 9110 section 11.1).
+    if scheme.eq_ignore_ascii_case(b"basic") {
+        return basic(token).map_or(Presented::Malformed, Presented::Basic);
+    }
     if !scheme.eq_ignore_ascii_case(b"bearer") || token.is_empty() {
         return Presented::Malformed;
     }
     Presented::Bearer(token)
+}
+
+impl Presented<'_> {
+    /// The token value presented, for `Bearer` and `Basic`.
+    fn token(&self) -> &[u8] {
+        match self {
+            Presented::Bearer(token) => token,
+            Presented::Basic(token) => token,
+            Presented::Nothing | Presented::Malformed | Presented::Several(_) => &[],
+        }
+    }
 }
 
 /// The token whose value is `presented`. Every token is compared, in
@@ -295,12 +353,23 @@ mod tests {
             match bearer(&headers) {
                 Presented::Bearer(token) => Some(String::from_utf8(token.to_vec()).unwrap()),
                 Presented::Malformed => None,
+                Presented::Basic(token) => {
+                    Some(format!("basic {}", String::from_utf8(token).unwrap()))
+                }
                 Presented::Nothing | Presented::Several(_) => unreachable!("one header was set"),
             }
         };
         assert_eq!(parse("Bearer abc").as_deref(), Some("abc"));
         assert_eq!(parse("bearer  abc ").as_deref(), Some("abc"));
-        assert_eq!(parse("Basic abc"), None);
+        assert_eq!(parse("Basic abc"), None, "not base64");
+        // The status page's credentials: any user, the token as password.
+        assert_eq!(
+            parse("Basic bGVhZDpzM2NyZXQ=").as_deref(),
+            Some("basic s3cret")
+        );
+        assert_eq!(parse("basic OnMzY3JldA==").as_deref(), Some("basic s3cret"));
+        assert_eq!(parse("Basic bGVhZA==").as_deref(), None, "no password");
+        assert_eq!(parse("Basic bGVhZDo=").as_deref(), None, "empty password");
         assert_eq!(parse("Bearer"), None);
         assert_eq!(parse("Bearer "), None);
         assert!(matches!(bearer(&HeaderMap::new()), Presented::Nothing));

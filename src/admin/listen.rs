@@ -77,7 +77,7 @@ pub fn serve(
         },
         tokens = %if names.is_empty() { "none".to_owned() } else { names.join(",") },
         reads = %if !settings.protected() || settings.open_reads { "open" } else { "token" },
-        "admin API listening (GET /scenarios, POST /faults/NAME, DELETE /faults, POST /reload, GET /metrics)"
+        "admin API listening (GET / for the status page, GET /scenarios, POST /faults/NAME, DELETE /faults, POST /reload, GET /metrics)"
     );
     tokio::spawn(accept(listener, router, acceptor, stop));
     Ok(())

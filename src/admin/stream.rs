@@ -2,7 +2,8 @@
 //! status (`event: status`, as `GET /status` answers it) every second and
 //! right after each engine event, and every engine event (`event: engine`,
 //! an [`api::LiveEvent`]) as it happens. It reads the engine's broadcast
-//! and the counters; it never changes anything.
+//! and the counters; it never changes anything. It ends when shutdown
+//! starts.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -12,6 +13,7 @@ use axum::extract::State;
 use axum::response::sse::{Event as Sent, KeepAlive, Sse};
 use futures_util::Stream;
 use tokio::sync::broadcast::{self, error::RecvError};
+use tokio::sync::watch;
 use tokio::time::{Interval, MissedTickBehavior};
 
 use super::{api, status, AdminState};
@@ -30,6 +32,7 @@ pub(super) async fn stream(
     every.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let feed = Feed {
         events: state.engine.subscribe(),
+        changes: state.engine.live().subscribe(),
         state,
         every,
         queue: VecDeque::new(),
@@ -46,19 +49,30 @@ pub(super) async fn stream(
 struct Feed {
     state: AdminState,
     events: broadcast::Receiver<Event>,
+    /// Rule changes, to end the stream when shutdown starts rather than
+    /// hold the admin API's drain.
+    changes: watch::Receiver<u64>,
     every: Interval,
     queue: VecDeque<Sent>,
     first: bool,
 }
 
 impl Feed {
-    /// The next message; `None` once the engine is gone.
+    /// The next message; `None` once shutdown has started.
     async fn next(&mut self) -> Option<Sent> {
         if let Some(sent) = self.queue.pop_front() {
             return Some(sent);
         }
+        if self.state.engine.live().load().draining() {
+            return None;
+        }
         tokio::select! {
             _ = self.every.tick() => {}
+            changed = self.changes.changed() => {
+                if changed.is_err() || self.state.engine.live().load().draining() {
+                    return None;
+                }
+            }
             received = self.events.recv() => match received {
                 Ok(event) => {
                     let live = live_event(&event);
@@ -121,8 +135,9 @@ pub(super) fn live_event(event: &Event) -> api::LiveEvent {
             super::timestamp(*expires_at),
             by.map_or("", |b| b)
         ),
-        Happened::StageStarted { fault, .. } => format!("{list}: fault #{fault} in force"),
-        Happened::StageEnded { fault, .. } => format!("{list}: fault #{fault} ended"),
+        // Numbered from 1, as `firedrill check` numbers a scenario's faults.
+        Happened::StageStarted { fault, .. } => format!("{list}: fault #{} in force", fault + 1),
+        Happened::StageEnded { fault, .. } => format!("{list}: fault #{} ended", fault + 1),
         Happened::Stopped { stop, .. } => format!(
             "{list} stopped by guard {}: {} (value {}, above {})",
             stop.guard, stop.detail, stop.value, stop.above
@@ -236,5 +251,11 @@ mod tests {
             subject: subject("pangyo-fire"),
         });
         assert_eq!(expired.text, "pangyo-fire expired");
+        let stage = event(Happened::StageStarted {
+            subject: subject("pangyo-recovery"),
+            fault: 0,
+        });
+        assert_eq!(stage.kind, "stage_started");
+        assert_eq!(stage.text, "pangyo-recovery: fault #1 in force");
     }
 }
