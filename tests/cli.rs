@@ -272,7 +272,7 @@ async fn the_token_comes_from_firedrill_token() {
     assert_eq!(code(&ran), 1, "{ran:?}");
     assert_eq!(
         ran.stderr,
-        "error: the bearer token is not one of [admin] tokens\n"
+        "error: the token presented is not one of [admin] tokens\n"
     );
     let ran = cli(&admin, Some(LEAD), &["trigger", "pangyo-fire"]).await;
     assert_eq!(code(&ran), 0, "{ran:?}");
