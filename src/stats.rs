@@ -19,9 +19,13 @@ pub use window::Window;
 use window::{Sample, Ticks};
 
 /// Histogram buckets for client-observed request latency, in seconds (each
-/// an inclusive upper bound; a last `+Inf` bucket catches the rest).
-pub const LATENCY_BUCKETS: [f64; 15] = [
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+/// an inclusive upper bound; a last `+Inf` bucket catches the rest). Dense
+/// from 100 ms to 2.5 s, where latency thresholds of `p99_latency` guards
+/// and SLOs sit: a quantile is interpolated inside a bucket, and reads
+/// exactly only on a bound.
+pub const LATENCY_BUCKETS: [f64; 20] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5,
+    2.5, 5.0, 10.0, 30.0,
 ];
 
 /// Latency counts per bucket: one per bound, and `+Inf`.
