@@ -18,6 +18,7 @@ use http::Method;
 use serde::de::DeserializeOwned;
 
 use crate::admin::api;
+use crate::fetch;
 pub use client::{Answer, Client, Failure, Target};
 
 /// The API answered an error.
@@ -153,7 +154,7 @@ async fn dispatch(command: Command, client: &Client, json: bool) -> Result<(), S
                 let duration = humantime::format_duration(d).to_string();
                 serde_json::json!({ "duration": duration }).to_string()
             });
-            let path = format!("/faults/{}", segment(&scenario));
+            let path = format!("/faults/{}", fetch::encode(&scenario));
             let (answer, raw) =
                 call::<api::ActivateAnswer>(client, Method::POST, &path, body).await?;
             print(json, &raw, || render::triggered(&answer))
@@ -164,7 +165,7 @@ async fn dispatch(command: Command, client: &Client, json: bool) -> Result<(), S
             print(json, &raw, || render::halted(&answer))
         }
         Command::Lift { scenario, .. } => {
-            let path = format!("/faults/{}", segment(&scenario.unwrap_or_default()));
+            let path = format!("/faults/{}", fetch::encode(&scenario.unwrap_or_default()));
             let (answer, raw) =
                 call::<api::LiftAnswer>(client, Method::DELETE, &path, None).await?;
             print(json, &raw, || render::lifted(&answer))
@@ -202,7 +203,7 @@ async fn report(client: &Client, id: Option<String>, json: bool) -> Result<(), S
             }
         }
     };
-    let path = format!("/reports/{}", segment(&id));
+    let path = format!("/reports/{}", fetch::encode(&id));
     let accept = if json {
         "application/json"
     } else {
@@ -314,19 +315,6 @@ pub fn api_error(answer: &Answer, client: Option<&Client>) -> String {
     text
 }
 
-/// A path segment with everything but unreserved characters escaped.
-fn segment(name: &str) -> String {
-    let mut out = String::new();
-    for byte in name.bytes() {
-        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
-            out.push(byte as char);
-        } else {
-            out += &format!("%{byte:02X}");
-        }
-    }
-    out
-}
-
 /// At most 200 characters of an answer, for a message.
 fn clip(text: &str) -> String {
     let text = text.trim();
@@ -344,13 +332,6 @@ fn colour() -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn names_in_a_path_are_escaped_but_plan_names_stay_readable() {
-        assert_eq!(segment("pangyo-fire_2.x~"), "pangyo-fire_2.x~");
-        assert_eq!(segment("a/b c?"), "a%2Fb%20c%3F");
-        assert_eq!(segment("판교"), "%ED%8C%90%EA%B5%90");
-    }
 
     #[test]
     fn an_error_that_is_not_the_apis_json_is_shown_with_its_status() {
