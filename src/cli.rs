@@ -15,7 +15,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use http::Method;
+use indexmap::IndexMap;
 use serde::de::DeserializeOwned;
+use serde_json::value::RawValue;
 
 use crate::admin::api;
 use crate::fetch;
@@ -176,10 +178,16 @@ async fn dispatch(command: Command, client: &Client, json: bool) -> Result<(), S
         }
         Command::Watch { .. } => watch::run(client, json, colour()).await,
         Command::Events { limit, .. } => {
-            let (mut list, _) =
+            let (mut list, mut raw) =
                 call::<api::EventList>(client, Method::GET, "/events", None).await?;
-            list.events.truncate(limit.unwrap_or(usize::MAX));
-            let raw = serde_json::to_string(&list).unwrap_or_default();
+            if let Some(limit) = limit {
+                list.events.truncate(limit);
+                if json {
+                    raw = first_events(&raw, limit).map_err(|e| {
+                        Stop::Message(format!("cannot cut the API's events to --limit: {e}"))
+                    })?;
+                }
+            }
             print(json, &raw, || render::events(&list.events))
         }
         Command::Report { id, .. } => report(client, id, json).await,
@@ -241,6 +249,19 @@ pub(crate) async fn call<T: DeserializeOwned>(
         ))
     })?;
     Ok((value, answer.text()))
+}
+
+/// The API's `/events` answer with its `events` array cut to the first
+/// `limit`; every other field, and each event as the API wrote it, stay
+/// as they came, known to this version of the command line or not.
+fn first_events(raw: &str, limit: usize) -> Result<String, serde_json::Error> {
+    let mut answer: IndexMap<String, Box<RawValue>> = serde_json::from_str(raw)?;
+    if let Some(events) = answer.get_mut("events") {
+        let mut list: Vec<Box<RawValue>> = serde_json::from_str(events.get())?;
+        list.truncate(limit);
+        *events = serde_json::value::to_raw_value(&list)?;
+    }
+    serde_json::to_string(&answer)
 }
 
 /// Prints the API's JSON as it came, or the text `render` makes.
@@ -332,6 +353,17 @@ fn colour() -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn events_cut_to_a_limit_keep_the_apis_own_json() {
+        let raw = r#"{"events":[{"scenario":"b","later":{"x":1},"time":2},{"scenario":"a","time":1}],"next":"c"}"#;
+        assert_eq!(
+            first_events(raw, 1).unwrap(),
+            r#"{"events":[{"scenario":"b","later":{"x":1},"time":2}],"next":"c"}"#
+        );
+        assert_eq!(first_events(raw, 5).unwrap(), raw);
+        assert_eq!(first_events(raw, 0).unwrap(), r#"{"events":[],"next":"c"}"#);
+    }
 
     #[test]
     fn an_error_that_is_not_the_apis_json_is_shown_with_its_status() {
