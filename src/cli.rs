@@ -15,9 +15,12 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use http::Method;
+use indexmap::IndexMap;
 use serde::de::DeserializeOwned;
+use serde_json::value::RawValue;
 
 use crate::admin::api;
+use crate::fetch;
 pub use client::{Answer, Client, Failure, Target};
 
 /// The API answered an error.
@@ -153,7 +156,7 @@ async fn dispatch(command: Command, client: &Client, json: bool) -> Result<(), S
                 let duration = humantime::format_duration(d).to_string();
                 serde_json::json!({ "duration": duration }).to_string()
             });
-            let path = format!("/faults/{}", segment(&scenario));
+            let path = format!("/faults/{}", fetch::encode(&scenario));
             let (answer, raw) =
                 call::<api::ActivateAnswer>(client, Method::POST, &path, body).await?;
             print(json, &raw, || render::triggered(&answer))
@@ -164,7 +167,7 @@ async fn dispatch(command: Command, client: &Client, json: bool) -> Result<(), S
             print(json, &raw, || render::halted(&answer))
         }
         Command::Lift { scenario, .. } => {
-            let path = format!("/faults/{}", segment(&scenario.unwrap_or_default()));
+            let path = format!("/faults/{}", fetch::encode(&scenario.unwrap_or_default()));
             let (answer, raw) =
                 call::<api::LiftAnswer>(client, Method::DELETE, &path, None).await?;
             print(json, &raw, || render::lifted(&answer))
@@ -175,10 +178,16 @@ async fn dispatch(command: Command, client: &Client, json: bool) -> Result<(), S
         }
         Command::Watch { .. } => watch::run(client, json, colour()).await,
         Command::Events { limit, .. } => {
-            let (mut list, _) =
+            let (mut list, mut raw) =
                 call::<api::EventList>(client, Method::GET, "/events", None).await?;
-            list.events.truncate(limit.unwrap_or(usize::MAX));
-            let raw = serde_json::to_string(&list).unwrap_or_default();
+            if let Some(limit) = limit {
+                list.events.truncate(limit);
+                if json {
+                    raw = first_events(&raw, limit).map_err(|e| {
+                        Stop::Message(format!("cannot cut the API's events to --limit: {e}"))
+                    })?;
+                }
+            }
             print(json, &raw, || render::events(&list.events))
         }
         Command::Report { id, .. } => report(client, id, json).await,
@@ -202,7 +211,7 @@ async fn report(client: &Client, id: Option<String>, json: bool) -> Result<(), S
             }
         }
     };
-    let path = format!("/reports/{}", segment(&id));
+    let path = format!("/reports/{}", fetch::encode(&id));
     let accept = if json {
         "application/json"
     } else {
@@ -240,6 +249,19 @@ pub(crate) async fn call<T: DeserializeOwned>(
         ))
     })?;
     Ok((value, answer.text()))
+}
+
+/// The API's `/events` answer with its `events` array cut to the first
+/// `limit`; every other field, and each event as the API wrote it, stay
+/// as they came, known to this version of the command line or not.
+fn first_events(raw: &str, limit: usize) -> Result<String, serde_json::Error> {
+    let mut answer: IndexMap<String, Box<RawValue>> = serde_json::from_str(raw)?;
+    if let Some(events) = answer.get_mut("events") {
+        let mut list: Vec<Box<RawValue>> = serde_json::from_str(events.get())?;
+        list.truncate(limit);
+        *events = serde_json::value::to_raw_value(&list)?;
+    }
+    serde_json::to_string(&answer)
 }
 
 /// Prints the API's JSON as it came, or the text `render` makes.
@@ -314,19 +336,6 @@ pub fn api_error(answer: &Answer, client: Option<&Client>) -> String {
     text
 }
 
-/// A path segment with everything but unreserved characters escaped.
-fn segment(name: &str) -> String {
-    let mut out = String::new();
-    for byte in name.bytes() {
-        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
-            out.push(byte as char);
-        } else {
-            out += &format!("%{byte:02X}");
-        }
-    }
-    out
-}
-
 /// At most 200 characters of an answer, for a message.
 fn clip(text: &str) -> String {
     let text = text.trim();
@@ -346,10 +355,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn names_in_a_path_are_escaped_but_plan_names_stay_readable() {
-        assert_eq!(segment("pangyo-fire_2.x~"), "pangyo-fire_2.x~");
-        assert_eq!(segment("a/b c?"), "a%2Fb%20c%3F");
-        assert_eq!(segment("판교"), "%ED%8C%90%EA%B5%90");
+    fn events_cut_to_a_limit_keep_the_apis_own_json() {
+        let raw = r#"{"events":[{"scenario":"b","later":{"x":1},"time":2},{"scenario":"a","time":1}],"next":"c"}"#;
+        assert_eq!(
+            first_events(raw, 1).unwrap(),
+            r#"{"events":[{"scenario":"b","later":{"x":1},"time":2}],"next":"c"}"#
+        );
+        assert_eq!(first_events(raw, 5).unwrap(), raw);
+        assert_eq!(first_events(raw, 0).unwrap(), r#"{"events":[],"next":"c"}"#);
     }
 
     #[test]

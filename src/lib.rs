@@ -8,7 +8,9 @@
 //!   tokio, no sockets, no threads.
 //! - [`live`] holds the active rule snapshot the data plane reads, and
 //!   wakes open connections when it changes.
-//! - [`tls`] reads PEM files into data and builds rustls configurations.
+//! - [`tls`] reads PEM files into data and builds rustls configurations;
+//!   [`fetch`] is the one HTTP/1.1 exchange firedrill's own clients make
+//!   (a guard's Prometheus query, the command line's API calls).
 //! - [`listen`] is the one accept loop every listener runs (services, admin
 //!   API, demo upstreams), and the idle timeout of HTTP connections.
 //! - [`body`] is the one wrapper of every body firedrill wraps: byte
@@ -44,14 +46,15 @@
 //!   upstream answers.
 //! - [`cli`] is the command line's client of a running firedrill's admin
 //!   API (`trigger`, `lift`, `status`, `watch`, `events`, `report`); it
-//!   uses only [`admin::api`]'s types and [`tls`].
+//!   uses only [`admin::api`]'s types, [`tls`] and [`fetch`].
 //!
 //! Layers, each using only those below it: `admin` → `status` (which
 //! writes `admin::api`'s shapes) → `control`, `guard`, `report` →
 //! `proxy`, `engine`, `model` → `stats`, `metrics`, `shutdown`, `workers`
-//! → `live`, `listen`, `body`, `tls` → `fault`, `topology`, `config`. `running`
-//! wires them: [`start`] binds every listener of a plan and returns a
-//! [`Running`] proxy, whose [`Control`] reloads the plan.
+//! → `live`, `listen`, `body`, `tls`, `fetch` → `fault`, `topology`,
+//! `config`. `running` wires them: [`start`] binds every listener of a
+//! plan and returns a [`Running`] proxy, whose [`Control`] reloads the
+//! plan.
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -62,6 +65,7 @@ pub mod control;
 pub mod demo;
 pub mod engine;
 pub mod fault;
+pub mod fetch;
 pub mod guard;
 pub mod listen;
 pub mod live;

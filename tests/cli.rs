@@ -4,12 +4,11 @@
 //! an API error, 2 for a usage mistake and 3 when nothing answers.
 
 mod support;
+use support::cli::{cli, code, http_admin};
 use support::*;
 
 #[path = "cli/pki.rs"]
 mod pki;
-
-use std::process::Command;
 
 use firedrill::admin::api;
 use firedrill::Running;
@@ -31,32 +30,6 @@ async fn drill(admin: &str) -> Running {
         )
         .start()
         .await
-}
-
-/// Runs `firedrill ARGS` with `FIREDRILL_ADMIN=admin` and `token` as
-/// `FIREDRILL_TOKEN`, off the test's runtime so firedrill keeps serving.
-async fn cli(admin: &str, token: Option<&str>, args: &[&str]) -> Ran {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_firedrill"));
-    command
-        .args(args)
-        .env("FIREDRILL_ADMIN", admin)
-        .env_remove("FIREDRILL_TOKEN")
-        .env("RUST_LOG", "warn");
-    if let Some(token) = token {
-        command.env("FIREDRILL_TOKEN", token);
-    }
-    let ran = tokio::task::spawn_blocking(move || run_captured(&mut command, STEP));
-    ran.await.expect("the command ran")
-}
-
-/// Its exit code; the test fails if it hung.
-fn code(ran: &Ran) -> i32 {
-    let status = ran.status.unwrap_or_else(|| panic!("hung: {ran:?}"));
-    status.code().unwrap_or_else(|| panic!("killed: {ran:?}"))
-}
-
-fn http_admin(running: &Running) -> String {
-    format!("http://{}", running.admin_addr())
 }
 
 async fn talk_status(running: &Running) -> StatusCode {
@@ -141,6 +114,18 @@ async fn json_prints_the_apis_own_answers() {
     let events: api::EventList = serde_json::from_str(&ran.stdout).expect("JSON");
     assert_eq!(events.events.len(), 1, "{}", ran.stdout);
     assert_eq!(events.events[0].scenario, "ansan-slow");
+    // The API's own answer, every field of it, only its list cut.
+    let (_, mut expected) = admin_call(&running, Method::GET, "/events").await;
+    let cut: serde_json::Value = serde_json::from_str(&ran.stdout).expect("JSON");
+    expected["events"]
+        .as_array_mut()
+        .expect("a list")
+        .truncate(1);
+    assert_eq!(cut, expected);
+    let ran = cli(&admin, None, &["events", "--json"]).await;
+    let (_, whole) = admin_call(&running, Method::GET, "/events").await;
+    let all: serde_json::Value = serde_json::from_str(&ran.stdout).expect("JSON");
+    assert_eq!(all, whole);
 
     let ran = cli(&admin, None, &["lift", "--all", "--json"]).await;
     assert_eq!(code(&ran), 0, "{ran:?}");

@@ -4,33 +4,17 @@
 //! 404 for an id it does not keep.
 
 mod support;
+use support::cli::{code, http_admin};
 use support::*;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use firedrill::Running;
 use http::Method;
 
-/// Runs `firedrill ARGS` against `running` to its end, off the test's
-/// runtime so firedrill keeps serving.
+/// Runs `firedrill ARGS` against `running` to its end, with no token.
 async fn cli(running: &Running, args: &[&str]) -> Ran {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_firedrill"));
-    command
-        .args(args)
-        .env(
-            "FIREDRILL_ADMIN",
-            format!("http://{}", running.admin_addr()),
-        )
-        .env_remove("FIREDRILL_TOKEN")
-        .env("RUST_LOG", "warn");
-    let ran = tokio::task::spawn_blocking(move || run_captured(&mut command, STEP));
-    ran.await.expect("the command ran")
-}
-
-fn code(ran: &Ran) -> i32 {
-    let status = ran.status.unwrap_or_else(|| panic!("hung: {ran:?}"));
-    status.code().unwrap_or_else(|| panic!("killed: {ran:?}"))
+    support::cli::cli(&http_admin(running), None, args).await
 }
 
 #[tokio::test]

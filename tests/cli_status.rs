@@ -6,6 +6,8 @@
 
 mod support;
 use gameday::Traffic;
+use support::cli::http_admin;
+use support::status::state_of;
 use support::*;
 
 #[path = "support/gameday.rs"]
@@ -20,24 +22,13 @@ use firedrill::Running;
 
 /// `firedrill ARGS` against `running`'s admin API, with no token.
 fn firedrill(running: &Running, args: &[&str]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_firedrill"));
-    command
-        .args(args)
-        .env(
-            "FIREDRILL_ADMIN",
-            format!("http://{}", running.admin_addr()),
-        )
-        .env_remove("FIREDRILL_TOKEN")
-        .env("RUST_LOG", "warn");
-    command
+    support::cli::command(&http_admin(running), None, args)
 }
 
 /// Runs `firedrill ARGS` to its end off the test's runtime; asserts it
 /// exits 0 and returns its stdout.
 async fn succeed(running: &Running, args: &[&str]) -> String {
-    let mut command = firedrill(running, args);
-    let ran = tokio::task::spawn_blocking(move || run_captured(&mut command, STEP));
-    let ran = ran.await.expect("the command ran");
+    let ran = support::cli::cli(&http_admin(running), None, args).await;
     assert!(ran.succeeded(), "firedrill {args:?}: {ran:?}");
     ran.stdout
 }
@@ -63,11 +54,6 @@ async fn status_until(
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-fn state_of<'s>(status: &'s api::Status, datacenter: &str) -> &'s str {
-    let dc = status.datacenters.iter().find(|dc| dc.name == datacenter);
-    &dc.unwrap_or_else(|| panic!("no {datacenter}")).state
 }
 
 /// The table's line for `name` (a data center, or `  name (http)`).

@@ -5,6 +5,7 @@
 
 mod support;
 use gameday::Traffic;
+use support::status::state_of;
 use support::*;
 
 #[path = "support/gameday.rs"]
@@ -56,11 +57,6 @@ async fn wait_for(
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-fn state_of<'s>(status: &'s api::Status, datacenter: &str) -> &'s str {
-    let dc = status.datacenters.iter().find(|dc| dc.name == datacenter);
-    &dc.unwrap_or_else(|| panic!("no {datacenter}")).state
 }
 
 #[tokio::test]

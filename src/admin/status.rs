@@ -27,7 +27,7 @@ pub(super) async fn snapshot(state: &AdminState) -> api::Status {
         state.control.stats(),
         status::WINDOW,
         |fault| api::ServiceFault {
-            action: super::action(fault),
+            action: super::view::action(fault),
             scenario: fault.scenario.to_string(),
             index: fault.index,
         },

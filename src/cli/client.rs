@@ -10,15 +10,14 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, StatusCode, Uri};
-use http_body_util::{BodyExt, Full, Limited};
-use hyper_util::rt::TokioIo;
+use http_body_util::Full;
 use rustls::pki_types::ServerName;
 use rustls::ClientConfig;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use crate::admin::api;
-use crate::tls;
+use crate::{fetch, tls};
 
 /// The largest answer read: a report with many services stays far below.
 const MAX_ANSWER: usize = 16 << 20;
@@ -229,24 +228,21 @@ impl Client {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| self.unreachable(&e.to_string()))?;
-        tokio::spawn(connection);
-        let response = sender.send_request(request).await.map_err(|e| {
-            let hint = if self.scheme_tls.is_none() {
-                " (if its admin API speaks TLS, use an https:// URL)"
-            } else {
-                ""
-            };
-            self.unreachable(&format!("{e}{hint}"))
-        })?;
-        let status = response.status();
-        let body = Limited::new(response.into_body(), MAX_ANSWER)
-            .collect()
-            .await
-            .map_err(|e| self.unreachable(&format!("reading its answer: {e}")))?
-            .to_bytes();
+        let (status, body) =
+            fetch::exchange(stream, request, MAX_ANSWER)
+                .await
+                .map_err(|error| match error {
+                    fetch::Error::Handshake(e) => self.unreachable(&e.to_string()),
+                    fetch::Error::Send(e) => {
+                        let hint = if self.scheme_tls.is_none() {
+                            " (if its admin API speaks TLS, use an https:// URL)"
+                        } else {
+                            ""
+                        };
+                        self.unreachable(&format!("{e}{hint}"))
+                    }
+                    fetch::Error::Read(e) => self.unreachable(&format!("reading its answer: {e}")),
+                })?;
         Ok(Answer { status, body })
     }
 

@@ -3,18 +3,19 @@
 //! fresh connection within a short timeout. Only the guard task calls it,
 //! never the data plane.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, Request, Uri};
-use http_body_util::{BodyExt, Empty, Limited};
-use hyper_util::rt::TokioIo;
+use http_body_util::Empty;
 use rustls::pki_types::ServerName;
 use rustls::ClientConfig;
 use serde::Deserialize;
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+use tokio::sync::OnceCell;
+
+use crate::fetch;
 
 /// The most of an answer read: an instant query a guard compares with a
 /// threshold has a few samples, not megabytes.
@@ -23,7 +24,7 @@ const MOST: usize = 1 << 20;
 /// The values of every sample the query returns now (NaN ones left out);
 /// an error says what failed, for a person.
 pub(super) async fn query(url: &Uri, promql: &str, limit: Duration) -> Result<Vec<f64>, String> {
-    match tokio::time::timeout(limit, fetch(url, promql)).await {
+    match tokio::time::timeout(limit, ask(url, promql)).await {
         Ok(answer) => answer,
         Err(_) => Err(format!(
             "no answer within {}",
@@ -32,7 +33,7 @@ pub(super) async fn query(url: &Uri, promql: &str, limit: Duration) -> Result<Ve
     }
 }
 
-async fn fetch(url: &Uri, promql: &str) -> Result<Vec<f64>, String> {
+async fn ask(url: &Uri, promql: &str) -> Result<Vec<f64>, String> {
     let host = url.host().unwrap_or_default();
     let https = url.scheme_str() == Some("https");
     let port = url.port_u16().unwrap_or(if https { 443 } else { 80 });
@@ -43,59 +44,43 @@ async fn fetch(url: &Uri, promql: &str) -> Result<Vec<f64>, String> {
         .map_err(|e| format!("cannot connect: {e}"))?;
     let _ = stream.set_nodelay(true);
     let base = url.path().trim_end_matches('/');
-    let target = format!("{base}/api/v1/query?query={}", encode(promql));
+    let target = format!("{base}/api/v1/query?query={}", fetch::encode(promql));
     let authority = url.authority().map_or(host, |a| a.as_str()).to_owned();
     let request = Request::get(target)
         .header(header::HOST, authority)
         .header(header::ACCEPT, "application/json")
         .body(Empty::<Bytes>::new())
         .map_err(|e| format!("cannot build the request: {e}"))?;
-    let (status, body) = if https {
+    let answer = if https {
         let name = ServerName::try_from(bare.to_owned())
             .map_err(|e| format!("`{bare}` is not a TLS server name: {e}"))?;
-        let tls = tokio_rustls::TlsConnector::from(client_config()?)
+        let tls = tokio_rustls::TlsConnector::from(client_config().await?)
             .connect(name, stream)
             .await
             .map_err(|e| format!("TLS handshake failed: {e}"))?;
-        send(tls, request).await?
+        fetch::exchange(tls, request, MOST).await
     } else {
-        send(stream, request).await?
+        fetch::exchange(stream, request, MOST).await
     };
-    values(status, &body)
+    let (status, body) = answer.map_err(|e| e.to_string())?;
+    values(status.as_u16(), &body)
 }
 
-/// Sends `request` on a new HTTP/1.1 connection over `io`; the status and
-/// the body, at most [`MOST`] bytes.
-async fn send<T>(io: T, request: Request<Empty<Bytes>>) -> Result<(u16, Bytes), String>
-where
-    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(io))
-        .await
-        .map_err(|e| format!("HTTP handshake failed: {e}"))?;
-    // Ends when the answer is read and the sender dropped.
-    tokio::spawn(connection);
-    let response = sender
-        .send_request(request)
-        .await
-        .map_err(|e| format!("request failed: {e}"))?;
-    let status = response.status().as_u16();
-    let body = Limited::new(response.into_body(), MOST)
-        .collect()
-        .await
-        .map_err(|e| format!("cannot read the answer: {e}"))?
-        .to_bytes();
-    Ok((status, body))
-}
-
-fn client_config() -> Result<Arc<ClientConfig>, String> {
-    static CONFIG: OnceLock<Result<Arc<ClientConfig>, String>> = OnceLock::new();
-    CONFIG
-        .get_or_init(|| {
-            crate::tls::client_config(crate::tls::system_roots(), &[b"http/1.1"])
-                .map_err(|e| e.to_string())
-        })
-        .clone()
+/// The TLS client configuration for https, built once. Reading the
+/// system's CA files is blocking file I/O, so it runs off the runtime's
+/// threads; a failure is not kept, the next query tries again.
+async fn client_config() -> Result<Arc<ClientConfig>, String> {
+    static CONFIG: OnceCell<Arc<ClientConfig>> = OnceCell::const_new();
+    let build = || async {
+        let built = tokio::task::spawn_blocking(|| {
+            crate::tls::client_config(crate::tls::system_roots(), crate::tls::ALPN_HTTP1)
+        });
+        match built.await {
+            Ok(config) => config.map_err(|e| e.to_string()),
+            Err(e) => Err(format!("cannot load the system's CA certificates: {e}")),
+        }
+    };
+    CONFIG.get_or_try_init(build).await.cloned()
 }
 
 /// The answer of `/api/v1/query`.
@@ -146,20 +131,6 @@ fn values(status: u16, body: &[u8]) -> Result<Vec<f64>, String> {
         .collect())
 }
 
-/// Percent-encodes a query string value: everything but unreserved
-/// characters.
-fn encode(text: &str) -> String {
-    let mut out = String::with_capacity(text.len() * 3);
-    for byte in text.bytes() {
-        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.' | b'~') {
-            out.push(byte as char);
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -187,14 +158,6 @@ mod tests {
         assert_eq!(
             values(502, b"Bad Gateway"),
             Err("HTTP 502 is not a Prometheus API answer: \"Bad Gateway\"".to_owned())
-        );
-    }
-
-    #[test]
-    fn the_query_is_percent_encoded() {
-        assert_eq!(
-            encode(r#"sum(rate(x{code=~"5.."}[1m])) > 1"#),
-            "sum%28rate%28x%7Bcode%3D~%225..%22%7D%5B1m%5D%29%29%20%3E%201"
         );
     }
 }

@@ -27,7 +27,9 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 use firedrill::Running;
 
+pub mod cli;
 pub mod prometheus;
+pub mod status;
 
 /// The longest any single network step may take in a test.
 pub const STEP: Duration = Duration::from_secs(10);
