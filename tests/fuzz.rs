@@ -316,12 +316,15 @@ fn path() -> impl Strategy<Value = String> {
             "/faults",
             "/events",
             "/metrics",
+            "/status",
+            "/reports",
             "/",
             "/faults/",
             "//faults",
         ])
         .prop_map(str::to_owned),
         name.clone().prop_map(|n| format!("/faults/{n}")),
+        name.clone().prop_map(|n| format!("/reports/{n}")),
         "(/([A-Za-z0-9._~!$&'()*+,;=:@-]|%[0-9A-Fa-f]{2}){0,12}){1,4}",
         (name, "[A-Za-z0-9=&%]{0,20}").prop_map(|(n, q)| format!("/faults/{n}?{q}")),
     ]
