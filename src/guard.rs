@@ -154,7 +154,7 @@ impl Watch {
             if tripped {
                 let stop = Stop {
                     guard: guard.name.to_string(),
-                    value: reading.value.unwrap_or(0.0),
+                    value: reading.value,
                     above: guard.above,
                     detail: reading.detail.clone(),
                 };

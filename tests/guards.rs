@@ -179,7 +179,7 @@ async fn an_error_ratio_guard_outside_the_scenario_lifts_it_when_others_fail() {
         started.elapsed()
     );
     assert_eq!(stop.guard, "ansan-stays-up");
-    assert!(stop.value > 0.2, "{stop:?}");
+    assert!(stop.value.is_some_and(|v| v > 0.2), "{stop:?}");
     assert_eq!(stop.above, 0.2);
     assert!(stop.detail.contains("outside the scenario"), "{stop:?}");
     let event = last_event(&running).await;
@@ -211,7 +211,7 @@ async fn a_p99_guard_lifts_a_delay_that_makes_a_service_too_slow() {
     activate(&running, "fire").await;
     let stop = wait_for_stop(&mut events, STEP).await;
     assert_eq!(stop.guard, "talk-latency");
-    assert!(stop.value > 0.2, "{stop:?}");
+    assert!(stop.value.is_some_and(|v| v > 0.2), "{stop:?}");
     assert_eq!(stop.above, 0.2);
     assert!(stop.detail.starts_with("p99 latency"), "{stop:?}");
     let event = last_event(&running).await;
@@ -260,9 +260,12 @@ async fn an_unreachable_prometheus_stops_the_drill_by_default() {
     assert_eq!(stop.guard, "slo");
     assert!(stop.detail.contains("could not be read"), "{stop:?}");
     assert!(stop.detail.contains("on_error = \"stop\""), "{stop:?}");
+    // Nothing was read: no value, not a made-up 0.
+    assert_eq!(stop.value, None, "{stop:?}");
     let event = last_event(&running).await;
     assert_eq!(event["ended"], "stopped", "{event}");
     assert_eq!(event["stopped_by"]["guard"], "slo", "{event}");
+    assert!(event["stopped_by"]["value"].is_null(), "{event}");
 }
 
 #[tokio::test]
@@ -323,7 +326,7 @@ async fn a_prometheus_guard_reads_a_real_prometheus_and_trips_on_its_query() {
     let stop = wait_for_stop(&mut events, Duration::from_secs(30)).await;
     eprintln!("reaction through prometheus: {:?}", started.elapsed());
     assert_eq!(stop.guard, "maps-5xx");
-    assert!(stop.value > 1.0, "{stop:?}");
+    assert!(stop.value.is_some_and(|v| v > 1.0), "{stop:?}");
     assert!(stop.detail.contains("sample"), "{stop:?}");
     let event = last_event(&running).await;
     assert_eq!(event["stopped_by"]["guard"], "maps-5xx", "{event}");
