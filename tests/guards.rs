@@ -76,7 +76,7 @@ async fn an_error_ratio_guard_outside_the_scenario_lifts_it_when_others_fail() {
 async fn a_p99_guard_lifts_a_delay_that_makes_a_service_too_slow() {
     let (maps, _) = switchable_upstream().await;
     let guard =
-        "name = 'talk-latency'; p99_latency = { service = 'talk' }; above = '200ms'; window = '3s'";
+        "name = 'talk-latency'; p99_latency = { service = 'talk' }; above = '250ms'; window = '3s'";
     let fault = "action = 'delay'; latency = '400ms'";
     let running = start(&plan(maps, &fault.replace("; ", "\n"), &[guard])).await;
     let load = traffic(&running, &["talk"]);
@@ -84,8 +84,8 @@ async fn a_p99_guard_lifts_a_delay_that_makes_a_service_too_slow() {
     activate(&running, "fire").await;
     let stop = wait_for_stop(&mut events, STEP).await;
     assert_eq!(stop.guard, "talk-latency");
-    assert!(stop.value.is_some_and(|v| v > 0.2), "{stop:?}");
-    assert_eq!(stop.above, 0.2);
+    assert!(stop.value.is_some_and(|v| v > 0.25), "{stop:?}");
+    assert_eq!(stop.above, 0.25);
     assert!(stop.detail.starts_with("p99 latency"), "{stop:?}");
     let event = last_event(&running).await;
     assert_eq!(event["ended"], "stopped", "{event}");
@@ -234,6 +234,35 @@ fn check_points_at_a_guard_on_an_unknown_service() {
     );
     assert!(
         ran.stderr.contains(&expected),
+        "expected {expected}\nstderr:\n{}",
+        ran.stderr
+    );
+}
+
+#[test]
+fn check_warns_at_a_p99_threshold_inside_a_latency_bucket_and_still_passes() {
+    let dir = TempDir::new("firedrill-guard-bucket");
+    let upstream: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let text = plan(
+        upstream,
+        "action = 'drop'",
+        &["name = 'g'; p99_latency = { service = 'maps' }; above = '800ms'"],
+    );
+    let path = dir.path().join("plan.toml");
+    std::fs::write(&path, &text).unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_firedrill"));
+    command.arg("check").arg(&path).stdin(Stdio::null());
+    let ran = run_captured(&mut command, Duration::from_secs(30));
+    assert_eq!(ran.status.and_then(|s| s.code()), Some(0), "{}", ran.stderr);
+    let line = text.lines().position(|l| l.contains("'800ms'")).unwrap() + 1;
+    let column = text.lines().nth(line - 1).unwrap().find("'800ms'").unwrap() + 1;
+    let expected = format!(
+        "{}:{line}:{column}: warning: scenario `fire` guard `g`: `above` 800ms falls inside the latency bucket from ",
+        path.display()
+    );
+    assert!(
+        ran.stderr.contains(&expected)
+            && ran.stderr.contains("more than 1 % of requests took longer"),
         "expected {expected}\nstderr:\n{}",
         ran.stderr
     );
