@@ -7,6 +7,8 @@
 //! plane.
 
 mod prometheus;
+#[cfg(test)]
+mod tests;
 mod verdict;
 
 pub use verdict::{Reading, State};
