@@ -7,6 +7,8 @@
 //! plane.
 
 mod prometheus;
+#[cfg(test)]
+mod tests;
 mod verdict;
 
 pub use verdict::{Reading, State};
@@ -20,7 +22,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Guard, Measure, Scope};
 use crate::engine::{Activation, Engine, Stop};
-use crate::fault::Scenario;
 use crate::log_limit::LogLimit;
 use crate::stats::{ServiceStats, Stats, Window};
 use verdict::{judge, Read};
@@ -39,9 +40,38 @@ const WARN_EVERY: Duration = Duration::from_secs(30);
 /// activation id. Cheap to clone; clones share the readings.
 #[derive(Debug, Clone, Default)]
 pub struct Guards {
-    // A std mutex: held only to copy a reading in or out, never across an
-    // await, and never by the data plane.
-    readings: Arc<Mutex<HashMap<u64, Vec<Reading>>>>,
+    // A std mutex: held only to copy a reading in or out, or to judge one
+    // and stop its activation, never across an await, and never by the
+    // data plane. Lock order: this lock, then the engine's (the engine
+    // never calls back into guards).
+    watched: Arc<Mutex<HashMap<u64, Watched>>>,
+}
+
+/// The guards of one activation between evaluations.
+#[derive(Debug)]
+struct Watched {
+    /// Which set of tasks owns the slots: a reload that gives the
+    /// activation new guards starts tasks of a new generation, and one of
+    /// an older generation may neither record nor stop.
+    generation: u64,
+    slots: Vec<Slot>,
+}
+
+/// One guard between evaluations.
+#[derive(Debug, Clone)]
+struct Slot {
+    reading: Reading,
+    /// When its condition began to hold, for `for` (see [`judge`]).
+    since: Option<Instant>,
+}
+
+impl Slot {
+    fn first(guard: &Guard) -> Slot {
+        Slot {
+            reading: Reading::first(guard),
+            since: None,
+        }
+    }
 }
 
 impl Guards {
@@ -49,31 +79,39 @@ impl Guards {
     /// not evaluated yet read as `ok` without a value.
     pub fn readings(&self, activation: &Activation) -> Vec<Reading> {
         let guards = &activation.scenario.stop_when;
-        let readings = self.lock();
-        match readings.get(&activation.id) {
-            Some(found) if found.len() == guards.len() => found.clone(),
+        let watched = self.lock();
+        let slots = watched.get(&activation.id).map(|w| &w.slots);
+        match slots {
+            // Not another set of guards that a reload has just replaced.
+            Some(found)
+                if found.len() == guards.len()
+                    && found
+                        .iter()
+                        .zip(guards)
+                        .all(|(s, g)| s.reading.name == g.name) =>
+            {
+                found.iter().map(|s| s.reading.clone()).collect()
+            }
             _ => guards.iter().map(Reading::first).collect(),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Vec<Reading>>> {
-        self.readings.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn record(&self, id: u64, index: usize, reading: Reading) {
-        if let Some(slot) = self.lock().get_mut(&id).and_then(|r| r.get_mut(index)) {
-            *slot = reading;
-        }
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Watched>> {
+        self.watched.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Watches the guards of every activation until `shutdown`: starts a
     /// task per guard when an activation begins (or a reload gives its
-    /// scenario new guards) and ends them when it ends.
+    /// scenario new guards) and ends them when it ends. A reload keeps
+    /// what an unchanged guard has read, and how long its condition has
+    /// held, so reloading often cannot keep a guard with `for` from
+    /// tripping.
     pub async fn run(self, engine: Engine, stats: Stats, shutdown: CancellationToken) {
         let mut events = engine.subscribe();
         let mut every = tokio::time::interval(EVERY);
         every.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut watching: HashMap<u64, (Arc<Scenario>, CancellationToken)> = HashMap::new();
+        let mut watching: HashMap<u64, (Activation, CancellationToken)> = HashMap::new();
+        let mut generation = 0;
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => break,
@@ -86,23 +124,45 @@ impl Guards {
                 }
             }
             let active = engine.active();
-            watching.retain(|id, (scenario, token)| {
-                let current = active.iter().find(|a| a.id == *id);
-                let kept = current.is_some_and(|a| Arc::ptr_eq(&a.scenario, scenario));
+            watching.retain(|id, (_, token)| {
+                let kept = active.iter().any(|a| a.id == *id);
                 if !kept {
-                    token.cancel();
                     self.lock().remove(id);
+                    token.cancel();
                 }
                 kept
             });
             for activation in &active {
+                let previous = watching.remove(&activation.id);
                 let guards = &activation.scenario.stop_when;
-                if guards.is_empty() || watching.contains_key(&activation.id) {
-                    continue;
+                match &previous {
+                    // A reload gives every activation a new scenario, with
+                    // the same guards or not.
+                    Some((old, _)) if Arc::ptr_eq(&old.scenario, &activation.scenario) => {
+                        watching.extend(previous.map(|p| (activation.id, p)));
+                        continue;
+                    }
+                    None if guards.is_empty() => continue,
+                    _ => {}
+                }
+                generation += 1;
+                {
+                    let mut watched = self.lock();
+                    let carried = watched.remove(&activation.id).map(|w| w.slots);
+                    let slots = (guards.iter())
+                        .map(|guard| {
+                            let old = previous.as_ref().map(|(old, _)| old);
+                            unchanged(old, activation, guard)
+                                .and_then(|index| carried.as_ref()?.get(index).cloned())
+                                .unwrap_or_else(|| Slot::first(guard))
+                        })
+                        .collect();
+                    watched.insert(activation.id, Watched { generation, slots });
+                }
+                if let Some((_, token)) = previous {
+                    token.cancel();
                 }
                 let token = shutdown.child_token();
-                let first = guards.iter().map(Reading::first).collect();
-                self.lock().insert(activation.id, first);
                 for index in 0..guards.len() {
                     let watch = Watch {
                         guards: self.clone(),
@@ -110,18 +170,48 @@ impl Guards {
                         stats: stats.clone(),
                         activation: activation.clone(),
                         index,
+                        generation,
                         failures: LogLimit::new(WARN_EVERY),
                     };
                     tokio::spawn(watch.run(token.clone()));
                 }
-                let scenario = Arc::clone(&activation.scenario);
-                watching.insert(activation.id, (scenario, token));
+                watching.insert(activation.id, (activation.clone(), token));
             }
         }
         for (_, (_, token)) in watching {
             token.cancel();
         }
     }
+}
+
+/// Where `guard` of the reloaded `activation` was among the guards of
+/// `old`, if it measures the same thing there: the same definition and,
+/// for `outside = true`, the same services outside the scenario.
+fn unchanged(old: Option<&Activation>, activation: &Activation, guard: &Guard) -> Option<usize> {
+    let old = old?;
+    let index = (old.scenario.stop_when.iter()).position(|g| g.name == guard.name)?;
+    let same = old.scenario.stop_when[index] == *guard
+        && match &guard.measure {
+            Measure::ErrorRatio { scope, .. } | Measure::P99Latency { scope, .. } => {
+                *scope != Scope::Outside || inside(old) == inside(activation)
+            }
+            Measure::Prometheus { .. } => true,
+        };
+    same.then_some(index)
+}
+
+/// The services (name, data center) some fault of the activation's
+/// scenario selects, sorted.
+fn inside(activation: &Activation) -> Vec<(&str, &str)> {
+    let services = &activation.plan.topology.services;
+    let mut inside: Vec<(&str, &str)> = (activation.scenario.faults.iter())
+        .flat_map(|fault| fault.targets.iter())
+        .filter_map(|id| services.get(id.index()))
+        .map(|s| (&*s.name, &*s.datacenter))
+        .collect();
+    inside.sort_unstable();
+    inside.dedup();
+    inside
 }
 
 /// One guard of one activation, evaluated every [`EVERY`] until it trips
@@ -132,6 +222,8 @@ struct Watch {
     stats: Stats,
     activation: Activation,
     index: usize,
+    /// The generation of [`Watched`] this task belongs to.
+    generation: u64,
     failures: LogLimit,
 }
 
@@ -140,7 +232,6 @@ impl Watch {
         let guard = &self.activation.scenario.stop_when[self.index];
         let mut every = tokio::time::interval(EVERY);
         every.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut since = None;
         loop {
             let read = tokio::select! {
                 () = cancel.cancelled() => return,
@@ -149,21 +240,29 @@ impl Watch {
                     self.read(guard).await
                 } => read,
             };
-            let reading = judge(guard, read, &mut since, Instant::now());
-            let tripped = reading.state == State::Tripped;
-            if tripped {
+            // Judged, recorded and acted on under the lock, and only while
+            // this task's generation owns the slot: a reload may have
+            // swapped in new guards during the read.
+            let mut watched = self.guards.lock();
+            let slot = (watched.get_mut(&self.activation.id))
+                .filter(|w| w.generation == self.generation)
+                .and_then(|w| w.slots.get_mut(self.index));
+            let Some(slot) = slot else {
+                return;
+            };
+            let reading = judge(guard, read, &mut slot.since, Instant::now());
+            slot.reading = reading.clone();
+            if reading.state == State::Tripped {
                 let stop = Stop {
                     guard: guard.name.to_string(),
-                    value: reading.value.unwrap_or(0.0),
+                    value: reading.value,
                     above: guard.above,
-                    detail: reading.detail.clone(),
+                    detail: reading.detail,
                 };
-                self.guards.record(self.activation.id, self.index, reading);
                 // `None`: it ended meanwhile; nothing is left to stop.
                 self.engine.stop(self.activation.id, stop);
                 return;
             }
-            self.guards.record(self.activation.id, self.index, reading);
         }
     }
 
@@ -242,13 +341,7 @@ impl Watch {
     fn window(&self, scope: &Scope, over: Duration) -> (Window, String) {
         match scope {
             Scope::Outside => {
-                let plan = &self.activation.plan;
-                let services = &plan.topology.services;
-                let inside: Vec<(&str, &str)> = (self.activation.scenario.faults.iter())
-                    .flat_map(|fault| fault.targets.iter())
-                    .filter_map(|id| services.get(id.index()))
-                    .map(|s| (&*s.name, &*s.datacenter))
-                    .collect();
+                let inside = inside(&self.activation);
                 let outside = |s: &Arc<ServiceStats>| !inside.contains(&(s.name(), s.datacenter()));
                 let window = self.stats.window_of(over, outside);
                 (window, "the services outside the scenario".to_owned())

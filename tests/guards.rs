@@ -10,147 +10,20 @@
 mod support;
 use support::*;
 
-use std::convert::Infallible;
+#[path = "support/guards.rs"]
+mod drill;
+use drill::*;
+
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
-
-use std::sync::atomic::{AtomicU16, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use support::prometheus::Prometheus;
 
-use bytes::Bytes;
 use firedrill::engine::Happened;
-use firedrill::Running;
-use http::{Method, Request, Response, StatusCode};
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
-use serde_json::Value;
-use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
+use http::StatusCode;
 
 const STOPS: &str = "firedrill_scenario_stops_total";
-
-/// An HTTP upstream answering every request with the status it is set to.
-async fn switchable_upstream() -> (SocketAddr, Arc<AtomicU16>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let status = Arc::new(AtomicU16::new(200));
-    let shared = Arc::clone(&status);
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let status = Arc::clone(&shared);
-            tokio::spawn(async move {
-                let service = service_fn(move |_: Request<Incoming>| {
-                    let code = status.load(Ordering::Relaxed);
-                    async move {
-                        let mut response = Response::new(Full::new(Bytes::from_static(b"hi\n")));
-                        *response.status_mut() = StatusCode::from_u16(code).unwrap();
-                        Ok::<_, Infallible>(response)
-                    }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
-    (addr, status)
-}
-
-/// Requests to each of `services` in turn, every 10 ms, until aborted;
-/// each bounded, so a dropped or held request does not stall the rest.
-fn traffic(running: &Running, services: &[&str]) -> JoinHandle<()> {
-    let urls: Vec<String> = services.iter().map(|s| url(running, s, "/")).collect();
-    tokio::spawn(async move {
-        let client = client();
-        loop {
-            for url in &urls {
-                let request = send(&client, Method::GET, url, "");
-                let _ = tokio::time::timeout(Duration::from_secs(1), request).await;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-}
-
-/// Two data centers: `talk` in pangyo in front of a healthy upstream,
-/// `maps` in ansan in front of `maps`, and scenario `fire` with `fault`
-/// on talk and the given `stop_when` tables (each as its lines).
-fn plan(maps: SocketAddr, fault: &str, guards: &[&str]) -> String {
-    let mut text = PlanText::new(&["pangyo", "ansan"])
-        .http("maps", "ansan", maps)
-        .toml()
-        .to_owned();
-    text += &format!("\n[services.talk]\ndatacenter = 'pangyo'\nprotocol = 'http'\nlisten = '127.0.0.1:0'\nupstream = '{maps}'\n");
-    text += &format!("\n[scenarios.fire]\n[[scenarios.fire.faults]]\nservice = 'talk'\n{fault}\n");
-    for guard in guards {
-        text += "\n[[scenarios.fire.stop_when]]\n";
-        for line in guard.split("; ") {
-            text += line;
-            text += "\n";
-        }
-    }
-    text
-}
-
-/// The guards of the active `scenario` in `GET /faults`.
-async fn guards(running: &Running, scenario: &str) -> Option<Vec<Value>> {
-    let (status, body) = admin(running, Method::GET, "/faults", "").await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    let active = body["active"].as_array()?.iter();
-    let found = active.clone().find(|a| a["scenario"] == scenario)?;
-    found["guards"].as_array().cloned()
-}
-
-/// Polls `GET /faults` until the first guard of `scenario` satisfies
-/// `done`, for at most `limit`; returns it.
-async fn wait_for_guard(
-    running: &Running,
-    limit: Duration,
-    done: impl Fn(&Value) -> bool,
-) -> Value {
-    let deadline = Instant::now() + limit;
-    loop {
-        let guard = guards(running, "fire")
-            .await
-            .and_then(|g| g.first().cloned());
-        match guard {
-            Some(guard) if done(&guard) => return guard,
-            last => assert!(
-                Instant::now() < deadline,
-                "guard never got there; last: {last:?}"
-            ),
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// Waits for `scenario` to be stopped by a guard; returns the stop.
-async fn wait_for_stop(events: &mut EngineEvents, limit: Duration) -> firedrill::engine::Stop {
-    let found = tokio::time::timeout(limit, async {
-        loop {
-            match events.recv().await {
-                Ok(event) => {
-                    if let Happened::Stopped { stop, .. } = event.what {
-                        return stop;
-                    }
-                }
-                Err(error) => panic!("engine events stopped: {error}"),
-            }
-        }
-    })
-    .await;
-    found.unwrap_or_else(|_| panic!("no guard stopped the scenario within {limit:?}"))
-}
-
-/// The newest `GET /events` record.
-async fn last_event(running: &Running) -> Value {
-    let (_, body) = admin(running, Method::GET, "/events", "").await;
-    body["events"][0].clone()
-}
 
 #[tokio::test]
 async fn an_error_ratio_guard_outside_the_scenario_lifts_it_when_others_fail() {
@@ -179,7 +52,7 @@ async fn an_error_ratio_guard_outside_the_scenario_lifts_it_when_others_fail() {
         started.elapsed()
     );
     assert_eq!(stop.guard, "ansan-stays-up");
-    assert!(stop.value > 0.2, "{stop:?}");
+    assert!(stop.value.is_some_and(|v| v > 0.2), "{stop:?}");
     assert_eq!(stop.above, 0.2);
     assert!(stop.detail.contains("outside the scenario"), "{stop:?}");
     let event = last_event(&running).await;
@@ -203,7 +76,7 @@ async fn an_error_ratio_guard_outside_the_scenario_lifts_it_when_others_fail() {
 async fn a_p99_guard_lifts_a_delay_that_makes_a_service_too_slow() {
     let (maps, _) = switchable_upstream().await;
     let guard =
-        "name = 'talk-latency'; p99_latency = { service = 'talk' }; above = '200ms'; window = '3s'";
+        "name = 'talk-latency'; p99_latency = { service = 'talk' }; above = '250ms'; window = '3s'";
     let fault = "action = 'delay'; latency = '400ms'";
     let running = start(&plan(maps, &fault.replace("; ", "\n"), &[guard])).await;
     let load = traffic(&running, &["talk"]);
@@ -211,8 +84,8 @@ async fn a_p99_guard_lifts_a_delay_that_makes_a_service_too_slow() {
     activate(&running, "fire").await;
     let stop = wait_for_stop(&mut events, STEP).await;
     assert_eq!(stop.guard, "talk-latency");
-    assert!(stop.value > 0.2, "{stop:?}");
-    assert_eq!(stop.above, 0.2);
+    assert!(stop.value.is_some_and(|v| v > 0.25), "{stop:?}");
+    assert_eq!(stop.above, 0.25);
     assert!(stop.detail.starts_with("p99 latency"), "{stop:?}");
     let event = last_event(&running).await;
     assert_eq!(event["ended"], "stopped", "{event}");
@@ -260,9 +133,12 @@ async fn an_unreachable_prometheus_stops_the_drill_by_default() {
     assert_eq!(stop.guard, "slo");
     assert!(stop.detail.contains("could not be read"), "{stop:?}");
     assert!(stop.detail.contains("on_error = \"stop\""), "{stop:?}");
+    // Nothing was read: no value, not a made-up 0.
+    assert_eq!(stop.value, None, "{stop:?}");
     let event = last_event(&running).await;
     assert_eq!(event["ended"], "stopped", "{event}");
     assert_eq!(event["stopped_by"]["guard"], "slo", "{event}");
+    assert!(event["stopped_by"]["value"].is_null(), "{event}");
 }
 
 #[tokio::test]
@@ -323,7 +199,7 @@ async fn a_prometheus_guard_reads_a_real_prometheus_and_trips_on_its_query() {
     let stop = wait_for_stop(&mut events, Duration::from_secs(30)).await;
     eprintln!("reaction through prometheus: {:?}", started.elapsed());
     assert_eq!(stop.guard, "maps-5xx");
-    assert!(stop.value > 1.0, "{stop:?}");
+    assert!(stop.value.is_some_and(|v| v > 1.0), "{stop:?}");
     assert!(stop.detail.contains("sample"), "{stop:?}");
     let event = last_event(&running).await;
     assert_eq!(event["stopped_by"]["guard"], "maps-5xx", "{event}");
@@ -358,6 +234,35 @@ fn check_points_at_a_guard_on_an_unknown_service() {
     );
     assert!(
         ran.stderr.contains(&expected),
+        "expected {expected}\nstderr:\n{}",
+        ran.stderr
+    );
+}
+
+#[test]
+fn check_warns_at_a_p99_threshold_inside_a_latency_bucket_and_still_passes() {
+    let dir = TempDir::new("firedrill-guard-bucket");
+    let upstream: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let text = plan(
+        upstream,
+        "action = 'drop'",
+        &["name = 'g'; p99_latency = { service = 'maps' }; above = '800ms'"],
+    );
+    let path = dir.path().join("plan.toml");
+    std::fs::write(&path, &text).unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_firedrill"));
+    command.arg("check").arg(&path).stdin(Stdio::null());
+    let ran = run_captured(&mut command, Duration::from_secs(30));
+    assert_eq!(ran.status.and_then(|s| s.code()), Some(0), "{}", ran.stderr);
+    let line = text.lines().position(|l| l.contains("'800ms'")).unwrap() + 1;
+    let column = text.lines().nth(line - 1).unwrap().find("'800ms'").unwrap() + 1;
+    let expected = format!(
+        "{}:{line}:{column}: warning: scenario `fire` guard `g`: `above` 800ms falls inside the latency bucket from ",
+        path.display()
+    );
+    assert!(
+        ran.stderr.contains(&expected)
+            && ran.stderr.contains("more than 1 % of requests took longer"),
         "expected {expected}\nstderr:\n{}",
         ran.stderr
     );

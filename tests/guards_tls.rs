@@ -55,6 +55,6 @@ async fn a_prometheus_guard_queries_prometheus_over_https() {
         unreachable!()
     };
     assert_eq!(stop.guard, "over-tls");
-    assert_eq!(stop.value, 5.0, "{stop:?}\n{}", prometheus.log());
+    assert_eq!(stop.value, Some(5.0), "{stop:?}\n{}", prometheus.log());
     assert_eq!(stop.detail, "query returned 1 sample(s), the highest 5");
 }

@@ -290,7 +290,7 @@ async fn an_expired_a_halted_and_a_stopped_activation_are_reported_newest_first(
     let active = running.engine().active();
     let stop = Stop {
         guard: "ansan-stays-up".to_owned(),
-        value: 0.3,
+        value: Some(0.3),
         above: 0.05,
         detail: "error ratio 0.3 of ansan over 30s".to_owned(),
     };

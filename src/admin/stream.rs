@@ -138,10 +138,16 @@ pub(super) fn live_event(event: &Event) -> api::LiveEvent {
         // Numbered from 1, as `firedrill check` numbers a scenario's faults.
         Happened::StageStarted { fault, .. } => format!("{list}: fault #{} in force", fault + 1),
         Happened::StageEnded { fault, .. } => format!("{list}: fault #{} ended", fault + 1),
-        Happened::Stopped { stop, .. } => format!(
-            "{list} stopped by guard {}: {} (value {}, above {})",
-            stop.guard, stop.detail, stop.value, stop.above
-        ),
+        Happened::Stopped { stop, .. } => {
+            let read = match stop.value {
+                Some(value) => format!("value {value}"),
+                None => "could not read a value".to_owned(),
+            };
+            format!(
+                "{list} stopped by guard {}: {} ({read}, above {})",
+                stop.guard, stop.detail, stop.above
+            )
+        }
         Happened::Halted { .. } if scenarios.is_empty() => {
             format!("halt by {}: nothing was active", by.map_or("", |b| b))
         }
@@ -212,7 +218,7 @@ mod tests {
     fn a_stop_names_its_guard_and_what_it_read() {
         let stop = Stop {
             guard: "ansan-stays-up".to_owned(),
-            value: 0.31,
+            value: Some(0.31),
             above: 0.05,
             detail: "error ratio 0.31 outside the scenario over 30s".to_owned(),
         };
@@ -227,6 +233,27 @@ mod tests {
             live.text,
             "pangyo-fire stopped by guard ansan-stays-up: error ratio 0.31 outside the scenario over 30s (value 0.31, above 0.05)"
         );
+    }
+
+    #[test]
+    fn a_stop_without_a_reading_says_it_could_not_read() {
+        let stop = Stop {
+            guard: "slo".to_owned(),
+            value: None,
+            above: 1.0,
+            detail: "prometheus at http://127.0.0.1:9091/ could not be read: connection refused (on_error = \"stop\")".to_owned(),
+        };
+        let live = event(Happened::Stopped {
+            subject: subject("pangyo-fire"),
+            stop,
+        });
+        assert!(
+            live.text
+                .ends_with("(on_error = \"stop\") (could not read a value, above 1)"),
+            "{}",
+            live.text
+        );
+        assert!(!live.text.contains("value 0"), "{}", live.text);
     }
 
     #[test]

@@ -105,13 +105,16 @@ pub fn events(events: &[api::EventRecord]) -> String {
     let mut table = Table::new(&["STARTED", "SCENARIO", "BY", "ENDED", "ENDED AT", "WHY"]);
     for event in events {
         let why = match (&event.stopped_by, &event.ended_by) {
-            (Some(stop), _) => format!(
-                "guard {}: {} above {} ({})",
-                stop.guard,
-                number(stop.value),
-                number(stop.above),
-                stop.detail
-            ),
+            (Some(stop), _) => match stop.value {
+                Some(value) => format!(
+                    "guard {}: {} above {} ({})",
+                    stop.guard,
+                    number(value),
+                    number(stop.above),
+                    stop.detail
+                ),
+                None => format!("guard {}: could not read ({})", stop.guard, stop.detail),
+            },
             (None, Some(by)) => format!("by {by}"),
             (None, None) if event.ended.is_none() => format!("until {}", event.expires_at),
             (None, None) => String::new(),

@@ -28,14 +28,17 @@ pub struct Event {
 pub struct Stop {
     /// The guard's `name` in the scenario's `stop_when`.
     pub guard: String,
-    pub value: f64,
+    /// What the guard read; `None` (JSON `null`) when it could not read
+    /// at all (a Prometheus that did not answer, under `on_error =
+    /// "stop"`): `detail` says why.
+    pub value: Option<f64>,
     pub above: f64,
     /// What was read, for a person: "error ratio 0.31 of services outside
     /// the scenario over 30s".
     pub detail: String,
 }
 
-// A guard's value is never NaN (a guard that reads none does not trip).
+// A guard's value is never NaN: a read without a number carries `None`.
 impl Eq for Stop {}
 
 /// Which activation an event is about.

@@ -93,13 +93,18 @@ pub fn markdown(report: &Report) -> String {
 fn ending(report: &Report) -> String {
     let by = report.ended_by.as_deref().unwrap_or("");
     match (report.ended.as_str(), &report.stopped_by) {
-        ("stopped", Some(stop)) => format!(
-            "stopped by guard `{}`: {} (read {}, above {})",
-            stop.guard,
-            stop.detail,
-            number(stop.value),
-            number(stop.above)
-        ),
+        ("stopped", Some(stop)) => {
+            let read = match stop.value {
+                Some(value) => format!("read {}", number(value)),
+                None => "could not read a value".to_owned(),
+            };
+            format!(
+                "stopped by guard `{}`: {} ({read}, above {})",
+                stop.guard,
+                stop.detail,
+                number(stop.above)
+            )
+        }
         ("expired", _) => "expired: its duration ran out".to_owned(),
         ("completed", _) => "completed: its last fault ended".to_owned(),
         ("halted", _) => format!("halted (every scenario lifted at once) by {by}"),

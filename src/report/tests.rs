@@ -65,7 +65,7 @@ pub(super) fn sample(id: u64) -> Report {
         ended_by: Some("guard ansan-stays-up".to_owned()),
         stopped_by: Some(Stop {
             guard: "ansan-stays-up".to_owned(),
-            value: 0.31,
+            value: Some(0.31),
             above: 0.05,
             detail: "error ratio 0.31 of services outside the scenario over 30s".to_owned(),
         }),
@@ -184,4 +184,22 @@ fn a_report_reads_back_from_its_json() {
     let value: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(value["origin"], "local");
     assert_eq!(value["stopped_by"]["guard"], "ansan-stays-up");
+}
+
+#[test]
+fn a_stop_without_a_reading_is_null_in_json_and_says_so_in_markdown() {
+    let mut report = sample(7);
+    if let Some(stop) = &mut report.stopped_by {
+        stop.value = None;
+        stop.detail = "prometheus at http://127.0.0.1:9091/ could not be read".to_owned();
+    }
+    let json = serde_json::to_string(&report).unwrap();
+    let value: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert!(value["stopped_by"]["value"].is_null(), "{json}");
+    assert_eq!(serde_json::from_str::<Report>(&json).unwrap(), report);
+    let md = markdown(&report);
+    assert!(
+        md.contains("stopped by guard `ansan-stays-up`: prometheus at http://127.0.0.1:9091/ could not be read (could not read a value, above 0.05)"),
+        "{md}"
+    );
 }

@@ -162,7 +162,7 @@ fn event(ended: Option<&str>) -> EventRecord {
         time_end: ended.map(|_| 2),
         stopped_by: (ended == Some("stopped")).then(|| Stop {
             guard: "ansan-stays-up".to_owned(),
-            value: 0.125,
+            value: Some(0.125),
             above: 0.05,
             detail: "error ratio outside".to_owned(),
         }),
@@ -186,6 +186,20 @@ T1       pangyo-fire  lead  expired  T2
 ";
     assert_eq!(events_table(&events), expected);
     assert_eq!(events_table(&[]), "No activation yet.\n");
+}
+
+#[test]
+fn an_event_stopped_without_a_reading_says_it_could_not_read() {
+    let mut stopped = event(Some("stopped"));
+    if let Some(stop) = &mut stopped.stopped_by {
+        stop.value = None;
+        stop.detail = "prometheus could not be read".to_owned();
+    }
+    let table = events_table(&[stopped]);
+    assert!(
+        table.contains("guard ansan-stays-up: could not read (prometheus could not be read)\n"),
+        "{table}"
+    );
 }
 
 fn answer(status: &str) -> ActivateAnswer {

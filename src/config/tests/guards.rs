@@ -250,6 +250,66 @@ fn a_for_as_long_as_the_scenario_runs_is_a_warning() {
     );
 }
 
+/// The warnings of `plan(extra)`, each with its line and column.
+fn located_warnings(extra: &str) -> Vec<(usize, usize, String)> {
+    let plan = parse(&plan(extra), "plan.toml").unwrap_or_else(|e| panic!("{e}"));
+    (plan.warnings.iter())
+        .map(|w| (w.line, w.column, w.message.clone()))
+        .collect()
+}
+
+fn p99_above(above: &str) -> String {
+    format!("[[scenarios.fire.stop_when]]\nname = \"g\"\np99_latency = {{ service = \"talk\" }}\nabove = {above}\n")
+}
+
+#[test]
+fn a_p99_threshold_inside_a_latency_bucket_is_a_warning_at_above() {
+    let found = located_warnings(&p99_above("\"3s\""));
+    assert_eq!(
+        found,
+        [(
+            FIRST + 3,
+            9,
+            "scenario `fire` guard `g`: `above` 3s falls inside the latency bucket from 2s 500ms to 5s, and a p99 there is interpolated between the bounds: requests that all took just over 2s 500ms read as a p99 near 5s, and trip it; use a bucket bound, 2s 500ms or 5s, where it trips exactly when more than 1 % of requests took longer than that".to_owned()
+        )]
+    );
+    // Whatever the buckets around it, 800ms is not one of their bounds.
+    let found = located_warnings(&p99_above("\"800ms\""));
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(
+        found[0].2.starts_with(
+            "scenario `fire` guard `g`: `above` 800ms falls inside the latency bucket from "
+        ),
+        "{found:?}"
+    );
+}
+
+#[test]
+fn a_p99_threshold_on_a_bucket_bound_gives_no_warning() {
+    for bound in crate::stats::LATENCY_BUCKETS {
+        let above = format!(
+            "\"{}\"",
+            humantime::format_duration(Duration::from_secs_f64(bound))
+        );
+        assert_eq!(located_warnings(&p99_above(&above)), [], "{above}");
+    }
+    // A ratio's threshold is not a latency.
+    let ratio = "[[scenarios.fire.stop_when]]\nname = \"g\"\nerror_ratio = { outside = true }\nabove = 0.07\n";
+    assert_eq!(located_warnings(ratio), []);
+}
+
+#[test]
+fn a_p99_threshold_past_the_highest_bucket_can_never_trip() {
+    let highest = *crate::stats::LATENCY_BUCKETS.last().unwrap();
+    let highest = humantime::format_duration(Duration::from_secs_f64(highest));
+    let found = located_warnings(&p99_above("\"1h\""));
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(
+        found[0].2,
+        format!("scenario `fire` guard `g`: `above` 1h is past the highest latency bucket bound, {highest}, and a p99 never reads more than that, so this guard can never trip; use at most {highest}")
+    );
+}
+
 #[test]
 fn safety_names_must_exist_and_max_active_be_positive() {
     let found: Vec<(usize, String)> = errors(&plan(

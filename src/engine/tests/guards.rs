@@ -5,7 +5,7 @@ use super::*;
 fn stop(guard: &str) -> Stop {
     Stop {
         guard: guard.to_owned(),
-        value: 0.5,
+        value: Some(0.5),
         above: 0.05,
         detail: "error ratio 0.5 outside the scenario over 30s".to_owned(),
     }
