@@ -9,12 +9,13 @@
 //! on CI where that fails. `FIREDRILL_DASHBOARDS=DIR` checks another folder.
 
 mod support;
+use support::prometheus::Prometheus;
 use support::*;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -45,82 +46,8 @@ const ERROR_RATIO_BY_SERVICE: &str = "Error ratio per service";
 /// How long a scenario may take to fill the error ratio's rate interval.
 const FILLING: Duration = Duration::from_secs(30);
 
-/// A real Prometheus on a loopback port, killed (by PID) on drop, its
-/// folder (config, data, log) removed after it.
-struct Prometheus {
-    _process: Process,
-    addr: SocketAddr,
-    dir: TempDir,
-}
-
+/// The queries the dashboard checks make of the shared test Prometheus.
 impl Prometheus {
-    /// Starts Prometheus scraping `target` every second and waits until it
-    /// serves its API.
-    async fn start(target: SocketAddr) -> Prometheus {
-        let dir = TempDir::new("firedrill-prometheus");
-        let config = dir.path().join("prometheus.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
-                 scrape_configs:\n  - job_name: firedrill\n    scrape_interval: 1s\n    \
-                 static_configs:\n      - targets: ['{target}']\n"
-            ),
-        )
-        .expect("writing prometheus.yml");
-        let log = std::fs::File::create(dir.path().join("prometheus.log")).expect("a log file");
-        let child = Command::new("prometheus")
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.path().join("data").display()
-            ))
-            .arg("--web.listen-address=127.0.0.1:0")
-            .current_dir(dir.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("starting prometheus");
-        let mut process = Process(child);
-        let deadline = Instant::now() + STEP;
-        let addr = loop {
-            let log =
-                std::fs::read_to_string(dir.path().join("prometheus.log")).unwrap_or_default();
-            if let Some(addr) = listening_addr(&log) {
-                break addr;
-            }
-            let exited = process.0.try_wait().expect("polling prometheus");
-            if exited.is_some() || Instant::now() > deadline {
-                panic!("prometheus did not start listening ({exited:?}):\n{log}");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
-        let prometheus = Prometheus {
-            _process: process,
-            addr,
-            dir,
-        };
-        let ready = format!("http://{addr}/-/ready");
-        let deadline = Instant::now() + STEP;
-        while !matches!(
-            send(&client(), Method::GET, &ready, "").await,
-            Ok((StatusCode::OK, _))
-        ) {
-            assert!(
-                Instant::now() < deadline,
-                "prometheus not ready:\n{}",
-                prometheus.log()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        prometheus
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("prometheus.log")).unwrap_or_default()
-    }
-
     /// An instant query at now: the result list, or Prometheus's error.
     async fn query(&self, promql: &str) -> Result<Vec<Value>, String> {
         self.api(&format!("query?query={}", encode(promql))).await
@@ -221,17 +148,6 @@ fn panel_query(title: &str) -> String {
     query
         .expr
         .unwrap_or_else(|e| panic!("panel {title:?}: {e}"))
-}
-
-/// The address Prometheus really listens on, from its log. Prometheus 2.42
-/// logs the configured address (port 0) with "Start listening for
-/// connections" and the bound one later with "Listening on".
-fn listening_addr(log: &str) -> Option<SocketAddr> {
-    log.lines()
-        .filter(|line| line.contains("listening") || line.contains("Listening"))
-        .filter_map(|line| line.split("address=").nth(1)?.split(' ').next())
-        .filter_map(|addr| addr.parse::<SocketAddr>().ok())
-        .find(|addr| addr.port() != 0)
 }
 
 /// Percent-encodes a query-string value.
@@ -503,7 +419,7 @@ async fn every_dashboard_query_shows_real_data_while_pangyo_is_dark() {
         )
         .start()
         .await;
-    let prometheus = Prometheus::start(running.admin_addr()).await;
+    let prometheus = Prometheus::start(running.admin_addr(), None).await;
     phase(&format!("prometheus listens on {}", prometheus.addr));
 
     // Bounded: the loops stop on the flag, which is set at the latest when
@@ -684,7 +600,7 @@ async fn a_dependency_cascade_reads_as_failing_on_the_dashboard() {
         .start()
         .await;
     login_addr.set(addr(&running, &login)).expect("set once");
-    let prometheus = Prometheus::start(running.admin_addr()).await;
+    let prometheus = Prometheus::start(running.admin_addr(), None).await;
     let stop = Arc::new(AtomicBool::new(false));
     let stopper = Stopper(Arc::clone(&stop));
     let traffic = tokio::spawn(http_traffic(addr(&running, &pay), Arc::clone(&stop)));

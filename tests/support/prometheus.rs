@@ -1,13 +1,15 @@
 //! A real Prometheus for the tests: started on a loopback port with a
-//! config of its own, scraping one target every second, killed by PID
-//! when dropped.
+//! config of its own, scraping one target every second, ready to answer
+//! its API, killed by PID when dropped.
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{Process, TempDir, STEP};
+use http::{Method, StatusCode};
+
+use super::{client, send, Process, TempDir, STEP};
 
 /// A running `prometheus`, its folder (config, data, log) removed after it.
 pub struct Prometheus {
@@ -79,11 +81,29 @@ impl Prometheus {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
-        Prometheus {
+        let prometheus = Prometheus {
             _process: process,
             addr,
             dir,
+        };
+        // It logs its address before its API answers (over plain http; a
+        // test of https waits in its own way).
+        let ready = format!("http://{addr}/-/ready");
+        let deadline = Instant::now() + STEP;
+        while tls.is_none()
+            && !matches!(
+                send(&client(), Method::GET, &ready, "").await,
+                Ok((StatusCode::OK, _))
+            )
+        {
+            assert!(
+                Instant::now() < deadline,
+                "prometheus not ready:\n{}",
+                prometheus.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        prometheus
     }
 
     /// Its log so far.
