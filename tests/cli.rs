@@ -5,10 +5,8 @@
 
 mod support;
 use support::cli::{cli, code, http_admin};
+use support::pki::Pki;
 use support::*;
-
-#[path = "cli/pki.rs"]
-mod pki;
 
 use firedrill::admin::api;
 use firedrill::Running;
@@ -169,7 +167,7 @@ async fn an_unknown_scenario_exits_1_and_lists_the_known_ones() {
 async fn usage_mistakes_exit_2_saying_what_to_fix() {
     let running = drill("").await;
     let admin = http_admin(&running);
-    let pki = pki::Pki::new();
+    let pki = Pki::new();
     let missing = pki.path("missing.pem");
     let cases: [(&[&str], &str); 8] = [
         (&["trigger"], "SCENARIO"),
@@ -273,7 +271,7 @@ async fn the_token_comes_from_firedrill_token() {
 
 /// firedrill with an admin API over TLS (mutual when `mutual`), its plan
 /// beside the PEM files of `pki`.
-async fn tls_drill(pki: &pki::Pki, mutual: bool) -> Running {
+async fn tls_drill(pki: &Pki, mutual: bool) -> Running {
     let plan = PlanText::with_admin(&format!("{TOKENS}; {}", pki.admin_tls(mutual)), &["pangyo"])
         .http("talk", "pangyo", http_upstream("talk").await)
         .scenario("pangyo-fire", &["datacenter = 'pangyo'; action = 'drop'"]);
@@ -285,7 +283,7 @@ async fn tls_drill(pki: &pki::Pki, mutual: bool) -> Running {
 
 #[tokio::test]
 async fn https_needs_the_cacert_that_signed_the_admin_certificate() {
-    let pki = pki::Pki::new();
+    let pki = Pki::new();
     let running = tls_drill(&pki, false).await;
     let https = format!("https://127.0.0.1:{}", running.admin_addr().port());
     let ca = pki.path("ca.pem");
@@ -314,7 +312,7 @@ async fn https_needs_the_cacert_that_signed_the_admin_certificate() {
 
 #[tokio::test]
 async fn mutual_tls_takes_the_client_certificate_from_cert_and_key() {
-    let pki = pki::Pki::new();
+    let pki = Pki::new();
     let running = tls_drill(&pki, true).await;
     let https = format!("https://127.0.0.1:{}", running.admin_addr().port());
     let ca = pki.path("ca.pem");

@@ -28,6 +28,7 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use firedrill::Running;
 
 pub mod cli;
+pub mod pki;
 pub mod prometheus;
 pub mod status;
 

@@ -1,12 +1,13 @@
-//! A CA, a server certificate for 127.0.0.1 it signed, a client
-//! certificate it signed and one from another CA, written as PEM files
+//! Test certificates: a CA ([`authority`]) and certificates it signs
+//! ([`leaf`]), and [`Pki`], a CA with a server certificate for 127.0.0.1,
+//! a client certificate and one from another CA, written as PEM files
 //! beside a plan whose admin API speaks TLS.
 
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
 };
 
-use crate::support::TempDir;
+use super::TempDir;
 
 /// The PEM files of a test PKI, in a folder of their own.
 pub struct Pki {
@@ -55,7 +56,8 @@ impl Pki {
     }
 }
 
-fn authority(name: &str) -> (String, Issuer<'static, KeyPair>) {
+/// A self-signed CA: its certificate (PEM) and what signs with it.
+pub fn authority(name: &str) -> (String, Issuer<'static, KeyPair>) {
     let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     params.distinguished_name.push(DnType::CommonName, name);
@@ -65,7 +67,7 @@ fn authority(name: &str) -> (String, Issuer<'static, KeyPair>) {
 }
 
 /// A certificate (PEM) and its key (PEM) signed by `issuer`.
-fn leaf(
+pub fn leaf(
     names: &[&str],
     cn: &str,
     usage: ExtendedKeyUsagePurpose,
