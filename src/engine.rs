@@ -15,17 +15,22 @@ use tokio_util::sync::CancellationToken;
 
 mod activation;
 mod adopt;
+mod change;
 pub mod event;
 pub mod history;
+mod reload;
+mod rules;
 mod safety;
 
 pub use activation::{Activated, Activation, Adopted, Origin, Remote};
 pub use event::{Event, Happened, Stop, Subject};
+pub use rules::rules_at;
 pub use safety::{ActivateError, Refused};
 
 use crate::config::Plan;
-use crate::live::{Live, Rules};
+use crate::live::Live;
 use crate::topology::Slots;
+use change::Change;
 use history::{History, Record};
 
 /// How many events a subscriber may fall behind before it loses the oldest
@@ -371,70 +376,6 @@ impl Engine {
         lifted
     }
 
-    /// Swaps in a reloaded plan, with where its services' faults go now. A
-    /// scenario the new plan still has stays active under its new
-    /// definition, keeping its start and expiry (cut short if its new
-    /// `max_duration` is shorter); one the plan no longer has is lifted.
-    /// Returns the names of the lifted scenarios.
-    pub fn replace_plan(&self, plan: Arc<Plan>, slots: Slots, by: &str) -> Vec<String> {
-        let mut state = self.change();
-        let now = Instant::now();
-        self.expire(&mut state, now);
-        let at = SystemTime::now();
-        let mut lifted = Vec::new();
-        for (_, mut activation) in std::mem::take(&mut state.active) {
-            let name = Arc::clone(&activation.scenario.name);
-            match plan.scenarios.iter().position(|s| s.name == name) {
-                Some(index) => {
-                    let previous = activation.expires;
-                    activation.scenario = Arc::clone(&plan.scenarios[index]);
-                    activation.plan = Arc::clone(&plan);
-                    // Also cut short by the new max_duration, or by the
-                    // new faults' end.
-                    let deadline = activation.deadline;
-                    let activation = activation.ending_at(deadline);
-                    if activation.expires != previous {
-                        let happened = Happened::Rescheduled {
-                            subject: activation.subject(),
-                            expires_at: activation.expires_at(),
-                            by: by.to_owned(),
-                        };
-                        self.emit(&mut state, at, happened);
-                    }
-                    state.active.insert(index, activation);
-                }
-                None => {
-                    tracing::warn!(
-                        scenario = %name,
-                        by,
-                        "scenario lifted: the reloaded plan no longer has it"
-                    );
-                    crate::metrics::scenario_active(&name, false);
-                    lifted.push(activation.subject());
-                }
-            }
-        }
-        for (index, scenario) in plan.scenarios.iter().enumerate() {
-            crate::metrics::scenario_guards(scenario);
-            if !state.active.contains_key(&index) {
-                crate::metrics::scenario_active(&scenario.name, false);
-            }
-        }
-        state.plan = plan;
-        state.slots = slots;
-        let names = lifted.iter().map(|s| s.scenario.to_string()).collect();
-        let happened = Happened::Reloaded {
-            by: by.to_owned(),
-            lifted,
-        };
-        self.emit(&mut state, at, happened);
-        // A shortened activation may be over already.
-        self.expire(&mut state, now);
-        self.publish(&mut state, now);
-        self.inner.wake.notify_one();
-        names
-    }
-
     /// The activations in force now, in plan order. Computed from state:
     /// one past its end is left out, and the timer removes it on time.
     pub fn active(&self) -> Vec<Activation> {
@@ -543,69 +484,6 @@ impl Engine {
             }
         }
     }
-}
-
-/// The state locked for one change. Dropping it broadcasts the change's
-/// events, still under the lock: they go out in the order things happened,
-/// and only once the rules they announce are published, so a subscriber
-/// that acts on an event sees its effect.
-struct Change<'a> {
-    state: MutexGuard<'a, State>,
-    events: &'a broadcast::Sender<Event>,
-}
-
-impl std::ops::Deref for Change<'_> {
-    type Target = State;
-    fn deref(&self) -> &State {
-        &self.state
-    }
-}
-
-impl std::ops::DerefMut for Change<'_> {
-    fn deref_mut(&mut self) -> &mut State {
-        &mut self.state
-    }
-}
-
-impl Drop for Change<'_> {
-    fn drop(&mut self) {
-        for event in self.state.outbox.drain(..) {
-            // No subscriber is not an error; a slow one loses old events.
-            let _ = self.events.send(event);
-        }
-    }
-}
-
-/// The rules in force at `now` for the given activations, and the next
-/// instant at which they change by themselves (a stage starts or ends, or an
-/// activation expires). `slots` places the faults of the activations' plan.
-pub fn rules_at<'a>(
-    slots: &Slots,
-    activations: impl Iterator<Item = &'a Activation>,
-    now: Instant,
-) -> (Rules, Option<Instant>) {
-    let mut rules = Rules::empty(slots.count());
-    let mut next: Option<Instant> = None;
-    let mut consider = |at: Instant| {
-        if at > now {
-            next = Some(next.map_or(at, |n| n.min(at)));
-        }
-    };
-    for activation in activations {
-        consider(activation.expires);
-        for fault in &activation.scenario.faults {
-            let Some((from, until)) = activation.window(fault) else {
-                continue;
-            };
-            let (start, end) = (activation.started + from, activation.started + until);
-            consider(start);
-            consider(end);
-            if start <= now && now < end {
-                rules.add(fault, slots);
-            }
-        }
-    }
-    (rules, next)
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@ use tokio::time::Instant;
 
 use super::*;
 use crate::config;
+use crate::live::Rules;
 use crate::topology::ServiceId;
 use history::Ending;
 
