@@ -9,17 +9,16 @@
 //! SECONDS=10 per run, ROUNDS=3 of both runs, alternating which goes
 //! first). The last line is machine-readable: medians and their ratio.
 
-use std::convert::Infallible;
+mod support;
+use support::{cpu, env_number, upstream};
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Full};
-use hyper::body::Incoming;
-use hyper::service::service_fn;
+use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::TcpListener;
+use hyper_util::rt::TokioExecutor;
 
 const SERVICES: [(&str, &str); 4] = [
     ("talk", "pangyo"),
@@ -27,42 +26,6 @@ const SERVICES: [(&str, &str); 4] = [
     ("maps", "ansan"),
     ("pay", "ansan"),
 ];
-
-fn env_number<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-/// This process's user and system CPU time so far (Linux).
-fn cpu() -> Duration {
-    let stat = std::fs::read_to_string("/proc/self/stat").expect("reading /proc/self/stat");
-    // Fields after the command (in parentheses): utime and stime are the
-    // 12th and 13th, in clock ticks of 1/100 s.
-    let rest = &stat[stat.rfind(')').expect("a stat line") + 2..];
-    let fields: Vec<u64> = rest.split(' ').filter_map(|f| f.parse().ok()).collect();
-    let ticks = fields[10] + fields[11];
-    Duration::from_millis(ticks * 10)
-}
-
-async fn upstream() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let service = service_fn(|_: hyper::Request<Incoming>| async {
-                    Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from_static(b"ok"))))
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
-    addr
-}
 
 fn plan(upstream: SocketAddr, guards: usize) -> String {
     let mut plan =

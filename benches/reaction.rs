@@ -19,6 +19,9 @@
 //! connections raise it so the pings do not saturate the machine).
 //! The last line is machine-readable: `reaction connections=... post_ms=...`.
 
+mod support;
+use support::env_number;
+
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -73,13 +76,6 @@ async fn main() {
         }
         _ => in_process(connections, interval, patience).await,
     }
-}
-
-fn env_number<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(default)
 }
 
 /// Echo server, firedrill and clients in this process.

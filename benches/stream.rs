@@ -10,61 +10,30 @@
 //! data center (6), `CLIENTS` (16), `STREAMS` (10), `ROUND_SECONDS` (5),
 //! `ROUNDS` (3). Linux only: it reads `/proc/self/stat`.
 
-use std::net::SocketAddr;
+mod support;
+use support::{cpu, env_number, upstream};
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::TcpListener;
-
-fn knob(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-/// User plus system CPU time of this process so far.
-fn cpu() -> Duration {
-    let stat = std::fs::read_to_string("/proc/self/stat").expect("Linux /proc");
-    // Fields after the command name, which is in parentheses.
-    let rest = &stat[stat.rfind(')').expect("a stat line") + 2..];
-    let fields: Vec<&str> = rest.split(' ').collect();
-    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-    // USER_HZ is 100 on Linux.
-    Duration::from_millis(ticks * 10)
-}
-
-async fn upstream() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let service = service_fn(|_request| async {
-                Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(Bytes::from(
-                    "ok",
-                ))))
-            });
-            tokio::spawn(
-                hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service),
-            );
-        }
-    });
-    addr
-}
+use hyper_util::rt::TokioExecutor;
 
 #[tokio::main]
 async fn main() {
-    let (datacenters, services) = (knob("DATACENTERS", 4), knob("SERVICES", 6));
-    let (clients, streams) = (knob("CLIENTS", 16), knob("STREAMS", 10));
-    let round = Duration::from_secs(knob("ROUND_SECONDS", 5));
-    let rounds = knob("ROUNDS", 3);
+    let (datacenters, services) = (
+        env_number::<u64>("DATACENTERS", 4),
+        env_number::<u64>("SERVICES", 6),
+    );
+    let (clients, streams) = (
+        env_number::<u64>("CLIENTS", 16),
+        env_number::<u64>("STREAMS", 10),
+    );
+    let round = Duration::from_secs(env_number::<u64>("ROUND_SECONDS", 5));
+    let rounds = env_number::<u64>("ROUNDS", 3);
     let upstream = upstream().await;
     let mut plan = String::from("[admin]\nlisten = '127.0.0.1:0'\n");
     for dc in 0..datacenters {
